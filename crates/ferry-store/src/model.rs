@@ -1,0 +1,195 @@
+//! The values the store reads and writes.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Channel-local message id: assigned by the store, monotonically increasing per channel.
+pub type MessageId = i64;
+
+/// Connector name of a channel's source; destinations use their configured names.
+pub const SOURCE: &str = "source";
+
+/// Processing status of a message at one connector (PRODUCT.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Received by the source, not processed yet.
+    Received,
+    /// Removed by a filter.
+    Filtered,
+    /// Passed the source filters and transformers.
+    Transformed,
+    /// Waiting in a destination queue (including while retrying).
+    Queued,
+    /// Delivered.
+    Sent,
+    /// Failed for good, or rejected at the source.
+    Error,
+    /// A response is being processed.
+    Pending,
+}
+
+impl Status {
+    /// The stored form, e.g. `"QUEUED"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "RECEIVED",
+            Status::Filtered => "FILTERED",
+            Status::Transformed => "TRANSFORMED",
+            Status::Queued => "QUEUED",
+            Status::Sent => "SENT",
+            Status::Error => "ERROR",
+            Status::Pending => "PENDING",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Status, String> {
+        Ok(match s {
+            "RECEIVED" => Status::Received,
+            "FILTERED" => Status::Filtered,
+            "TRANSFORMED" => Status::Transformed,
+            "QUEUED" => Status::Queued,
+            "SENT" => Status::Sent,
+            "ERROR" => Status::Error,
+            "PENDING" => Status::Pending,
+            other => return Err(format!("unknown status `{other}`")),
+        })
+    }
+}
+
+/// A stage of content kept per connector (PRODUCT.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ContentStage {
+    /// As received.
+    Raw,
+    /// After transformers.
+    Transformed,
+    /// As sent by a destination.
+    Encoded,
+    /// The response (an ACK, an HTTP body).
+    Response,
+    /// Error text.
+    Error,
+    /// Channel and connector maps.
+    Maps,
+}
+
+impl ContentStage {
+    /// The stored form, e.g. `"raw"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentStage::Raw => "raw",
+            ContentStage::Transformed => "transformed",
+            ContentStage::Encoded => "encoded",
+            ContentStage::Response => "response",
+            ContentStage::Error => "error",
+            ContentStage::Maps => "maps",
+        }
+    }
+}
+
+/// A message to store at ingest.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Channel name.
+    pub channel: String,
+    /// Receive time, Unix milliseconds.
+    pub received_at_ms: i64,
+    /// MSH-10, when readable.
+    pub control_id: Option<String>,
+    /// MSH-9, when readable.
+    pub message_type: Option<String>,
+    /// The bytes as received.
+    pub raw: Vec<u8>,
+    /// The source connector's status (`TRANSFORMED` when accepted, `ERROR` when rejected).
+    pub source_status: Status,
+    /// Why the source rejected it.
+    pub source_error: Option<String>,
+    /// The response sent back (the ACK).
+    pub source_response: Option<Vec<u8>>,
+    /// Destinations that get a `QUEUED` row.
+    pub destinations: Vec<String>,
+}
+
+/// The outcome of a delivery attempt.
+#[derive(Debug, Clone)]
+pub struct DeliveryUpdate {
+    /// Channel name.
+    pub channel: String,
+    /// Message id.
+    pub message_id: MessageId,
+    /// Destination name.
+    pub destination: String,
+    /// `SENT`, `ERROR`, or `QUEUED` (failed, will retry).
+    pub status: Status,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Last error.
+    pub error: Option<String>,
+    /// Response received.
+    pub response: Option<Vec<u8>>,
+    /// The bytes sent, when they differ from the source content.
+    pub encoded: Option<Vec<u8>>,
+}
+
+/// A message waiting in a destination queue.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    /// Message id.
+    pub message_id: MessageId,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Receive time, Unix milliseconds.
+    pub received_at_ms: i64,
+    /// MSH-10.
+    pub control_id: Option<String>,
+    /// What to send: the destination's encoded content, else the source's transformed content,
+    /// else the raw message.
+    pub payload: Vec<u8>,
+}
+
+/// Status of one connector of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorRecord {
+    /// Status.
+    pub status: Status,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Last error.
+    pub error: Option<String>,
+    /// Last change, Unix milliseconds.
+    pub updated_at_ms: i64,
+}
+
+/// How many messages of a channel are in a status at a connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCount {
+    /// Connector name.
+    pub connector: String,
+    /// Status.
+    pub status: Status,
+    /// Count.
+    pub count: u64,
+}
+
+/// One line of a message listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSummary {
+    /// Message id.
+    pub id: MessageId,
+    /// Receive time, Unix milliseconds.
+    pub received_at_ms: i64,
+    /// MSH-10.
+    pub control_id: Option<String>,
+    /// MSH-9.
+    pub message_type: Option<String>,
+}

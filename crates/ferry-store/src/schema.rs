@@ -1,0 +1,92 @@
+//! Connection setup and schema migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::StoreError;
+
+/// Schema version 1. `channels` maps names to small integers so rows do not repeat names;
+/// the partial index over `QUEUED` rows keeps the queue scan proportional to the queue.
+const SCHEMA_V1: &str = "
+CREATE TABLE channels (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+) STRICT;
+CREATE TABLE messages (
+    channel        INTEGER NOT NULL,
+    id             INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    control_id     TEXT,
+    message_type   TEXT,
+    PRIMARY KEY (channel, id)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE connector_messages (
+    channel       INTEGER NOT NULL,
+    message_id    INTEGER NOT NULL,
+    connector     TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    error         TEXT,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (channel, message_id, connector)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX connector_messages_queued
+    ON connector_messages (channel, connector, message_id)
+    WHERE status = 'QUEUED';
+CREATE TABLE content (
+    channel    INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    connector  TEXT NOT NULL,
+    stage      TEXT NOT NULL,
+    data       BLOB NOT NULL,
+    PRIMARY KEY (channel, message_id, connector, stage)
+) STRICT, WITHOUT ROWID;
+";
+
+fn pragmas(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(StoreError::sqlite("setting busy_timeout"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(StoreError::sqlite("enabling WAL"))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(StoreError::sqlite("setting synchronous=FULL"))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(StoreError::sqlite("enabling foreign keys"))?;
+    Ok(())
+}
+
+/// Open the write connection and bring the schema up to date.
+pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(StoreError::sqlite("opening the store"))?;
+    pragmas(&conn)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(StoreError::sqlite("reading the schema version"))?;
+    match version {
+        0 => {
+            conn.execute_batch(&format!("BEGIN;{SCHEMA_V1}PRAGMA user_version = 1;COMMIT;"))
+                .map_err(StoreError::sqlite("creating the schema"))?;
+        }
+        1 => {}
+        v => {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {v} is newer than this Ferry understands (1)"
+            )));
+        }
+    }
+    Ok(conn)
+}
+
+/// Open a read-only connection.
+pub(crate) fn open_read(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(StoreError::sqlite("opening a read connection"))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(StoreError::sqlite("setting busy_timeout"))?;
+    Ok(conn)
+}

@@ -1,0 +1,446 @@
+//! The group-committing writer thread.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::{DeliveryUpdate, MessageId, NewMessage, SOURCE};
+use crate::{StoreError, model::ContentStage};
+
+/// Most operations committed together.
+const MAX_BATCH_OPS: usize = 1024;
+/// Most payload bytes committed together.
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Operations that may wait for the writer before senders wait for room.
+const QUEUE_CAPACITY: usize = 8192;
+
+pub(crate) enum Op {
+    Ingest(NewMessage),
+    Delivery(DeliveryUpdate),
+}
+
+pub(crate) enum Reply {
+    Id(MessageId),
+    Done,
+}
+
+enum Command {
+    Op(Op, oneshot::Sender<Result<Reply, StoreError>>),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// Counters of the writer: `ops / commits` is how many writes shared each fsync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Committed transactions.
+    pub commits: u64,
+    /// Operations committed.
+    pub ops: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    ops: AtomicU64,
+    failed: AtomicBool,
+}
+
+pub(crate) struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+}
+
+impl WriterHandle {
+    pub(crate) fn start(conn: Connection) -> Result<WriterHandle, StoreError> {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let counters = Arc::new(Counters::default());
+        let thread_counters = counters.clone();
+        std::thread::Builder::new()
+            .name("ferry-store-writer".into())
+            .spawn(move || Writer::new(conn, thread_counters).run(rx))
+            .map_err(|source| StoreError::Io {
+                context: "starting the store writer thread".into(),
+                source,
+            })?;
+        Ok(WriterHandle { tx, counters })
+    }
+
+    pub(crate) async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+        if self.counters.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Fatal("an earlier commit failed".into()));
+        }
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Op(op, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(crate) async fn close(&self) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        if self.tx.send(Command::Close(reply)).await.is_err() {
+            return Ok(()); // already closed
+        }
+        wait.await.unwrap_or(Ok(()))
+    }
+
+    pub(crate) fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            ops: self.counters.ops.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    counters: Arc<Counters>,
+    channel_ids: HashMap<String, i64>,
+    next_ids: HashMap<i64, MessageId>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Ingest(m) => m.raw.len() + m.source_response.as_ref().map_or(0, Vec::len),
+        Op::Delivery(d) => {
+            d.response.as_ref().map_or(0, Vec::len) + d.encoded.as_ref().map_or(0, Vec::len)
+        }
+    }
+}
+
+impl Writer {
+    fn new(conn: Connection, counters: Arc<Counters>) -> Writer {
+        Writer {
+            conn,
+            counters,
+            channel_ids: HashMap::new(),
+            next_ids: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch: Vec<(Op, oneshot::Sender<Result<Reply, StoreError>>)> = Vec::new();
+        let mut fatal: Option<String> = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut close = None;
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Op(op, reply) => {
+                        bytes += op_bytes(&op);
+                        batch.push((op, reply));
+                    }
+                    Command::Close(reply) => {
+                        close = Some(reply);
+                        break;
+                    }
+                }
+                if batch.len() >= MAX_BATCH_OPS || bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            if let Some(reason) = &fatal {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
+                }
+            } else if !batch.is_empty()
+                && let Err(reason) = self.commit(&mut batch)
+            {
+                tracing::error!(%reason, "store commit failed; refusing all further writes");
+                self.counters.failed.store(true, Ordering::Relaxed);
+                fatal = Some(reason);
+            }
+            if let Some(reply) = close {
+                let result = self
+                    .conn
+                    .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                    .map_err(StoreError::sqlite("checkpointing the WAL at close"));
+                rx.close();
+                while let Ok(command) = rx.try_recv() {
+                    match command {
+                        Command::Op(_, r) => {
+                            let _ = r.send(Err(StoreError::Closed));
+                        }
+                        Command::Close(r) => {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                }
+                let _ = reply.send(result);
+                return;
+            }
+        }
+    }
+
+    /// Run the batch in one transaction and answer every operation. Returns `Err` only when
+    /// the commit itself failed (then every operation was answered `Fatal`).
+    fn commit(
+        &mut self,
+        batch: &mut Vec<(Op, oneshot::Sender<Result<Reply, StoreError>>)>,
+    ) -> Result<(), String> {
+        // Channel ids are created outside the batch so a rolled-back savepoint cannot leave a
+        // cached id that does not exist.
+        for (op, _) in batch.iter() {
+            let name = match op {
+                Op::Ingest(m) => &m.channel,
+                Op::Delivery(d) => &d.channel,
+            };
+            if !self.channel_ids.contains_key(name)
+                && let Err(e) = self.channel_id(name)
+            {
+                tracing::error!(error = %e, "resolving a channel id failed");
+            }
+        }
+        let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(batch.len());
+        let begin = self
+            .conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| format!("BEGIN failed: {e}"));
+        if let Err(reason) = begin {
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
+            }
+            return Err(reason);
+        }
+        for (op, _) in batch.iter() {
+            let result = self.apply_in_savepoint(op);
+            results.push(result);
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .ops
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("COMMIT failed: {e}");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    fn apply_in_savepoint(&mut self, op: &Op) -> Result<Reply, StoreError> {
+        self.conn
+            .execute_batch("SAVEPOINT op")
+            .map_err(StoreError::sqlite("opening a savepoint"))?;
+        let result = match op {
+            Op::Ingest(m) => self.ingest(m).map(Reply::Id),
+            Op::Delivery(d) => self.delivery(d).map(|()| Reply::Done),
+        };
+        let end = if result.is_ok() {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        self.conn
+            .execute_batch(end)
+            .map_err(StoreError::sqlite("closing a savepoint"))?;
+        result
+    }
+
+    fn channel_id(&mut self, name: &str) -> Result<i64, StoreError> {
+        if let Some(id) = self.channel_ids.get(name) {
+            return Ok(*id);
+        }
+        self.conn
+            .execute("INSERT OR IGNORE INTO channels (name) VALUES (?1)", [name])
+            .map_err(StoreError::sqlite("registering a channel"))?;
+        let id: i64 = self
+            .conn
+            .query_row("SELECT id FROM channels WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .map_err(StoreError::sqlite("reading a channel id"))?;
+        self.channel_ids.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    fn next_id(&mut self, channel: i64) -> Result<MessageId, StoreError> {
+        let next = match self.next_ids.get(&channel) {
+            Some(n) => *n,
+            None => {
+                let max: Option<i64> = self
+                    .conn
+                    .query_row(
+                        "SELECT MAX(id) FROM messages WHERE channel = ?1",
+                        [channel],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(StoreError::sqlite("reading the last message id"))?
+                    .flatten();
+                max.unwrap_or(0) + 1
+            }
+        };
+        self.next_ids.insert(channel, next + 1);
+        Ok(next)
+    }
+
+    fn ingest(&mut self, m: &NewMessage) -> Result<MessageId, StoreError> {
+        let channel = self.channel_id(&m.channel)?;
+        let id = self.next_id(channel)?;
+        let now = now_ms();
+        let c = &self.conn;
+        c.prepare_cached(
+            "INSERT INTO messages (channel, id, received_at_ms, control_id, message_type) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                channel,
+                id,
+                m.received_at_ms,
+                m.control_id,
+                m.message_type
+            ])
+        })
+        .map_err(StoreError::sqlite("storing a message"))?;
+        let mut content = c
+            .prepare_cached(
+                "INSERT OR REPLACE INTO content (channel, message_id, connector, stage, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(StoreError::sqlite("preparing content insert"))?;
+        content
+            .execute(params![
+                channel,
+                id,
+                SOURCE,
+                ContentStage::Raw.as_str(),
+                m.raw
+            ])
+            .map_err(StoreError::sqlite("storing raw content"))?;
+        if let Some(response) = &m.source_response {
+            content
+                .execute(params![
+                    channel,
+                    id,
+                    SOURCE,
+                    ContentStage::Response.as_str(),
+                    response
+                ])
+                .map_err(StoreError::sqlite("storing the response"))?;
+        }
+        if let Some(error) = &m.source_error {
+            content
+                .execute(params![
+                    channel,
+                    id,
+                    SOURCE,
+                    ContentStage::Error.as_str(),
+                    error.as_bytes()
+                ])
+                .map_err(StoreError::sqlite("storing the error"))?;
+        }
+        let mut status = c
+            .prepare_cached(
+                "INSERT INTO connector_messages \
+                 (channel, message_id, connector, status, attempts, error, updated_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)",
+            )
+            .map_err(StoreError::sqlite("preparing status insert"))?;
+        status
+            .execute(params![
+                channel,
+                id,
+                SOURCE,
+                m.source_status.as_str(),
+                m.source_error,
+                now
+            ])
+            .map_err(StoreError::sqlite("storing the source status"))?;
+        for destination in &m.destinations {
+            status
+                .execute(params![
+                    channel,
+                    id,
+                    destination,
+                    "QUEUED",
+                    Option::<String>::None,
+                    now
+                ])
+                .map_err(StoreError::sqlite("queueing for a destination"))?;
+        }
+        Ok(id)
+    }
+
+    fn delivery(&mut self, d: &DeliveryUpdate) -> Result<(), StoreError> {
+        let channel = self.channel_id(&d.channel)?;
+        let c = &self.conn;
+        let changed = c
+            .prepare_cached(
+                "UPDATE connector_messages SET status = ?1, attempts = ?2, error = ?3, \
+                 updated_at_ms = ?4 WHERE channel = ?5 AND message_id = ?6 AND connector = ?7",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    d.status.as_str(),
+                    d.attempts,
+                    d.error,
+                    now_ms(),
+                    channel,
+                    d.message_id,
+                    d.destination
+                ])
+            })
+            .map_err(StoreError::sqlite("recording a delivery"))?;
+        if changed == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "no message {} for destination `{}` in channel `{}`",
+                d.message_id, d.destination, d.channel
+            )));
+        }
+        let mut content = c
+            .prepare_cached(
+                "INSERT OR REPLACE INTO content (channel, message_id, connector, stage, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(StoreError::sqlite("preparing content insert"))?;
+        if let Some(response) = &d.response {
+            content
+                .execute(params![
+                    channel,
+                    d.message_id,
+                    d.destination,
+                    ContentStage::Response.as_str(),
+                    response
+                ])
+                .map_err(StoreError::sqlite("storing a response"))?;
+        }
+        if let Some(encoded) = &d.encoded {
+            content
+                .execute(params![
+                    channel,
+                    d.message_id,
+                    d.destination,
+                    ContentStage::Encoded.as_str(),
+                    encoded
+                ])
+                .map_err(StoreError::sqlite("storing encoded content"))?;
+        }
+        Ok(())
+    }
+}

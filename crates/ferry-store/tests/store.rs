@@ -1,0 +1,203 @@
+//! The store's promises, on a real SQLite file.
+
+use ferry_store::{ContentStage, DeliveryUpdate, NewMessage, SOURCE, Status, Store};
+
+fn message(channel: &str, control_id: &str, destinations: &[&str]) -> NewMessage {
+    NewMessage {
+        channel: channel.to_owned(),
+        received_at_ms: 1,
+        control_id: Some(control_id.to_owned()),
+        message_type: Some("ADT^A01".to_owned()),
+        raw: format!("MSH|^~\\&|A|B|C|D|1||ADT^A01|{control_id}|P|2.5.1\r").into_bytes(),
+        source_status: Status::Transformed,
+        source_error: None,
+        source_response: Some(b"ACK".to_vec()),
+        destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
+    }
+}
+
+fn update(id: i64, destination: &str, status: Status) -> DeliveryUpdate {
+    DeliveryUpdate {
+        channel: "c".into(),
+        message_id: id,
+        destination: destination.into(),
+        status,
+        attempts: 1,
+        error: None,
+        response: Some(b"resp".to_vec()),
+        encoded: None,
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_drop_without_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested/ferry.db");
+    {
+        let store = Store::open(&path).expect("open");
+        for i in 0..10 {
+            let id = store
+                .ingest(message("c", &format!("M{i}"), &["d"]))
+                .await
+                .expect("ingest");
+            assert_eq!(id, i + 1);
+        }
+        // dropped without close, like a crash after the acknowledgements
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.queue_depth("c", "d").await.expect("depth"), 10);
+    let next = store
+        .ingest(message("c", "M10", &["d"]))
+        .await
+        .expect("ingest");
+    assert_eq!(next, 11, "ids keep increasing across restarts");
+}
+
+#[tokio::test]
+async fn queue_is_ordered_and_payload_falls_back_to_raw() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    for i in 0..5 {
+        store
+            .ingest(message("c", &format!("M{i}"), &["a", "b"]))
+            .await
+            .expect("ingest");
+    }
+    store
+        .ingest(message("other", "X", &["a"]))
+        .await
+        .expect("ingest");
+    let batch = store.queue_batch("c", "a", 0, 3).await.expect("batch");
+    assert_eq!(
+        batch.iter().map(|m| m.message_id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(batch[0].payload.starts_with(b"MSH|"));
+    assert_eq!(batch[0].control_id.as_deref(), Some("M0"));
+    let rest = store.queue_batch("c", "a", 3, 10).await.expect("batch");
+    assert_eq!(
+        rest.iter().map(|m| m.message_id).collect::<Vec<_>>(),
+        [4, 5]
+    );
+
+    store
+        .update_delivery(update(1, "a", Status::Sent))
+        .await
+        .expect("sent");
+    let mut retry = update(2, "a", Status::Queued);
+    retry.attempts = 3;
+    retry.error = Some("HTTP 503".into());
+    store.update_delivery(retry).await.expect("retry");
+    let head = store.queue_batch("c", "a", 0, 10).await.expect("batch");
+    assert_eq!(
+        head.iter().map(|m| m.message_id).collect::<Vec<_>>(),
+        [2, 3, 4, 5]
+    );
+    assert_eq!(head[0].attempts, 3);
+    assert_eq!(store.queue_depth("c", "a").await.expect("depth"), 4);
+    assert_eq!(store.queue_depth("c", "b").await.expect("depth"), 5);
+    let rec = store
+        .connector("c", 1, "a")
+        .await
+        .expect("rec")
+        .expect("some");
+    assert_eq!(rec.status, Status::Sent);
+    assert_eq!(
+        store
+            .content("c", 1, "a", ContentStage::Response)
+            .await
+            .expect("content"),
+        Some(b"resp".to_vec())
+    );
+    assert_eq!(
+        store
+            .content("c", 1, SOURCE, ContentStage::Response)
+            .await
+            .expect("content"),
+        Some(b"ACK".to_vec())
+    );
+    let mut encoded = update(3, "a", Status::Queued);
+    encoded.encoded = Some(b"ENCODED".to_vec());
+    store.update_delivery(encoded).await.expect("encoded");
+    let head = store.queue_batch("c", "a", 2, 1).await.expect("batch");
+    assert_eq!(head[0].payload, b"ENCODED");
+}
+
+#[tokio::test]
+async fn a_bad_operation_fails_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    store
+        .ingest(message("c", "M0", &["a"]))
+        .await
+        .expect("ingest");
+    let (bad, good) = tokio::join!(
+        store.update_delivery(update(99, "a", Status::Sent)),
+        store.ingest(message("c", "M1", &["a"]))
+    );
+    assert!(
+        bad.is_err(),
+        "an update for a message that does not exist is an error"
+    );
+    assert_eq!(good.expect("the other write commits"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_ingests_share_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..32 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..20 {
+                ids.push(
+                    store
+                        .ingest(message("c", &format!("T{t}-{i}"), &["a"]))
+                        .await
+                        .expect("ingest"),
+                );
+            }
+            ids
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(ids) = tasks.join_next().await {
+        let ids = ids.expect("task");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids increase per sender"
+        );
+        all.extend(ids);
+    }
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 640);
+    let stats = store.stats();
+    assert_eq!(stats.ops, 640);
+    assert!(
+        stats.commits < stats.ops,
+        "group commit shared fsyncs: {stats:?}"
+    );
+    let counts = store.status_counts("c").await.expect("counts");
+    assert!(
+        counts
+            .iter()
+            .any(|c| c.connector == "a" && c.status == Status::Queued && c.count == 640)
+    );
+}
+
+#[tokio::test]
+async fn close_flushes_and_refuses_later_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    store.ingest(message("c", "M0", &[])).await.expect("ingest");
+    store.close().await.expect("close");
+    assert!(matches!(
+        store.ingest(message("c", "M1", &[])).await,
+        Err(ferry_store::StoreError::Closed)
+    ));
+    let reopened = Store::open(&dir.path().join("s.db")).expect("reopen");
+    assert_eq!(reopened.messages("c", 0, 10).await.expect("list").len(), 1);
+}
