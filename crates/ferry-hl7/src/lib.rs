@@ -1,1 +1,26 @@
-//! placeholder
+//! Ferry's HL7 v2 toolkit.
+//!
+//! HL7 v2 (ER7, the pipe-delimited form) is parsed straight from bytes: a [`Message`] keeps the
+//! input slice and the offsets of its segments, and every field, component or subcomponent is a
+//! sub-slice found on demand, so reading a field allocates nothing. Delimiters come from the
+//! message itself (MSH-1 and MSH-2, including the v2.7+ truncation character), and segments may
+//! end with CR, LF, CRLF or a mix, as real feeds do.
+//!
+//! - [`message`]: [`Message`], [`Segment`], [`Delimiters`], parse errors.
+//! - [`path`]: `PID-5.1`, `PID.5.1`, `OBX[2]-5`, `PID-3(2).1` addressing.
+//! - [`escape`]: decoding and encoding of `\F\ \S\ \T\ \R\ \E\` with the message's own delimiters.
+//! - [`batch`]: [`split_messages`] for bodies and files holding several messages or a batch.
+//! - [`ack`]: building acknowledgements (original and enhanced mode, version-correct ERR) and
+//!   reading the ones downstream systems send back.
+//!
+//! This crate does no I/O and knows nothing of channels, stores or sockets.
+
+pub mod ack;
+pub mod batch;
+pub mod escape;
+pub mod message;
+pub mod path;
+
+pub use batch::split_messages;
+pub use message::{Delimiters, Message, ParseError, Segment};
+pub use path::{Path, PathError};
