@@ -1,1 +1,24 @@
-//! placeholder
+//! Ferry's configuration: the TOML schema, its loading and its validation.
+//!
+//! The structs in this crate *are* the configuration reference: every field's doc comment says
+//! what it does, its default and its unit. Every table is `deny_unknown_fields`, so a typo is an
+//! error with `file:line:column` and a "did you mean". Secrets never live in the file:
+//! `${env:NAME}` and `${file:/path}` in any string value are replaced at load ([`Text`],
+//! [`Secret`]), and a [`Secret`] never prints.
+//!
+//! - [`schema`]: the tables (`[store]`, `[admin]`, `[[channel]]`, sources, destinations, `tls`).
+//! - [`values`]: value types with their own syntax: [`Duration`] (`"500ms"`, `"2s"`, `"5m"`),
+//!   [`ByteSize`] (`"16MiB"`), [`Text`] and [`Secret`] (interpolated strings).
+//! - [`load`]: reading files, `include`, relative paths, error positions, validation.
+
+pub mod load;
+pub mod schema;
+pub mod values;
+
+pub use load::ConfigError;
+pub use schema::{
+    AdminConfig, ChannelConfig, Config, DestinationConfig, FileDestinationConfig,
+    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MllpDestinationConfig,
+    MllpSourceConfig, NakAction, ResponseMode, RetryConfig, SourceConfig, StoreConfig, TlsConfig,
+};
+pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};

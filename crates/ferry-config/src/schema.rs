@@ -1,0 +1,398 @@
+//! The configuration tables. Each field's doc comment is its reference documentation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::values::{ByteSize, Duration, Secret, Text};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[store]`: where messages are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// `[admin]`: the admin listener (health, metrics).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// `include = ["channels/*.toml"]`: more files holding `[[channel]]` tables, relative to
+    /// this file; `*` matches within a file name. Matched files are read in name order.
+    #[serde(default)]
+    pub include: Vec<Text>,
+    /// `[[channel]]`: the channels, in order.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+    /// Non-fatal findings of validation (for example plain-HTTP URLs).
+    #[serde(skip)]
+    pub(crate) warnings: Vec<String>,
+}
+
+/// `[store]`: the durable message store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file, relative to the configuration file. Default `"data/ferry.db"`.
+    /// Its directory is created if missing.
+    pub path: Option<PathBuf>,
+    /// PostgreSQL URL (`postgres://…`) instead of SQLite. Accepted by the schema; not supported
+    /// by this version yet (deploying with it is an error).
+    pub url: Option<Secret>,
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on, `IP:port`. Default `"127.0.0.1:8480"`. Port 0 picks a free port.
+    #[serde(default = "default_admin_listen", deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate and key (and mTLS with `client_ca`).
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            tls: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The listen address.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8480))
+}
+
+/// A `tls = { … }` table. The same keys everywhere; which are required depends on where it is:
+/// a listener needs `cert` and `key` (and `client_ca` to require client certificates); a
+/// client uses `ca` to trust the server (default: the operating system's trust store) and
+/// `cert` + `key` to present its own identity. Paths are relative to the configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Own certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Own private key (PEM, PKCS#8, PKCS#1 or SEC1; not encrypted).
+    pub key: Option<PathBuf>,
+    /// CA bundle (PEM) trusted for the peer's certificate (clients).
+    pub ca: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must chain to (listeners). Setting it makes
+    /// client certificates required (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Client identities allowed in (listeners with `client_ca`): each entry is matched against
+    /// the certificate's subject CN and its subject alternative names (DNS names ignore case).
+    /// Empty: any certificate from `client_ca` is allowed.
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+}
+
+/// When the source answers the sender.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResponseMode {
+    /// Answer once the message is durably stored (store and forward). The default.
+    #[default]
+    OnReceive,
+    /// Answer after the source filter and transformer ran. Not supported yet.
+    AfterTransform,
+    /// Wait for the destinations and relay a destination's response. Not supported yet.
+    AfterDelivery,
+}
+
+/// A `[[channel]]`: one source, its destinations, and settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Unique name: letters, digits, `-`, `_`, `.`. Appears in logs, metrics and the store.
+    pub name: String,
+    /// Set to `false` to keep the channel in the file without deploying it. Default `true`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where messages come from: `{ type = "mllp" | "http" | "http-poll", … }`.
+    pub source: SourceConfig,
+    /// When the sender gets its acknowledgement. Default `"on-receive"`.
+    #[serde(default)]
+    pub response: ResponseMode,
+    /// `[[channel.destination]]`: where messages go, each with its own durable queue.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A channel's source, chosen by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SourceConfig {
+    /// `type = "mllp"`: an MLLP listener (optionally TLS/mTLS).
+    Mllp(MllpSourceConfig),
+    /// `type = "http"`: an HL7-over-HTTP listener (optionally HTTPS/mTLS).
+    Http(HttpSourceConfig),
+    /// `type = "http-poll"`: GET a URL on an interval.
+    HttpPoll(HttpPollSourceConfig),
+}
+
+/// `source = { type = "mllp", … }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpSourceConfig {
+    /// Address to listen on, `IP:port`, e.g. `"0.0.0.0:2575"`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// TLS (`cert`, `key`) and mTLS (`client_ca`, `allowed_clients`).
+    pub tls: Option<TlsConfig>,
+    /// Largest message accepted; larger frames are answered `AR` and the connection closed.
+    /// Default `"16MiB"`.
+    #[serde(default = "default_frame_size")]
+    pub max_frame_size: ByteSize,
+    /// Time allowed to finish a frame (or a TLS handshake) once it started. Default `"30s"`.
+    #[serde(default = "thirty_seconds")]
+    pub read_timeout: Duration,
+    /// A connection silent this long between messages is closed. Default `"10m"`.
+    #[serde(default = "ten_minutes")]
+    pub idle_timeout: Duration,
+    /// Most simultaneous connections; more are closed at once. Default 100.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+/// `source = { type = "http", … }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Address to listen on, `IP:port`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// HTTPS (`cert`, `key`) and mTLS (`client_ca`, `allowed_clients`).
+    pub tls: Option<TlsConfig>,
+    /// Path that accepts `POST`s. Default `"/"`.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Largest request body; larger ones get 413. Default `"16MiB"`.
+    #[serde(default = "default_frame_size")]
+    pub max_body_size: ByteSize,
+    /// Time allowed for a TLS handshake. Default `"30s"`.
+    #[serde(default = "thirty_seconds")]
+    pub read_timeout: Duration,
+}
+
+/// `source = { type = "http-poll", … }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpPollSourceConfig {
+    /// URL to GET, `https://…` (or `http://…`, with a warning).
+    pub url: Text,
+    /// Time between polls. Default `"10s"`.
+    #[serde(default = "ten_seconds")]
+    pub interval: Duration,
+    /// Trust (`ca`) and client identity (`cert`, `key`).
+    pub tls: Option<TlsConfig>,
+    /// Request headers; values may use `${env:…}`/`${file:…}` and are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Whole-request timeout. Default `"30s"`.
+    #[serde(default = "thirty_seconds")]
+    pub timeout: Duration,
+}
+
+/// A channel destination, chosen by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum DestinationConfig {
+    /// `type = "http"`: POST each message to a URL.
+    Http(HttpDestinationConfig),
+    /// `type = "mllp"`: send each message over MLLP and check its ACK.
+    Mllp(MllpDestinationConfig),
+    /// `type = "file"`: write each message to a file in a directory.
+    File(FileDestinationConfig),
+}
+
+impl DestinationConfig {
+    /// The destination's name.
+    pub fn name(&self) -> &str {
+        match self {
+            DestinationConfig::Http(d) => &d.name,
+            DestinationConfig::Mllp(d) => &d.name,
+            DestinationConfig::File(d) => &d.name,
+        }
+    }
+
+    /// The destination's retry settings.
+    pub fn retry(&self) -> &RetryConfig {
+        match self {
+            DestinationConfig::Http(d) => &d.retry,
+            DestinationConfig::Mllp(d) => &d.retry,
+            DestinationConfig::File(d) => &d.retry,
+        }
+    }
+}
+
+/// `type = "http"` destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpDestinationConfig {
+    /// Unique within the channel; names the destination's queue.
+    pub name: String,
+    /// Target URL, `https://…` (or `http://…`, with a warning).
+    pub url: Text,
+    /// HTTP method: `POST` (default), `PUT` or `PATCH`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Request headers; values may use `${env:…}`/`${file:…}` and are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Trust (`ca`, default the OS store) and client identity (`cert`, `key`).
+    pub tls: Option<TlsConfig>,
+    /// Whole-request timeout; a timeout is retried. Default `"30s"`.
+    #[serde(default = "thirty_seconds")]
+    pub timeout: Duration,
+    /// Retry of failed deliveries. Default: forever, 1 s doubling to 5 min.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// What an MLLP destination does with a negative ACK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NakAction {
+    /// Retry with backoff (the receiver may recover). The default.
+    #[default]
+    Retry,
+    /// Mark the message `ERROR` and continue with the queue.
+    Error,
+}
+
+/// `type = "mllp"` destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpDestinationConfig {
+    /// Unique within the channel; names the destination's queue.
+    pub name: String,
+    /// `host:port` of the receiver.
+    pub address: Text,
+    /// Use TLS: trust (`ca`) and client identity (`cert`, `key`). Absent: plain TCP.
+    pub tls: Option<TlsConfig>,
+    /// Name the server certificate must carry. Default: the host part of `address`.
+    pub server_name: Option<String>,
+    /// Time to wait for the ACK; a timeout is retried. Default `"30s"`.
+    #[serde(default = "thirty_seconds")]
+    pub response_timeout: Duration,
+    /// Time to establish the connection. Default `"10s"`.
+    #[serde(default = "ten_seconds")]
+    pub connect_timeout: Duration,
+    /// Keep the connection open between messages. Default `true`.
+    #[serde(default = "yes")]
+    pub keep_alive: bool,
+    /// On `AE`/`AR`/`CE`/`CR`: `"retry"` (default) or `"error"`.
+    #[serde(default)]
+    pub on_nak: NakAction,
+    /// Largest ACK accepted. Default `"16MiB"`.
+    #[serde(default = "default_frame_size")]
+    pub max_frame_size: ByteSize,
+    /// Retry of failed deliveries. Default: forever, 1 s doubling to 5 min.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// `type = "file"` destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDestinationConfig {
+    /// Unique within the channel; names the destination's queue.
+    pub name: String,
+    /// Directory to write into (created if missing), relative to the configuration file.
+    pub directory: PathBuf,
+    /// File name pattern; `{channel}`, `{id}` and `{control_id}` are replaced. Default
+    /// `"{channel}-{id}.hl7"` (unique per message, so a resend overwrites instead of
+    /// duplicating).
+    #[serde(default = "default_file_name")]
+    pub file_name: String,
+    /// Retry of failed writes. Default: forever, 1 s doubling to 5 min.
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+/// `retry = { … }`: exponential backoff of a destination.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First delay. Default `"1s"`.
+    #[serde(default = "one_second")]
+    pub initial: Duration,
+    /// Longest delay. Default `"5m"`.
+    #[serde(default = "five_minutes")]
+    pub max: Duration,
+    /// Growth factor between delays. Default 2.0.
+    #[serde(default = "two")]
+    pub multiplier: f64,
+    /// Attempts before the message is marked `ERROR`; 0 (the default) retries forever.
+    #[serde(default)]
+    pub max_attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: one_second(),
+            max: five_minutes(),
+            multiplier: two(),
+            max_attempts: 0,
+        }
+    }
+}
+
+fn default_frame_size() -> ByteSize {
+    ByteSize::new(16 * 1024 * 1024)
+}
+fn default_max_connections() -> usize {
+    100
+}
+fn default_path() -> String {
+    "/".to_owned()
+}
+fn default_method() -> String {
+    "POST".to_owned()
+}
+fn default_file_name() -> String {
+    "{channel}-{id}.hl7".to_owned()
+}
+fn one_second() -> Duration {
+    Duration::secs(1)
+}
+fn ten_seconds() -> Duration {
+    Duration::secs(10)
+}
+fn thirty_seconds() -> Duration {
+    Duration::secs(30)
+}
+fn five_minutes() -> Duration {
+    Duration::secs(300)
+}
+fn ten_minutes() -> Duration {
+    Duration::secs(600)
+}
+fn two() -> f64 {
+    2.0
+}
+
+/// An `IP:port` listen address.
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = Text::deserialize(d)?;
+    text.as_str().parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid address `{text}`: expected IP:port, like \"0.0.0.0:2575\" or \"127.0.0.1:8480\""
+        ))
+    })
+}

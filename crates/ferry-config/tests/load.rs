@@ -1,0 +1,250 @@
+//! Loading configurations: the product example, defaults, interpolation, and every kind of
+//! error with its position.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use ferry_config::{Config, DestinationConfig, NakAction, SourceConfig};
+
+const PRODUCT_EXAMPLE: &str = r#"[store]
+path = "data/ferry.db"              # SQLite, the default; `url = "postgres://…"` for PostgreSQL
+
+[admin]
+listen = "127.0.0.1:8480"           # health, metrics, REST API, web console
+
+[[channel]]
+name = "adt-to-cloud"
+source = { type = "mllp", listen = "0.0.0.0:2575" }
+
+  [[channel.destination]]
+  name = "cloud"
+  type = "http"
+  url = "https://api.example.com/hl7"
+  tls = { ca = "certs/ca.pem", cert = "certs/client.pem", key = "certs/client.key" }
+  headers = { Authorization = "Bearer ${env:CLOUD_TOKEN}" }
+"#;
+
+fn env(vars: &[(&str, &str)]) -> ferry_config::EnvLookup {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Rc::new(move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+}
+
+fn load(text: &str) -> Result<Config, String> {
+    Config::from_str_with_env(
+        text,
+        Path::new("/etc/ferry/ferry.toml"),
+        env(&[("CLOUD_TOKEN", "t0k3n")]),
+    )
+    .map_err(|e| e.to_string())
+}
+
+const MINIMAL_CHANNEL: &str = "[[channel]]\nname = \"a\"\nsource = { type = \"mllp\", listen = \"127.0.0.1:2575\" }\n\n  [[channel.destination]]\n  name = \"d\"\n  type = \"file\"\n  directory = \"out\"\n";
+
+#[test]
+fn the_product_example_loads_verbatim() {
+    let config = load(PRODUCT_EXAMPLE).expect("loads");
+    assert_eq!(config.store_path(), Path::new("/etc/ferry/data/ferry.db"));
+    assert_eq!(config.admin.listen().to_string(), "127.0.0.1:8480");
+    assert_eq!(config.channels.len(), 1);
+    let channel = &config.channels[0];
+    assert!(
+        matches!(&channel.source, SourceConfig::Mllp(s) if s.listen.to_string() == "0.0.0.0:2575")
+    );
+    let DestinationConfig::Http(d) = &channel.destinations[0] else {
+        panic!("http destination expected");
+    };
+    assert_eq!(d.url.as_str(), "https://api.example.com/hl7");
+    assert_eq!(d.method, "POST");
+    assert_eq!(d.headers["Authorization"].expose(), "Bearer t0k3n");
+    let tls = d.tls.as_ref().expect("tls");
+    assert_eq!(
+        tls.ca.as_deref(),
+        Some(Path::new("/etc/ferry/certs/ca.pem"))
+    );
+    assert!(
+        !format!("{config:?}").contains("t0k3n"),
+        "a secret leaked into Debug"
+    );
+    assert!(config.warnings().is_empty());
+}
+
+#[test]
+fn defaults_are_documented_values() {
+    let config = load(MINIMAL_CHANNEL).expect("loads");
+    assert_eq!(config.store_path(), Path::new("/etc/ferry/data/ferry.db"));
+    assert_eq!(config.admin.listen().to_string(), "127.0.0.1:8480");
+    let SourceConfig::Mllp(s) = &config.channels[0].source else {
+        panic!("mllp");
+    };
+    assert_eq!(s.max_frame_size.bytes(), 16 << 20);
+    assert_eq!(s.read_timeout.get().as_secs(), 30);
+    assert_eq!(s.idle_timeout.get().as_secs(), 600);
+    assert_eq!(s.max_connections, 100);
+    let retry = config.channels[0].destinations[0].retry();
+    assert_eq!(
+        (
+            retry.initial.get().as_secs(),
+            retry.max.get().as_secs(),
+            retry.max_attempts
+        ),
+        (1, 300, 0)
+    );
+    let mllp = load(&MINIMAL_CHANNEL.replace(
+        "type = \"file\"\n  directory = \"out\"",
+        "type = \"mllp\"\n  address = \"his:2576\"",
+    ))
+    .expect("loads");
+    let DestinationConfig::Mllp(d) = &mllp.channels[0].destinations[0] else {
+        panic!("mllp");
+    };
+    assert!(d.keep_alive);
+    assert_eq!(d.on_nak, NakAction::Retry);
+    assert_eq!(d.response_timeout.get().as_secs(), 30);
+}
+
+#[test]
+fn a_typo_is_an_error_with_line_and_suggestion() {
+    let err = load(&MINIMAL_CHANNEL.replace("listen =", "listn =")).expect_err("typo");
+    assert!(err.starts_with("/etc/ferry/ferry.toml:3:"), "{err}");
+    assert!(err.contains("unknown field `listn`"), "{err}");
+    assert!(err.contains("did you mean `listen`?"), "{err}");
+
+    let err = load(&MINIMAL_CHANNEL.replace("directory =", "directroy =")).expect_err("typo");
+    assert!(err.contains("did you mean `directory`?"), "{err}");
+
+    let err =
+        load(&MINIMAL_CHANNEL.replace("type = \"mllp\"", "type = \"mlp\"")).expect_err("variant");
+    assert!(err.contains("unknown variant `mlp`"), "{err}");
+    assert!(err.contains("did you mean `mllp`?"), "{err}");
+
+    let err = load(&format!("[stor]\npath = \"x\"\n{MINIMAL_CHANNEL}")).expect_err("table");
+    assert!(err.starts_with("/etc/ferry/ferry.toml:1:"), "{err}");
+    assert!(err.contains("did you mean `store`?"), "{err}");
+}
+
+#[test]
+fn values_with_their_own_syntax_explain_themselves() {
+    let err = load(&MINIMAL_CHANNEL.replace(
+        "listen = \"127.0.0.1:2575\"",
+        "listen = \"127.0.0.1:2575\", read_timeout = 30",
+    ))
+    .expect_err("bare number");
+    assert!(err.contains("durations are strings"), "{err}");
+    let err =
+        load(&MINIMAL_CHANNEL.replace("listen = \"127.0.0.1:2575\"", "listen = \"localhost\""))
+            .expect_err("address");
+    assert!(err.contains("expected IP:port"), "{err}");
+    let err = load(&MINIMAL_CHANNEL.replace(
+        "listen = \"127.0.0.1:2575\"",
+        "listen = \"127.0.0.1:2575\", max_frame_size = \"big\"",
+    ))
+    .expect_err("size");
+    assert!(err.contains("invalid size `big`"), "{err}");
+}
+
+#[test]
+fn missing_secret_names_the_variable_and_line_but_no_value() {
+    let err = Config::from_str_with_env(PRODUCT_EXAMPLE, Path::new("ferry.toml"), env(&[]))
+        .expect_err("missing");
+    let err = err.to_string();
+    assert!(err.starts_with("ferry.toml:16:"), "{err}");
+    assert!(
+        err.contains("environment variable `CLOUD_TOKEN` is not set"),
+        "{err}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_channel_and_destination() {
+    let twice = format!(
+        "{MINIMAL_CHANNEL}\n{}",
+        MINIMAL_CHANNEL.replace("2575", "2576")
+    );
+    assert!(
+        load(&twice)
+            .expect_err("dup")
+            .contains("channel `a`: defined twice")
+    );
+    let no_dest =
+        "[[channel]]\nname = \"a\"\nsource = { type = \"mllp\", listen = \"127.0.0.1:2575\" }\n";
+    assert!(
+        load(no_dest)
+            .expect_err("no dest")
+            .contains("has no destination")
+    );
+    let same_port = format!("[admin]\nlisten = \"127.0.0.1:2575\"\n{MINIMAL_CHANNEL}");
+    assert!(
+        load(&same_port)
+            .expect_err("port")
+            .contains("already used by [admin]")
+    );
+    let allow = MINIMAL_CHANNEL.replace(
+        "listen = \"127.0.0.1:2575\"",
+        "listen = \"127.0.0.1:2575\", tls = { cert = \"c\", key = \"k\", allowed_clients = [\"x\"] }",
+    );
+    assert!(
+        load(&allow)
+            .expect_err("allow")
+            .contains("`allowed_clients` needs `client_ca`")
+    );
+    let http = MINIMAL_CHANNEL.replace(
+        "type = \"file\"\n  directory = \"out\"",
+        "type = \"http\"\n  url = \"ftp://x\"",
+    );
+    assert!(
+        load(&http)
+            .expect_err("url")
+            .contains("destination `d`: url `ftp://x` must start with https://")
+    );
+    let plain = MINIMAL_CHANNEL.replace(
+        "type = \"file\"\n  directory = \"out\"",
+        "type = \"http\"\n  url = \"http://x/y\"",
+    );
+    assert_eq!(load(&plain).expect("plain http loads").warnings().len(), 1);
+    let mode = MINIMAL_CHANNEL.replace(
+        "name = \"a\"\n",
+        "name = \"a\"\nresponse = \"after-delivery\"\n",
+    );
+    assert!(load(&mode).expect_err("mode").contains("not supported yet"));
+}
+
+#[test]
+fn includes_add_channels_from_other_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("channels")).expect("dir");
+    std::fs::write(dir.path().join("channels/a.toml"), MINIMAL_CHANNEL).expect("write");
+    std::fs::write(
+        dir.path().join("channels/b.toml"),
+        MINIMAL_CHANNEL
+            .replace("\"a\"", "\"b\"")
+            .replace("2575", "2576"),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("channels/ignored.txt"), "junk").expect("write");
+    let main = dir.path().join("ferry.toml");
+    std::fs::write(&main, "include = [\"channels/*.toml\"]\n").expect("write");
+    let config = Config::load(&main).expect("loads");
+    let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    std::fs::write(
+        dir.path().join("channels/c.toml"),
+        "[[channel]]\nname = \"c\"\nbogus = 1\n",
+    )
+    .expect("write");
+    let err = Config::load(&main).expect_err("bad include").to_string();
+    assert!(err.contains("c.toml:3:"), "{err}");
+}
+
+#[test]
+fn a_missing_file_says_so() {
+    let err = Config::load(Path::new("/nonexistent/ferry.toml"))
+        .expect_err("missing")
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/ferry.toml: cannot read the file"),
+        "{err}"
+    );
+}
