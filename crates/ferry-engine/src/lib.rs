@@ -1,1 +1,37 @@
-//! placeholder
+//! The Ferry channel runtime.
+//!
+//! A channel is one source feeding an ordered list of destinations. This crate owns what happens
+//! between "a source read some bytes" and "every destination has the message": it knows nothing
+//! about sockets or TLS (that is `ferry-connectors`) and nothing about TOML (that is
+//! `ferry-config`).
+//!
+//! The life of a message through this crate:
+//!
+//! 1. A source hands the bytes to [`ChannelIngest::receive`]. The HL7 header is parsed, the raw
+//!    message and one `QUEUED` row per destination are committed to the [`ferry_store::Store`]
+//!    (group commit, fsync'd), and only then is the positive ACK returned to the source. Input
+//!    that cannot be parsed is stored too, with status `ERROR`, and answered with `AR`.
+//! 2. Each destination has one [`worker`](destination) that streams its queue from the store in
+//!    batches, in message-id order, and hands each message to a [`Destination`] implementation.
+//!    A retryable failure is retried with exponential backoff ([`RetryPolicy`]) while the queue
+//!    waits behind it, so order holds; a permanent failure marks the message `ERROR` and the
+//!    queue moves on.
+//! 3. After a crash nothing needs replaying: the queue *is* the set of `QUEUED` rows, so a
+//!    restarted worker simply starts again at the head.
+//!
+//! [`Stats`] counts what happened per channel and destination for `/metrics`.
+
+mod destination;
+mod engine;
+mod ingest;
+mod retry;
+mod stats;
+
+pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
+pub use engine::{ChannelSpec, DestinationSpec, Engine, EngineError, Health, HealthProbe};
+pub use ingest::{ChannelIngest, IngestReply};
+pub use retry::RetryPolicy;
+pub use stats::{ChannelStats, DestinationStats, Stats};
+
+/// Re-exported so connectors and the binary share one cancellation type for graceful shutdown.
+pub use tokio_util::sync::CancellationToken as Shutdown;

@@ -1,0 +1,247 @@
+//! The engine: deploys channels on a store, runs their destination workers, shuts down cleanly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferry_store::{Store, StoreError};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::destination::{Destination, Worker};
+use crate::ingest::{ChannelIngest, ChannelShared};
+use crate::retry::RetryPolicy;
+use crate::stats::{ChannelStats, Stats};
+
+/// One destination of a channel, ready to run.
+pub struct DestinationSpec {
+    /// Destination name, unique within its channel; its queue is keyed by it.
+    pub name: String,
+    /// The connector that delivers.
+    pub sender: Arc<dyn Destination>,
+    /// Retry policy for retryable failures.
+    pub retry: RetryPolicy,
+}
+
+/// One channel, ready to run. The source is started separately by its connector with the
+/// [`ChannelIngest`] the engine hands out.
+pub struct ChannelSpec {
+    /// Channel name, unique in the engine.
+    pub name: String,
+    /// Destinations in order.
+    pub destinations: Vec<DestinationSpec>,
+}
+
+/// Errors starting or stopping the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Two channels share a name.
+    #[error("channel `{0}` is defined twice")]
+    DuplicateChannel(String),
+    /// A destination worker stopped abnormally.
+    #[error("destination worker `{channel}/{destination}` stopped: {reason}")]
+    Worker {
+        /// Channel name.
+        channel: String,
+        /// Destination name.
+        destination: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Health as reported by `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Every channel's source is listening and its workers are running.
+    pub all_deployed: bool,
+    /// The store accepts writes (false after a failed commit: nothing is acknowledged then).
+    pub store_ok: bool,
+}
+
+impl Health {
+    /// Healthy overall.
+    pub fn is_ok(&self) -> bool {
+        self.all_deployed && self.store_ok
+    }
+}
+
+/// A running engine.
+pub struct Engine {
+    store: Store,
+    channels: Vec<ChannelIngest>,
+    stats: Arc<Stats>,
+    workers: JoinSet<(String, String, Result<(), StoreError>)>,
+    shutdown: CancellationToken,
+    store_failed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Deploy the channels: count each destination's queue, then start one worker per
+    /// destination. Messages left queued by an earlier run (or a crash) are delivered first,
+    /// in order.
+    pub async fn start(store: Store, specs: Vec<ChannelSpec>) -> Result<Engine, EngineError> {
+        let shutdown = CancellationToken::new();
+        let store_failed = Arc::new(AtomicBool::new(false));
+        let mut workers = JoinSet::new();
+        let mut channels = Vec::with_capacity(specs.len());
+        let mut all_stats = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if channels
+                .iter()
+                .any(|c: &ChannelIngest| c.channel() == spec.name)
+            {
+                return Err(EngineError::DuplicateChannel(spec.name));
+            }
+            let names: Vec<String> = spec.destinations.iter().map(|d| d.name.clone()).collect();
+            let stats = Arc::new(ChannelStats::new(&spec.name, &names));
+            let mut wakes = Vec::with_capacity(spec.destinations.len());
+            for dest in spec.destinations {
+                let depth = store.queue_depth(&spec.name, &dest.name).await?;
+                let dest_stats = stats.destination(&dest.name).cloned().unwrap_or_default();
+                dest_stats
+                    .queue_depth
+                    .store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed);
+                if depth > 0 {
+                    tracing::info!(channel = %spec.name, destination = %dest.name, depth,
+                        "resuming queued messages");
+                }
+                let wake = Arc::new(Notify::new());
+                wakes.push(wake.clone());
+                let worker = Worker {
+                    channel: spec.name.clone(),
+                    destination: dest.name.clone(),
+                    sender: dest.sender,
+                    retry: dest.retry,
+                    store: store.clone(),
+                    wake,
+                    stats: dest_stats,
+                    shutdown: shutdown.child_token(),
+                };
+                let (c, d) = (spec.name.clone(), dest.name);
+                workers.spawn(async move { (c, d, worker.run().await) });
+            }
+            all_stats.push(stats.clone());
+            channels.push(ChannelIngest {
+                shared: Arc::new(ChannelShared {
+                    name: spec.name,
+                    store: store.clone(),
+                    destinations: names,
+                    wakes,
+                    stats,
+                    store_failed: store_failed.clone(),
+                }),
+            });
+        }
+        Ok(Engine {
+            store,
+            channels,
+            stats: Arc::new(Stats::new(all_stats)),
+            workers,
+            shutdown,
+            store_failed,
+        })
+    }
+
+    /// The ingest handle of a channel, for its source connector.
+    pub fn ingest(&self, channel: &str) -> Option<ChannelIngest> {
+        self.channels
+            .iter()
+            .find(|c| c.channel() == channel)
+            .cloned()
+    }
+
+    /// Counters for `/metrics`.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// The store the engine runs on.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A view of health that stays valid after the engine is moved (for the admin server).
+    pub fn health_probe(&self) -> HealthProbe {
+        HealthProbe {
+            stats: self.stats.clone(),
+            store_failed: self.store_failed.clone(),
+        }
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.health_probe().health()
+    }
+
+    /// Stop: workers finish the attempt in flight (its outcome is recorded), pending completion
+    /// records are flushed, and the store is closed.
+    pub async fn shutdown(mut self) -> Result<(), EngineError> {
+        for c in &self.channels {
+            c.set_deployed(false);
+        }
+        self.shutdown.cancel();
+        let mut first_error = None;
+        while let Some(joined) = self.workers.join_next().await {
+            let error = match joined {
+                Ok((_, _, Ok(()))) => None,
+                Ok((channel, destination, Err(e))) => Some(EngineError::Worker {
+                    channel,
+                    destination,
+                    reason: e.to_string(),
+                }),
+                Err(join) => Some(EngineError::Worker {
+                    channel: String::new(),
+                    destination: String::new(),
+                    reason: join.to_string(),
+                }),
+            };
+            if let Some(e) = error {
+                tracing::error!(error = %e, "worker stopped with an error");
+                first_error.get_or_insert(e);
+            }
+        }
+        self.store.close().await?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Cheap, cloneable health view of an engine.
+#[derive(Clone, Debug)]
+pub struct HealthProbe {
+    stats: Arc<Stats>,
+    store_failed: Arc<AtomicBool>,
+}
+
+impl HealthProbe {
+    /// Current health.
+    pub fn health(&self) -> Health {
+        Health {
+            all_deployed: self
+                .stats
+                .channels()
+                .iter()
+                .all(|c| c.deployed.load(Ordering::Relaxed)),
+            store_ok: !self.store_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counters for `/metrics`.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}

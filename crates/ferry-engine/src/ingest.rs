@@ -1,0 +1,264 @@
+//! Inbound messages: parse, store durably, answer.
+//!
+//! This is where Ferry's first promise is kept: the positive ACK is built only after the store
+//! has committed (fsync'd) the message and its destination queue rows. Anything that cannot be
+//! parsed or fails validation is stored as well, with status `ERROR` and the reason, and answered
+//! with `AR`, so nothing that arrived is ever lost or invisible. A store failure is answered with
+//! `AE` and never with a positive code.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferry_hl7::Message;
+use ferry_hl7::ack::{self, AckCode, ErrorDetail};
+use ferry_store::{MessageId, NewMessage, Status, Store, StoreError};
+use tokio::sync::Notify;
+
+use crate::stats::ChannelStats;
+
+/// What a source should send back for one received message.
+#[derive(Debug, Clone)]
+pub struct IngestReply {
+    /// The encoded HL7 acknowledgement.
+    pub ack: Vec<u8>,
+    /// Its MSA-1 code.
+    pub code: AckCode,
+    /// The stored message id, when the message was stored.
+    pub message_id: Option<MessageId>,
+    /// False when the sender asked not to receive this acknowledgement (enhanced mode, MSH-15
+    /// `NE`, or `ER`/`SU` not matching the outcome). Sources that must always answer (HTTP)
+    /// ignore it.
+    pub requested: bool,
+}
+
+pub(crate) struct ChannelShared {
+    pub name: String,
+    pub store: Store,
+    pub destinations: Vec<String>,
+    pub wakes: Vec<Arc<Notify>>,
+    pub stats: Arc<ChannelStats>,
+    pub store_failed: Arc<AtomicBool>,
+}
+
+/// The handle a source uses to submit messages to its channel. Cheap to clone.
+#[derive(Clone)]
+pub struct ChannelIngest {
+    pub(crate) shared: Arc<ChannelShared>,
+}
+
+impl std::fmt::Debug for ChannelIngest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelIngest")
+            .field("channel", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn text(bytes: Option<&str>) -> Option<String> {
+    bytes.filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// Why a parsed message is refused before it is dispatched.
+fn validate(message: &Message<'_>) -> Result<(), (ErrorDetail, String)> {
+    if message.message_type().is_none_or(str::is_empty) {
+        return Err((
+            ErrorDetail::required_field_missing("MSH", 9),
+            "MSH-9 (message type) is required".to_owned(),
+        ));
+    }
+    if message.control_id().is_none_or(str::is_empty) {
+        return Err((
+            ErrorDetail::required_field_missing("MSH", 10),
+            "MSH-10 (message control id) is required".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+impl ChannelIngest {
+    /// The channel's name.
+    pub fn channel(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Mark the channel's source as listening (or not); `/health` reports 200 only when every
+    /// channel is deployed.
+    pub fn set_deployed(&self, deployed: bool) {
+        self.shared
+            .stats
+            .deployed
+            .store(deployed, Ordering::Relaxed);
+    }
+
+    /// Receive one message: store it durably and return the acknowledgement to send back.
+    ///
+    /// Never fails: every outcome is expressed as an ACK code (`AA`/`CA` stored, `AR`/`CR`
+    /// rejected and stored as `ERROR`, `AE`/`CE` not stored because the store failed).
+    pub async fn receive(&self, raw: &[u8]) -> IngestReply {
+        let shared = &self.shared;
+        shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        let message = match Message::parse(raw) {
+            Ok(message) => message,
+            Err(error) => {
+                let reason = format!("message rejected: {error}");
+                return self.reject_parsed(raw, None, None, reason).await;
+            }
+        };
+        if let Err((detail, reason)) = validate(&message) {
+            return self
+                .reject_parsed(raw, Some(&message), Some(detail), reason)
+                .await;
+        }
+        let enhanced = message.accept_ack_type().is_some_and(|t| !t.is_empty());
+        let code = if enhanced { AckCode::CA } else { AckCode::AA };
+        let ack = ack::build_ack(&message, code, None, None);
+        let record = NewMessage {
+            channel: shared.name.clone(),
+            received_at_ms: now_ms(),
+            control_id: text(message.control_id()),
+            message_type: text(message.message_type()),
+            raw: raw.to_vec(),
+            source_status: Status::Transformed,
+            source_error: None,
+            source_response: Some(ack.clone()),
+            destinations: shared.destinations.clone(),
+        };
+        for (_, d) in &shared.stats.destinations {
+            d.queue_depth.fetch_add(1, Ordering::Relaxed);
+        }
+        match shared.store.ingest(record).await {
+            Ok(id) => {
+                for wake in &shared.wakes {
+                    wake.notify_one();
+                }
+                IngestReply {
+                    requested: ack_requested(&message, code),
+                    ack,
+                    code,
+                    message_id: Some(id),
+                }
+            }
+            Err(error) => {
+                for (_, d) in &shared.stats.destinations {
+                    d.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.store_failure(&message, enhanced, &error)
+            }
+        }
+    }
+
+    /// Reject input that cannot be received whole (for example an MLLP frame over the size
+    /// limit, of which `raw_prefix` is the start): it is stored with status `ERROR` and `reason`,
+    /// and the returned ACK is `AR` (addressed to the sender when the prefix holds a readable
+    /// MSH segment).
+    pub async fn reject(&self, raw_prefix: &[u8], reason: String) -> IngestReply {
+        self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        let message = Message::parse(raw_prefix).ok();
+        self.reject_parsed(raw_prefix, message.as_ref(), None, reason)
+            .await
+    }
+
+    async fn reject_parsed(
+        &self,
+        raw: &[u8],
+        message: Option<&Message<'_>>,
+        detail: Option<ErrorDetail>,
+        reason: String,
+    ) -> IngestReply {
+        let shared = &self.shared;
+        shared.stats.errored.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(channel = %shared.name, %reason, "inbound message rejected");
+        let enhanced = message
+            .and_then(|m| m.accept_ack_type())
+            .is_some_and(|t| !t.is_empty());
+        let code = if enhanced { AckCode::CR } else { AckCode::AR };
+        let detail = detail.unwrap_or_else(|| ErrorDetail::segment_sequence(&reason));
+        let ack = match message {
+            Some(m) => ack::build_ack(m, code, Some(&reason), Some(&detail)),
+            None => ack::build_nak_without_header(code, &reason),
+        };
+        let record = NewMessage {
+            channel: shared.name.clone(),
+            received_at_ms: now_ms(),
+            control_id: text(message.and_then(|m| m.control_id())),
+            message_type: text(message.and_then(|m| m.message_type())),
+            raw: raw.to_vec(),
+            source_status: Status::Error,
+            source_error: Some(reason),
+            source_response: Some(ack.clone()),
+            destinations: Vec::new(),
+        };
+        match shared.store.ingest(record).await {
+            Ok(id) => IngestReply {
+                requested: message.is_none_or(|m| ack_requested(m, code)),
+                ack,
+                code,
+                message_id: Some(id),
+            },
+            Err(error) => match message {
+                Some(m) => self.store_failure(m, enhanced, &error),
+                None => {
+                    self.note_store_error(&error);
+                    IngestReply {
+                        ack: ack::build_nak_without_header(
+                            AckCode::AE,
+                            "message could not be stored; resend later",
+                        ),
+                        code: AckCode::AE,
+                        message_id: None,
+                        requested: true,
+                    }
+                }
+            },
+        }
+    }
+
+    fn note_store_error(&self, error: &StoreError) {
+        tracing::error!(channel = %self.shared.name, %error, "store write failed; answering AE");
+        if matches!(error, StoreError::Fatal(_) | StoreError::Closed) {
+            self.shared.store_failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn store_failure(
+        &self,
+        message: &Message<'_>,
+        enhanced: bool,
+        error: &StoreError,
+    ) -> IngestReply {
+        self.note_store_error(error);
+        let code = if enhanced { AckCode::CE } else { AckCode::AE };
+        let text = "message could not be stored; resend later";
+        let ack = ack::build_ack(
+            message,
+            code,
+            Some(text),
+            Some(&ErrorDetail::internal_error(text)),
+        );
+        IngestReply {
+            requested: true,
+            ack,
+            code,
+            message_id: None,
+        }
+    }
+}
+
+/// Whether the sender asked for this acknowledgement (HL7 v2 enhanced mode, MSH-15).
+fn ack_requested(message: &Message<'_>, code: AckCode) -> bool {
+    match message.accept_ack_type() {
+        None | Some("") | Some("AL") => true,
+        Some("NE") => false,
+        Some("ER") => !code.is_positive(),
+        Some("SU") => code.is_positive(),
+        Some(_) => true,
+    }
+}
