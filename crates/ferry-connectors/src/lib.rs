@@ -1,1 +1,23 @@
-//! placeholder
+//! Ferry's connectors: the sources that receive messages and the destinations that deliver them.
+//!
+//! Every connector lives in a folder named after its protocol with the same inner layout, so a
+//! reader who knows one knows them all:
+//!
+//! - [`mllp`]: `client.rs` (one framed request/response exchange, used by the destination and by
+//!   `ferry send`), `source.rs` (listener), `destination.rs` (sender).
+//! - [`http`]: `server.rs` (the TCP/TLS accept loop shared by every HTTP listener, the admin
+//!   one included), `source.rs` (HL7 over HTTP listener), `poll.rs` (HTTP poller source),
+//!   `destination.rs` (HTTPS sender).
+//! - [`file`]: `destination.rs` (one file per message, temp file + fsync + rename).
+//!
+//! [`deploy`] turns a validated [`ferry_config::Config`] into running connectors around a
+//! [`ferry_engine::Engine`]: nothing half-configured starts, because every TLS file, address and
+//! URL is loaded and checked before the first listener binds.
+
+pub mod deploy;
+pub mod file;
+pub mod http;
+pub mod mllp;
+mod tls;
+
+pub use deploy::{DeployError, Runtime, deploy};

@@ -1,0 +1,405 @@
+//! From a validated configuration to running channels.
+//!
+//! Deployment is all-or-nothing: every destination client and every TLS configuration is built
+//! (certificates and keys read and checked) before the engine starts, and every listener is
+//! bound before the first one serves. [`check`] runs the same build without binding anything,
+//! which is what `ferry check` reports on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferry_config::{ChannelConfig, Config, DestinationConfig, RetryConfig, SourceConfig};
+use ferry_engine::{
+    ChannelSpec, Destination, DestinationSpec, Engine, EngineError, RetryPolicy, Shutdown,
+};
+use ferry_store::Store;
+use ferry_tls::TlsError;
+use tokio::task::JoinSet;
+
+use crate::http::{
+    HttpDestination, HttpDestinationSettings, HttpListener, HttpPoller, HttpPollerSettings,
+};
+use crate::mllp::{MllpDestination, MllpEndpoint, MllpSource, MllpSourceSettings, NakPolicy};
+
+/// Why a configuration could not be deployed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// A TLS file could not be loaded or does not fit.
+    #[error("channel `{channel}`, {connector}: TLS: {source}")]
+    Tls {
+        /// Channel name.
+        channel: String,
+        /// `source` or `destination <name>`.
+        connector: String,
+        /// Cause (boxed: TLS errors carry paths and are large).
+        source: Box<TlsError>,
+    },
+    /// A URL or address is invalid.
+    #[error("channel `{channel}`, {connector}: {message}")]
+    Invalid {
+        /// Channel name.
+        channel: String,
+        /// `source` or `destination <name>`.
+        connector: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A listener could not bind.
+    #[error("channel `{channel}`: cannot listen on {address}: {source}")]
+    Bind {
+        /// Channel name.
+        channel: String,
+        /// Address.
+        address: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The engine failed to start.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A listener that a deployed channel opened.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// Channel name.
+    pub channel: String,
+    /// `mllp`, `mllps`, `http` or `https`.
+    pub scheme: &'static str,
+    /// Bound address (the real port when the configuration said 0).
+    pub address: SocketAddr,
+}
+
+/// Deployed channels: the engine and the source tasks feeding it.
+pub struct Runtime {
+    engine: Engine,
+    sources: JoinSet<()>,
+    shutdown: Shutdown,
+    listeners: Vec<ListenerInfo>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// The engine (statistics, health, store).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Every listener opened, in configuration order.
+    pub fn listeners(&self) -> &[ListenerInfo] {
+        &self.listeners
+    }
+
+    /// The bound address of a channel's listener.
+    pub fn listener(&self, channel: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.channel == channel)
+            .map(|l| l.address)
+    }
+
+    /// Stop cleanly: sources stop accepting and finish the message in hand, destination
+    /// workers finish the attempt in flight, the store is flushed and closed.
+    pub async fn shutdown(mut self) -> Result<(), EngineError> {
+        self.shutdown.cancel();
+        while self.sources.join_next().await.is_some() {}
+        self.engine.shutdown().await
+    }
+}
+
+enum SourcePlan {
+    Mllp(MllpSourceSettings),
+    Http {
+        listen: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        path: String,
+        max_body_bytes: usize,
+        read_timeout: std::time::Duration,
+    },
+    Poll(HttpPoller),
+}
+
+struct ChannelPlan {
+    spec: ChannelSpec,
+    source: SourcePlan,
+}
+
+/// Build every connector of the configuration without binding or connecting: what
+/// `ferry check` runs.
+pub fn check(config: &Config) -> Result<(), DeployError> {
+    for channel in config.channels.iter().filter(|c| c.enabled) {
+        plan(channel)?;
+    }
+    Ok(())
+}
+
+/// The TLS configuration of a listener that is not a channel (the admin server).
+pub fn server_tls(tls: &ferry_config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    crate::tls::server(tls, &[b"http/1.1"])
+}
+
+/// Deploy every enabled channel of `config` on `store`.
+pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployError> {
+    let mut plans = Vec::new();
+    for channel in config.channels.iter().filter(|c| c.enabled) {
+        plans.push(plan(channel)?);
+    }
+    let mut sources = Vec::with_capacity(plans.len());
+    let mut specs = Vec::with_capacity(plans.len());
+    for p in plans {
+        sources.push((p.spec.name.clone(), p.source));
+        specs.push(p.spec);
+    }
+    let engine = Engine::start(store, specs).await?;
+    let shutdown = Shutdown::new();
+    let mut tasks = JoinSet::new();
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    // Bind everything first, so a port in use fails the deploy before anything serves.
+    for (channel, source) in sources {
+        let Some(ingest) = engine.ingest(&channel) else {
+            continue;
+        };
+        let bind_error = |address, source| DeployError::Bind {
+            channel: channel.clone(),
+            address,
+            source,
+        };
+        match source {
+            SourcePlan::Mllp(settings) => {
+                let scheme = if settings.tls.is_some() {
+                    "mllps"
+                } else {
+                    "mllp"
+                };
+                let listen = settings.listen;
+                let src = match MllpSource::bind(settings).await {
+                    Ok(s) => s,
+                    Err(e) => return Err(abort(engine, bind_error(listen, e)).await),
+                };
+                let address = src.local_addr().unwrap_or(listen);
+                listeners.push(ListenerInfo {
+                    channel: channel.clone(),
+                    scheme,
+                    address,
+                });
+                bound.push((ingest, Bound::Mllp(src)));
+            }
+            SourcePlan::Http {
+                listen,
+                tls,
+                path,
+                max_body_bytes,
+                read_timeout,
+            } => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let listener = match HttpListener::bind(listen, tls, read_timeout).await {
+                    Ok(l) => l,
+                    Err(e) => return Err(abort(engine, bind_error(listen, e)).await),
+                };
+                let address = listener.local_addr().unwrap_or(listen);
+                listeners.push(ListenerInfo {
+                    channel: channel.clone(),
+                    scheme,
+                    address,
+                });
+                bound.push((ingest, Bound::Http(listener, path, max_body_bytes)));
+            }
+            SourcePlan::Poll(poller) => bound.push((ingest, Bound::Poll(poller))),
+        }
+    }
+    for (ingest, source) in bound {
+        let stop = shutdown.child_token();
+        ingest.set_deployed(true);
+        match source {
+            Bound::Mllp(src) => {
+                tasks.spawn(src.run(ingest, stop));
+            }
+            Bound::Http(listener, path, max_body) => {
+                let router = crate::http::source_router(ingest, &path, max_body);
+                tasks.spawn(listener.serve(router, stop));
+            }
+            Bound::Poll(poller) => {
+                tasks.spawn(poller.run(ingest, stop));
+            }
+        }
+    }
+    Ok(Runtime {
+        engine,
+        sources: tasks,
+        shutdown,
+        listeners,
+    })
+}
+
+enum Bound {
+    Mllp(MllpSource),
+    Http(HttpListener, String, usize),
+    Poll(HttpPoller),
+}
+
+async fn abort(engine: Engine, error: DeployError) -> DeployError {
+    if let Err(e) = engine.shutdown().await {
+        tracing::warn!(error = %e, "engine shutdown after a failed deploy");
+    }
+    error
+}
+
+fn retry_policy(retry: &RetryConfig) -> RetryPolicy {
+    RetryPolicy {
+        initial: retry.initial.get(),
+        max: retry.max.get(),
+        multiplier: retry.multiplier,
+        max_attempts: retry.max_attempts,
+    }
+}
+
+fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
+    let name = channel.name.clone();
+    let tls_error = |connector: String| {
+        let channel = name.clone();
+        move |source: TlsError| DeployError::Tls {
+            channel,
+            connector,
+            source: Box::new(source),
+        }
+    };
+    let invalid = |connector: &str, message: String| DeployError::Invalid {
+        channel: name.clone(),
+        connector: connector.to_owned(),
+        message,
+    };
+    let source = match &channel.source {
+        SourceConfig::Mllp(s) => SourcePlan::Mllp(MllpSourceSettings {
+            listen: s.listen,
+            tls: s
+                .tls
+                .as_ref()
+                .map(|t| crate::tls::server(t, &[]))
+                .transpose()
+                .map_err(tls_error("source".into()))?,
+            max_frame_bytes: s.max_frame_size.bytes(),
+            read_timeout: s.read_timeout.get(),
+            idle_timeout: s.idle_timeout.get(),
+            max_connections: s.max_connections,
+        }),
+        SourceConfig::Http(s) => SourcePlan::Http {
+            listen: s.listen,
+            tls: s
+                .tls
+                .as_ref()
+                .map(|t| crate::tls::server(t, &[b"http/1.1"]))
+                .transpose()
+                .map_err(tls_error("source".into()))?,
+            path: s.path.clone(),
+            max_body_bytes: s.max_body_size.bytes(),
+            read_timeout: s.read_timeout.get(),
+        },
+        SourceConfig::HttpPoll(s) => {
+            let url = reqwest::Url::parse(s.url.as_str())
+                .map_err(|e| invalid("source", format!("invalid url: {e}")))?;
+            let tls = crate::tls::client(s.tls.as_ref()).map_err(tls_error("source".into()))?;
+            let poller = HttpPoller::new(HttpPollerSettings {
+                url,
+                interval: s.interval.get(),
+                headers: s
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                    .collect(),
+                tls,
+                timeout: s.timeout.get(),
+                max_body_bytes: ferry_mllp::DEFAULT_MAX_FRAME_BYTES,
+            })
+            .map_err(|e| invalid("source", e.to_string()))?;
+            SourcePlan::Poll(poller)
+        }
+    };
+    let mut destinations = Vec::with_capacity(channel.destinations.len());
+    for dest in &channel.destinations {
+        let connector = format!("destination `{}`", dest.name());
+        let sender: Arc<dyn Destination> = match dest {
+            DestinationConfig::Http(d) => {
+                let url = reqwest::Url::parse(d.url.as_str())
+                    .map_err(|e| invalid(&connector, format!("invalid url: {e}")))?;
+                let method = reqwest::Method::from_bytes(d.method.as_bytes())
+                    .map_err(|_| invalid(&connector, format!("invalid method `{}`", d.method)))?;
+                let tls =
+                    crate::tls::client(d.tls.as_ref()).map_err(tls_error(connector.clone()))?;
+                Arc::new(
+                    HttpDestination::new(HttpDestinationSettings {
+                        url,
+                        method,
+                        headers: d
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                            .collect(),
+                        tls,
+                        timeout: d.timeout.get(),
+                    })
+                    .map_err(|e| invalid(&connector, e.to_string()))?,
+                )
+            }
+            DestinationConfig::Mllp(d) => {
+                let address = d.address.as_str().to_owned();
+                let host = address
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+                    .ok_or_else(|| {
+                        invalid(&connector, format!("address `{address}` has no port"))
+                    })?;
+                let tls = match &d.tls {
+                    None => None,
+                    Some(t) => {
+                        let config =
+                            crate::tls::client(Some(t)).map_err(tls_error(connector.clone()))?;
+                        let server_name = d.server_name.clone().unwrap_or(host);
+                        let name = ferry_tls::server_name(&server_name)
+                            .map_err(tls_error(connector.clone()))?;
+                        Some((config, name))
+                    }
+                };
+                let endpoint = MllpEndpoint {
+                    address,
+                    tls,
+                    connect_timeout: d.connect_timeout.get(),
+                    max_frame_bytes: d.max_frame_size.bytes(),
+                };
+                let on_nak = match d.on_nak {
+                    ferry_config::NakAction::Retry => NakPolicy::Retry,
+                    ferry_config::NakAction::Error => NakPolicy::Error,
+                };
+                Arc::new(MllpDestination::new(
+                    endpoint,
+                    d.response_timeout.get(),
+                    d.keep_alive,
+                    on_nak,
+                ))
+            }
+            DestinationConfig::File(d) => Arc::new(crate::file::FileDestination::new(
+                d.directory.clone(),
+                d.file_name.clone(),
+            )),
+        };
+        destinations.push(DestinationSpec {
+            name: dest.name().to_owned(),
+            sender,
+            retry: retry_policy(dest.retry()),
+        });
+    }
+    Ok(ChannelPlan {
+        spec: ChannelSpec {
+            name: channel.name.clone(),
+            destinations,
+        },
+        source,
+    })
+}
