@@ -1,1 +1,59 @@
-fn main() {}
+//! `ferry`: the command line of the Ferry integration engine.
+//!
+//! This binary only parses arguments and wires the crates together; every capability lives in a
+//! library crate (see ARCHITECTURE.md). One file per subcommand under `cmd/`.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Ferry: a secure, fast healthcare integration engine (HL7 v2 over MLLP and HTTPS).
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine until SIGTERM or Ctrl-C.
+    Run(cmd::run::RunArgs),
+    /// Validate a configuration (and load every TLS file it names) without starting anything.
+    Check(cmd::check::CheckArgs),
+    /// Send HL7 messages over MLLP and print each ACK; exits non-zero on any negative ACK.
+    Send(cmd::send::SendArgs),
+    /// Load generator and reference servers for measuring throughput and latency.
+    Bench(cmd::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("ferry: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => cmd::run::run(args).await,
+            Command::Check(args) => cmd::check::run(args).await,
+            Command::Send(args) => cmd::send::run(args).await,
+            Command::Bench(args) => cmd::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ferry: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `ferry check`: validate a configuration without starting anything.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `ferry check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Configuration file (default: ./ferry.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+/// Load and validate the configuration, then build every connector (which reads every TLS
+/// certificate and key) without binding a socket.
+pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let path = args.config.unwrap_or_else(|| PathBuf::from("ferry.toml"));
+    let config = match ferry_config::Config::load(&path) {
+        Ok(c) => c,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Err(error) = ferry_connectors::deploy::check(&config) {
+        eprintln!("{}: {error}", path.display());
+        return Ok(ExitCode::from(1));
+    }
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    println!(
+        "{}: ok ({} channel{})",
+        path.display(),
+        config.channels.len(),
+        if config.channels.len() == 1 { "" } else { "s" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
