@@ -130,7 +130,18 @@ impl Engine {
                     shutdown: shutdown.child_token(),
                 };
                 let (c, d) = (spec.name.clone(), dest.name);
-                workers.spawn(async move { (c, d, worker.run().await) });
+                let failed = store_failed.clone();
+                workers.spawn(async move {
+                    let result = worker.run().await;
+                    if let Err(error) = &result {
+                        // The queue can no longer be worked: report unhealthy at once rather
+                        // than at shutdown.
+                        tracing::error!(channel = %c, destination = %d, %error,
+                            "destination worker stopped: the store failed");
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    (c, d, result)
+                });
             }
             all_stats.push(stats.clone());
             channels.push(ChannelIngest {

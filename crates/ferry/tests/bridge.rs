@@ -248,7 +248,7 @@ listen = "127.0.0.1:0"
 
 [[channel]]
 name = "inbound"
-source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7" }}
+source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", max_body_size = "4KiB" }}
 
   [[channel.destination]]
   name = "archive"
@@ -278,6 +278,10 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7" }}
     assert_eq!(ack.code.as_str(), "AR");
     let get = client.get(&url).send().await.expect("get");
     assert_eq!(get.status().as_u16(), 405);
+    let mut huge = adt("H3");
+    huge.extend(std::iter::repeat_n(b'x', 8 * 1024));
+    let too_big = client.post(&url).body(huge).send().await.expect("post");
+    assert_eq!(too_big.status().as_u16(), 413);
     let elsewhere = client
         .post(format!("http://{}/other", ferry.listener("inbound")))
         .body(adt("H2"))
