@@ -74,7 +74,7 @@ pub trait Destination: Send + Sync + 'static {
 /// How many queue rows a worker reads from the store at a time.
 const QUEUE_BATCH: usize = 64;
 /// How many completion records may be in flight to the store at once.
-const MAX_PENDING_UPDATES: usize = 256;
+const MAX_PENDING_UPDATES: usize = 32;
 
 pub(crate) struct Worker {
     pub channel: String,

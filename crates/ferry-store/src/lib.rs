@@ -19,6 +19,7 @@
 //! fails, because acknowledging anything after a failed fsync could acknowledge a message that
 //! is not on disk.
 
+mod checkpoint;
 mod model;
 mod reader;
 mod schema;
@@ -78,6 +79,7 @@ pub struct Store {
 struct Inner {
     writer: writer::WriterHandle,
     reader: reader::ReadPool,
+    checkpointer: std::sync::Mutex<checkpoint::Checkpointer>,
 }
 
 impl std::fmt::Debug for Store {
@@ -99,8 +101,13 @@ impl Store {
         let conn = schema::open_write(path)?;
         let writer = writer::WriterHandle::start(conn)?;
         let reader = reader::ReadPool::new(path, 4)?;
+        let checkpointer = std::sync::Mutex::new(checkpoint::Checkpointer::start(path)?);
         Ok(Store {
-            inner: Arc::new(Inner { writer, reader }),
+            inner: Arc::new(Inner {
+                writer,
+                reader,
+                checkpointer,
+            }),
         })
     }
 
@@ -205,6 +212,9 @@ impl Store {
     /// Flush pending writes, stop the writer, checkpoint the WAL. Later writes fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) -> Result<(), StoreError> {
+        if let Ok(mut c) = self.inner.checkpointer.lock() {
+            c.stop();
+        }
         self.inner.writer.close().await
     }
 }

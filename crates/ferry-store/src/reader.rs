@@ -80,7 +80,7 @@ impl Reader<'_> {
                    COALESCE( \
                      (SELECT data FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = q.connector AND stage = 'encoded'), \
                      (SELECT data FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = ?5 AND stage = 'transformed'), \
-                     (SELECT data FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = ?5 AND stage = 'raw')) \
+                     m.raw) \
                  FROM connector_messages q \
                  JOIN messages m ON m.channel = q.channel AND m.id = q.message_id \
                  WHERE q.channel = (SELECT id FROM channels WHERE name = ?1) \
@@ -161,6 +161,40 @@ impl Reader<'_> {
         connector: &str,
         stage: ContentStage,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        // The source's raw message and response live in its message row, and every
+        // connector's error in its status row.
+        const BY_MESSAGE: &str =
+            "FROM messages WHERE channel = (SELECT id FROM channels WHERE name = ?1) AND id = ?2";
+        let inline = match (connector, stage) {
+            (SOURCE, ContentStage::Raw) => Some(format!("SELECT raw {BY_MESSAGE}")),
+            (SOURCE, ContentStage::Response) => {
+                Some(format!("SELECT source_response {BY_MESSAGE}"))
+            }
+            (_, ContentStage::Error) => Some(
+                "SELECT CAST(error AS BLOB) FROM connector_messages \
+                 WHERE channel = (SELECT id FROM channels WHERE name = ?1) \
+                   AND message_id = ?2 AND connector = ?3"
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+        if let Some(sql) = inline {
+            let with_connector: &[&dyn rusqlite::ToSql] = &[&channel, &id, &connector];
+            let args = if stage == ContentStage::Error {
+                with_connector
+            } else {
+                &with_connector[..2]
+            };
+            return self
+                .conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_row(args, |r| r.get::<_, Option<Vec<u8>>>(0))
+                        .optional()
+                })
+                .map(Option::flatten)
+                .map_err(StoreError::sqlite("reading content"));
+        }
         self.conn
             .prepare_cached(
                 "SELECT data FROM content \

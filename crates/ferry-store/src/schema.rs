@@ -8,20 +8,25 @@ use rusqlite::{Connection, OpenFlags};
 use crate::StoreError;
 
 /// Schema version 1. `channels` maps names to small integers so rows do not repeat names;
-/// the partial index over `QUEUED` rows keeps the queue scan proportional to the queue.
+/// the partial index over `QUEUED` rows keeps the queue scan proportional to the queue. The
+/// raw message and the source's response live in the `messages` row (one B-tree insert per
+/// message on the hot path); other content stages go to `content`. Tables holding blobs are
+/// rowid tables: SQLite's `WITHOUT ROWID` is slow for rows of a kilobyte or more.
 const SCHEMA_V1: &str = "
 CREATE TABLE channels (
     id   INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE
 ) STRICT;
 CREATE TABLE messages (
-    channel        INTEGER NOT NULL,
-    id             INTEGER NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    control_id     TEXT,
-    message_type   TEXT,
+    channel         INTEGER NOT NULL,
+    id              INTEGER NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    control_id      TEXT,
+    message_type    TEXT,
+    raw             BLOB NOT NULL,
+    source_response BLOB,
     PRIMARY KEY (channel, id)
-) STRICT, WITHOUT ROWID;
+) STRICT;
 CREATE TABLE connector_messages (
     channel       INTEGER NOT NULL,
     message_id    INTEGER NOT NULL,
@@ -42,7 +47,7 @@ CREATE TABLE content (
     stage      TEXT NOT NULL,
     data       BLOB NOT NULL,
     PRIMARY KEY (channel, message_id, connector, stage)
-) STRICT, WITHOUT ROWID;
+) STRICT;
 ";
 
 fn pragmas(conn: &Connection) -> Result<(), StoreError> {
@@ -57,10 +62,20 @@ fn pragmas(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Open the connection of the background checkpointer.
+pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(StoreError::sqlite("opening the checkpointer"))?;
+    pragmas(&conn)?;
+    Ok(conn)
+}
+
 /// Open the write connection and bring the schema up to date.
 pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(StoreError::sqlite("opening the store"))?;
     pragmas(&conn)?;
+    // Checkpoints run on their own thread (see `checkpoint.rs`), never inside a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(StoreError::sqlite("disabling inline checkpoints"))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(StoreError::sqlite("reading the schema version"))?;

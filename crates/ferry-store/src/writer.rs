@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +15,10 @@ use crate::{StoreError, model::ContentStage};
 const MAX_BATCH_OPS: usize = 1024;
 /// Most payload bytes committed together.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Longest a commit waits for more writers to join it (see `run`).
+const GATHER_WAIT: Duration = Duration::from_micros(200);
+/// Step of that wait.
+const GATHER_STEP: Duration = Duration::from_micros(20);
 /// Operations that may wait for the writer before senders wait for room.
 const QUEUE_CAPACITY: usize = 8192;
 
@@ -133,11 +137,27 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch: Vec<(Op, oneshot::Sender<Result<Reply, StoreError>>)> = Vec::new();
         let mut fatal: Option<String> = None;
+        // Size of the previous batch: when more writers than are queued now shared the last
+        // commit, they are probably on their way back; wait a moment for them (group commit
+        // that does not collapse into alternating small batches).
+        let mut previous = 1usize;
         while let Some(first) = rx.blocking_recv() {
+            let started = Instant::now();
             let mut close = None;
             let mut bytes = 0;
             let mut next = Some(first);
-            while let Some(command) = next.take() {
+            loop {
+                let command = match next.take() {
+                    Some(c) => c,
+                    None => match rx.try_recv() {
+                        Ok(c) => c,
+                        Err(_) if batch.len() < previous && started.elapsed() < GATHER_WAIT => {
+                            std::thread::sleep(GATHER_STEP);
+                            continue;
+                        }
+                        Err(_) => break,
+                    },
+                };
                 match command {
                     Command::Op(op, reply) => {
                         bytes += op_bytes(&op);
@@ -151,8 +171,8 @@ impl Writer {
                 if batch.len() >= MAX_BATCH_OPS || bytes >= MAX_BATCH_BYTES {
                     break;
                 }
-                next = rx.try_recv().ok();
             }
+            previous = batch.len().max(1);
             if let Some(reason) = &fatal {
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
@@ -304,9 +324,12 @@ impl Writer {
         let id = self.next_id(channel)?;
         let now = now_ms();
         let c = &self.conn;
+        // The raw message and the source's response are columns of the message row, so the
+        // hot path is one message insert plus one status row per connector.
         c.prepare_cached(
-            "INSERT INTO messages (channel, id, received_at_ms, control_id, message_type) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO messages \
+             (channel, id, received_at_ms, control_id, message_type, raw, source_response) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -314,47 +337,12 @@ impl Writer {
                 id,
                 m.received_at_ms,
                 m.control_id,
-                m.message_type
+                m.message_type,
+                m.raw,
+                m.source_response
             ])
         })
         .map_err(StoreError::sqlite("storing a message"))?;
-        let mut content = c
-            .prepare_cached(
-                "INSERT OR REPLACE INTO content (channel, message_id, connector, stage, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(StoreError::sqlite("preparing content insert"))?;
-        content
-            .execute(params![
-                channel,
-                id,
-                SOURCE,
-                ContentStage::Raw.as_str(),
-                m.raw
-            ])
-            .map_err(StoreError::sqlite("storing raw content"))?;
-        if let Some(response) = &m.source_response {
-            content
-                .execute(params![
-                    channel,
-                    id,
-                    SOURCE,
-                    ContentStage::Response.as_str(),
-                    response
-                ])
-                .map_err(StoreError::sqlite("storing the response"))?;
-        }
-        if let Some(error) = &m.source_error {
-            content
-                .execute(params![
-                    channel,
-                    id,
-                    SOURCE,
-                    ContentStage::Error.as_str(),
-                    error.as_bytes()
-                ])
-                .map_err(StoreError::sqlite("storing the error"))?;
-        }
         let mut status = c
             .prepare_cached(
                 "INSERT INTO connector_messages \
