@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ferry, adt, free_port, plain, send, toml_path, write_config};
+use common::{Ferry, adt, config_with_channels, free_port, plain, send, toml_path};
 use ferry_connectors::mllp::{MllpConnection, MllpEndpoint};
 use ferry_testkit::TestPki;
 use ferry_testkit::http_peer::HttpPeer;
@@ -29,16 +29,10 @@ async fn adt_over_mllp_tls_reaches_the_https_api_with_mtls() {
     .expect("api tls");
     let api = HttpPeer::start(Some(api_tls)).await.expect("api");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = config_with_channels(
         dir.path(),
         &format!(
             r#"
-[store]
-path = {db}
-
-[admin]
-listen = "127.0.0.1:0"
-
 [[channel]]
 name = "adt-to-cloud"
 source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {{ cert = {cert}, key = {key}, client_ca = {ca}, allowed_clients = ["his.hospital.local"] }} }}
@@ -50,7 +44,6 @@ source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {{ cert = {cert}, key =
   tls = {{ ca = {ca}, cert = {bcert}, key = {bkey} }}
   headers = {{ Authorization = "Bearer ${{env:FERRY_TEST_CLOUD_TOKEN}}" }}
 "#,
-            db = toml_path(&dir.path().join("ferry.db")),
             cert = toml_path(&server.cert),
             key = toml_path(&server.key),
             ca = toml_path(&pki.ca_cert_path()),
@@ -134,16 +127,10 @@ async fn https_poll_to_mllp_checks_every_ack() {
         AckBehavior::Accept,
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = config_with_channels(
         dir.path(),
         &format!(
             r#"
-[store]
-path = {db}
-
-[admin]
-listen = "127.0.0.1:0"
-
 [[channel]]
 name = "appointments-to-his"
 source = {{ type = "http-poll", url = "https://localhost:{port}/events", interval = "200ms", tls = {{ ca = {ca} }} }}
@@ -154,7 +141,6 @@ source = {{ type = "http-poll", url = "https://localhost:{port}/events", interva
   address = "{his}"
   retry = {{ initial = "50ms", max = "200ms" }}
 "#,
-            db = toml_path(&dir.path().join("ferry.db")),
             ca = toml_path(&pki.ca_cert_path()),
             port = api.addr().port(),
             his = his.addr(),
@@ -184,16 +170,10 @@ source = {{ type = "http-poll", url = "https://localhost:{port}/events", interva
 async fn destination_down_queues_then_delivers_in_order() {
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = config_with_channels(
         dir.path(),
         &format!(
             r#"
-[store]
-path = {db}
-
-[admin]
-listen = "127.0.0.1:0"
-
 [[channel]]
 name = "adt"
 source = {{ type = "mllp", listen = "127.0.0.1:0" }}
@@ -204,7 +184,6 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
   url = "http://127.0.0.1:{port}/adt"
   retry = {{ initial = "50ms", max = "300ms" }}
 "#,
-            db = toml_path(&dir.path().join("ferry.db")),
         ),
     );
     let ferry = Ferry::start(&config, &[]);
@@ -236,16 +215,10 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
 async fn http_listener_answers_with_ack_and_status() {
     let out = tempfile::tempdir().expect("tempdir");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = config_with_channels(
         dir.path(),
         &format!(
             r#"
-[store]
-path = {db}
-
-[admin]
-listen = "127.0.0.1:0"
-
 [[channel]]
 name = "inbound"
 source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", max_body_size = "4KiB" }}
@@ -255,7 +228,6 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", max_body_size 
   type = "file"
   directory = {out}
 "#,
-            db = toml_path(&dir.path().join("ferry.db")),
             out = toml_path(out.path()),
         ),
     );
@@ -308,16 +280,10 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", max_body_size 
 async fn sigterm_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let his = MllpPeer::start(None).await.expect("his");
-    let config = write_config(
+    let config = config_with_channels(
         dir.path(),
         &format!(
             r#"
-[store]
-path = {db}
-
-[admin]
-listen = "127.0.0.1:0"
-
 [[channel]]
 name = "c"
 source = {{ type = "mllp", listen = "127.0.0.1:0" }}
@@ -327,7 +293,6 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
   type = "mllp"
   address = "{his}"
 "#,
-            db = toml_path(&dir.path().join("ferry.db")),
             his = his.addr(),
         ),
     );

@@ -11,22 +11,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Ferry, adt, free_port, plain, toml_path, write_config};
+use common::{Ferry, adt, config_with_channels, free_port, plain};
 use ferry_connectors::mllp::MllpConnection;
 use ferry_testkit::http_peer::HttpPeer;
 use ferry_testkit::mllp_peer::control_id;
 
 fn config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
-    write_config(
+    config_with_channels(
         dir,
         &format!(
             r#"
-[store]
-path = {db}
-
-[admin]
-listen = "127.0.0.1:0"
-
 [[channel]]
 name = "adt"
 source = {{ type = "mllp", listen = "127.0.0.1:0" }}
@@ -37,7 +31,6 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
   url = "http://127.0.0.1:{port}/adt"
   retry = {{ initial = "20ms", max = "200ms" }}
 "#,
-            db = toml_path(&dir.join("ferry.db")),
         ),
     )
 }

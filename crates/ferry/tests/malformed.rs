@@ -5,23 +5,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ferry, adt, plain, send, toml_path, write_config};
+use common::{Ferry, adt, config_with_channels, plain, send, toml_path};
 use ferry_connectors::mllp::MllpConnection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn start() -> (Ferry, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = config_with_channels(
         dir.path(),
         &format!(
             r#"
-[store]
-path = {db}
-
-[admin]
-listen = "127.0.0.1:0"
-
 [[channel]]
 name = "in"
 source = {{ type = "mllp", listen = "127.0.0.1:0", max_frame_size = "4KiB", read_timeout = "1s" }}
@@ -31,7 +25,6 @@ source = {{ type = "mllp", listen = "127.0.0.1:0", max_frame_size = "4KiB", read
   type = "file"
   directory = {out}
 "#,
-            db = toml_path(&dir.path().join("ferry.db")),
             out = toml_path(&dir.path().join("out")),
         ),
     );

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ferry, adt, plain, toml_path, write_config};
+use common::{Ferry, adt, config_with_channels, plain, toml_path};
 use ferry_connectors::mllp::{MllpConnection, MllpEndpoint};
 use ferry_testkit::TestPki;
 use ferry_tls::ClientTlsSettings;
@@ -51,16 +51,10 @@ async fn mtls_listener_refuses_clients_that_are_not_allowed() {
     let foreign = other_ca.client("his.hospital.local", &[]);
     let expired = pki.expired_client("his.hospital.local");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(
+    let config = config_with_channels(
         dir.path(),
         &format!(
             r#"
-[store]
-path = {db}
-
-[admin]
-listen = "127.0.0.1:0"
-
 [[channel]]
 name = "secure"
 source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {{ cert = {cert}, key = {key}, client_ca = {ca}, allowed_clients = ["his.hospital.local", "lab.hospital.local"] }} }}
@@ -70,7 +64,6 @@ source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {{ cert = {cert}, key =
   type = "file"
   directory = {out}
 "#,
-            db = toml_path(&dir.path().join("ferry.db")),
             cert = toml_path(&server.cert),
             key = toml_path(&server.key),
             ca = toml_path(&pki.ca_cert_path()),

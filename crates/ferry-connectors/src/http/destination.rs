@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use ferry_engine::{Destination, Outbound, SendFuture, SendOutcome};
 use ferry_hl7::ack::{self, AckCode};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use super::read_limited;
 use super::source::HTTP_HL7_CONTENT_TYPE;
+use super::{HttpClientError, read_limited};
 
 /// Largest response body kept as the message's `response` content.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -39,17 +39,6 @@ pub struct HttpDestinationSettings {
     pub timeout: Duration,
 }
 
-/// Errors building an HTTP destination.
-#[derive(Debug, thiserror::Error)]
-pub enum HttpDestinationError {
-    /// A header name or value is not valid HTTP.
-    #[error("invalid header `{0}`")]
-    Header(String),
-    /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
-}
-
 /// Delivers messages over HTTP(S).
 #[derive(Debug)]
 pub struct HttpDestination {
@@ -61,30 +50,16 @@ pub struct HttpDestination {
 
 impl HttpDestination {
     /// Build the client (one per destination, with its own trust store and identity).
-    pub fn new(settings: HttpDestinationSettings) -> Result<HttpDestination, HttpDestinationError> {
+    pub fn new(settings: HttpDestinationSettings) -> Result<HttpDestination, HttpClientError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static(HTTP_HL7_CONTENT_TYPE),
         );
-        for (name, value) in &settings.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| HttpDestinationError::Header(name.clone()))?;
-            let mut value = HeaderValue::from_str(value)
-                .map_err(|_| HttpDestinationError::Header(name.to_string()))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        let mut tls = (*settings.tls).clone();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        // Configured headers (a configured Content-Type wins over the default).
+        headers.extend(super::header_map(&settings.headers)?);
         Ok(HttpDestination {
-            client,
+            client: super::client(&settings.tls, settings.timeout)?,
             url: settings.url,
             method: settings.method,
             headers,

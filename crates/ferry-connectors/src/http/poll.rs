@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use ferry_engine::{ChannelIngest, Shutdown};
 use ferry_hl7::ack::AckCode;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 
 use super::destination::error_chain;
-use super::read_limited;
+use super::{HttpClientError, read_limited};
 
 /// Settings of an HTTP poller with TLS loaded and secrets resolved.
 pub struct HttpPollerSettings {
@@ -42,29 +42,11 @@ pub struct HttpPoller {
 
 impl HttpPoller {
     /// Build the poller's HTTP client.
-    pub fn new(
-        settings: HttpPollerSettings,
-    ) -> Result<HttpPoller, super::destination::HttpDestinationError> {
-        let mut headers = HeaderMap::new();
-        for (name, value) in &settings.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| super::destination::HttpDestinationError::Header(name.clone()))?;
-            let mut value = HeaderValue::from_str(value)
-                .map_err(|_| super::destination::HttpDestinationError::Header(name.to_string()))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        let mut tls = (*settings.tls).clone();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+    pub fn new(settings: HttpPollerSettings) -> Result<HttpPoller, HttpClientError> {
         Ok(HttpPoller {
-            client,
+            client: super::client(&settings.tls, settings.timeout)?,
             url: settings.url,
-            headers,
+            headers: super::header_map(&settings.headers)?,
             interval: settings.interval,
             max_body_bytes: settings.max_body_bytes,
         })

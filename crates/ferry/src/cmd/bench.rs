@@ -67,15 +67,8 @@ struct LoadArgs {
     /// Target total rate in messages/s (0 = as fast as ACKs come back).
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// CA bundle to trust (turns TLS on).
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate for mTLS.
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// Client key for mTLS.
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::send::TlsArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -113,13 +106,7 @@ pub fn sample_message(control_id: &str, size: usize) -> Vec<u8> {
 }
 
 async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let endpoint = super::send::endpoint(
-        &args.target,
-        args.tls_ca.as_ref(),
-        args.tls_cert.as_ref(),
-        args.tls_key.as_ref(),
-        None,
-    )?;
+    let endpoint = args.tls.endpoint(&args.target)?;
     let connections = args.connections.max(1);
     let per_connection = args.messages.div_ceil(connections);
     let failures = Arc::new(AtomicU64::new(0));

@@ -17,6 +17,16 @@ pub struct SendArgs {
     /// Files holding HL7 messages (one, several, or a batch each); `-` reads standard input.
     #[arg(required = true)]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Time to wait for each ACK.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    timeout: Duration,
+}
+
+/// TLS flags shared by the commands that connect to an MLLP listener.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
     /// CA bundle to trust for the server certificate (turns TLS on).
     #[arg(long)]
     tls_ca: Option<PathBuf>,
@@ -29,9 +39,19 @@ pub struct SendArgs {
     /// Name the server certificate must carry (default: the target host).
     #[arg(long)]
     server_name: Option<String>,
-    /// Time to wait for each ACK.
-    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
-    timeout: Duration,
+}
+
+impl TlsArgs {
+    /// The endpoint for `target` (`mllp://HOST:PORT`) with these TLS settings.
+    pub fn endpoint(&self, target: &str) -> anyhow::Result<MllpEndpoint> {
+        endpoint(
+            target,
+            self.tls_ca.as_ref(),
+            self.tls_cert.as_ref(),
+            self.tls_key.as_ref(),
+            self.server_name.as_deref(),
+        )
+    }
 }
 
 /// Parse `mllp://host:port` into `host:port` and the host.
@@ -51,7 +71,7 @@ pub fn parse_mllp_target(target: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Build the endpoint for a target and the optional TLS flags.
-pub fn endpoint(
+fn endpoint(
     target: &str,
     ca: Option<&PathBuf>,
     cert: Option<&PathBuf>,
@@ -81,13 +101,7 @@ pub fn endpoint(
 
 /// Send every message of every file in order over one connection.
 pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
-    let endpoint = endpoint(
-        &args.target,
-        args.tls_ca.as_ref(),
-        args.tls_cert.as_ref(),
-        args.tls_key.as_ref(),
-        args.server_name.as_deref(),
-    )?;
+    let endpoint = args.tls.endpoint(&args.target)?;
     let mut inputs = Vec::with_capacity(args.files.len());
     for file in &args.files {
         let bytes = if file.as_os_str() == "-" {

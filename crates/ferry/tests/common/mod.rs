@@ -187,6 +187,18 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
+/// Write a `ferry.toml` in `dir` with a store in `dir`, the admin listener on a free port, and
+/// the given `[[channel]]` tables; returns its path.
+pub fn config_with_channels(dir: &Path, channels: &str) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "[store]\npath = {}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{channels}",
+            toml_path(&dir.join("ferry.db"))
+        ),
+    )
+}
+
 /// A TOML string literal for a path.
 pub fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
