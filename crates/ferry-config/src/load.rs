@@ -314,6 +314,15 @@ impl Config {
                 "[store]: set `path` (SQLite) or `url` (PostgreSQL), not both".into(),
             ));
         }
+        if self.store.url.is_some() {
+            return Err(fail(
+                &main_file,
+                Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
+                "url",
+                "[store] url: PostgreSQL is not supported by this version yet; use `path` (SQLite)"
+                    .into(),
+            ));
+        }
         if let Some(t) = &self.admin.tls {
             listener_tls(t).map_err(|m| fail(&main_file, None, "", format!("[admin] tls: {m}")))?;
         }

@@ -37,8 +37,8 @@ pub struct StoreConfig {
     /// SQLite database file, relative to the configuration file. Default `"data/ferry.db"`.
     /// Its directory is created if missing.
     pub path: Option<PathBuf>,
-    /// PostgreSQL URL (`postgres://…`) instead of SQLite. Accepted by the schema; not supported
-    /// by this version yet (deploying with it is an error).
+    /// PostgreSQL URL (`postgres://…`) instead of SQLite. Reserved: this version reports it as
+    /// not supported yet rather than silently using SQLite.
     pub url: Option<Secret>,
 }
 

@@ -204,6 +204,12 @@ fn semantic_errors_name_channel_and_destination() {
         "type = \"http\"\n  url = \"http://x/y\"",
     );
     assert_eq!(load(&plain).expect("plain http loads").warnings().len(), 1);
+    let pg = format!("[store]\nurl = \"postgres://db/ferry\"\n{MINIMAL_CHANNEL}");
+    let err = load(&pg).expect_err("postgres");
+    assert!(
+        err.contains("/etc/ferry/ferry.toml:2:") && err.contains("not supported"),
+        "{err}"
+    );
     let mode = MINIMAL_CHANNEL.replace(
         "name = \"a\"\n",
         "name = \"a\"\nresponse = \"after-delivery\"\n",
