@@ -225,23 +225,45 @@ impl Writer {
                 tracing::error!(error = %e, "resolving a channel id failed");
             }
         }
-        let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(batch.len());
-        let begin = self
-            .conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| format!("BEGIN failed: {e}"));
-        if let Err(reason) = begin {
+        let begin = |conn: &Connection| {
+            conn.prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut s| s.execute([]))
+                .map(|_| ())
+                .map_err(|e| format!("BEGIN failed: {e}"))
+        };
+        if let Err(reason) = begin(&self.conn) {
             for (_, reply) in batch.drain(..) {
                 let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
             }
             return Err(reason);
         }
-        for (op, _) in batch.iter() {
-            let result = self.apply_in_savepoint(op);
-            results.push(result);
+        // Fast path: every operation applied directly. Savepoints cost a statement journal
+        // copy of every page touched, so they are used only when an operation fails: then the
+        // batch is rolled back and replayed with a savepoint per operation, and only the bad
+        // one fails.
+        let mut results: Vec<Result<Reply, StoreError>> =
+            batch.iter().map(|(op, _)| self.apply(op)).collect();
+        if results.iter().any(Result::is_err) {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            // Ids handed out in the rolled-back attempt are read again from the database.
+            self.next_ids.clear();
+            if let Err(reason) = begin(&self.conn) {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
+                }
+                return Err(reason);
+            }
+            results = batch
+                .iter()
+                .map(|(op, _)| self.apply_in_savepoint(op))
+                .collect();
         }
-        match self.conn.execute_batch("COMMIT") {
-            Ok(()) => {
+        let commit = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        match commit {
+            Ok(_) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .ops
@@ -262,14 +284,18 @@ impl Writer {
         }
     }
 
+    fn apply(&mut self, op: &Op) -> Result<Reply, StoreError> {
+        match op {
+            Op::Ingest(m) => self.ingest(m).map(Reply::Id),
+            Op::Delivery(d) => self.delivery(d).map(|()| Reply::Done),
+        }
+    }
+
     fn apply_in_savepoint(&mut self, op: &Op) -> Result<Reply, StoreError> {
         self.conn
             .execute_batch("SAVEPOINT op")
             .map_err(StoreError::sqlite("opening a savepoint"))?;
-        let result = match op {
-            Op::Ingest(m) => self.ingest(m).map(Reply::Id),
-            Op::Delivery(d) => self.delivery(d).map(|()| Reply::Done),
-        };
+        let result = self.apply(op);
         let end = if result.is_ok() {
             "RELEASE op"
         } else {

@@ -201,3 +201,39 @@ async fn close_flushes_and_refuses_later_writes() {
     let reopened = Store::open(&dir.path().join("s.db")).expect("reopen");
     assert_eq!(reopened.messages("c", 0, 10).await.expect("list").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_operations_mixed_into_busy_batches_fail_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                (
+                    true,
+                    store
+                        .update_delivery(update(10_000 + i, "a", Status::Sent))
+                        .await
+                        .is_ok(),
+                )
+            } else {
+                let r = store.ingest(message("c", &format!("M{i}"), &["a"])).await;
+                (false, r.is_ok())
+            }
+        });
+    }
+    let (mut bad_ok, mut good_ok) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            (true, ok) => bad_ok += usize::from(ok),
+            (false, ok) => good_ok += usize::from(ok),
+        }
+    }
+    assert_eq!(bad_ok, 0, "updates of unknown messages must fail");
+    assert_eq!(good_ok, 32, "every good write commits");
+    let listed = store.messages("c", 0, 100).await.expect("list");
+    assert_eq!(listed.len(), 32);
+    assert!(listed.windows(2).all(|w| w[0].id < w[1].id));
+}
