@@ -99,8 +99,10 @@ fn is_segment_end(b: u8) -> bool {
     b == b'\r' || b == b'\n'
 }
 
+/// Delimiters must be printable ASCII punctuation. Anything else (a control byte, a space, a
+/// non-ASCII byte that would be a different character in every charset) is refused.
 fn valid_delimiter(b: u8) -> bool {
-    !(b.is_ascii_alphanumeric() || is_segment_end(b) || b == b' ')
+    b.is_ascii_punctuation()
 }
 
 impl<'a> Message<'a> {
@@ -290,7 +292,7 @@ fn read_delimiters(body: &[u8]) -> Result<Delimiters, ParseError> {
     ))?;
     if !valid_delimiter(field) {
         return Err(ParseError::InvalidDelimiters(
-            "MSH-1 (field separator) must be a punctuation character",
+            "MSH-1 (field separator) must be an ASCII punctuation character",
         ));
     }
     let rest = &body[4..];
@@ -319,7 +321,7 @@ fn read_delimiters(body: &[u8]) -> Result<Delimiters, ParseError> {
     for (i, b) in enc.iter().enumerate() {
         if !valid_delimiter(*b) || *b == field || enc[..i].contains(b) {
             return Err(ParseError::InvalidDelimiters(
-                "MSH-2 characters must be distinct punctuation, different from MSH-1",
+                "MSH-2 characters must be distinct ASCII punctuation, different from MSH-1",
             ));
         }
     }
@@ -397,5 +399,29 @@ impl<'a> Segment<'a> {
             None if s == 1 => Some(comp),
             None => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_ascii_delimiters_are_refused() {
+        // Fuzz finding (hl7_parse): a 0xFE field separator was accepted, and the ACK built
+        // for it wrote the separator as two UTF-8 bytes, so the ACK did not parse.
+        assert!(matches!(
+            Message::parse(b"MSH\xfe|\n"),
+            Err(ParseError::InvalidDelimiters(_))
+        ));
+        assert!(matches!(
+            Message::parse(b"MSH|\xfe~\\&|A\r"),
+            Err(ParseError::InvalidDelimiters(_))
+        ));
+        assert!(matches!(
+            Message::parse(b"MSH\t^~\\&|A\r"),
+            Err(ParseError::InvalidDelimiters(_))
+        ));
+        assert!(Message::parse(b"MSH|^~\\&#|A|B|C|D|1||ADT^A01|X|P|2.7\r").is_ok());
     }
 }
