@@ -66,6 +66,8 @@ fn status(text: String) -> Result<Status, StoreError> {
 }
 
 impl Reader<'_> {
+    /// The queue scan names the partial `QUEUED` index: without table statistics SQLite may
+    /// otherwise walk the primary key and visit every sent message of the channel.
     pub(crate) fn queue_batch(
         &self,
         channel: &str,
@@ -81,7 +83,7 @@ impl Reader<'_> {
                      (SELECT data FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = q.connector AND stage = 'encoded'), \
                      (SELECT data FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = ?5 AND stage = 'transformed'), \
                      m.raw) \
-                 FROM connector_messages q \
+                 FROM connector_messages q INDEXED BY connector_messages_queued \
                  JOIN messages m ON m.channel = q.channel AND m.id = q.message_id \
                  WHERE q.channel = (SELECT id FROM channels WHERE name = ?1) \
                    AND q.connector = ?2 AND q.status = 'QUEUED' AND q.message_id > ?3 \
@@ -109,7 +111,7 @@ impl Reader<'_> {
     pub(crate) fn queue_depth(&self, channel: &str, destination: &str) -> Result<u64, StoreError> {
         self.conn
             .prepare_cached(
-                "SELECT COUNT(*) FROM connector_messages \
+                "SELECT COUNT(*) FROM connector_messages INDEXED BY connector_messages_queued \
                  WHERE channel = (SELECT id FROM channels WHERE name = ?1) \
                    AND connector = ?2 AND status = 'QUEUED'",
             )
