@@ -1,0 +1,445 @@
+//! HL7 parse benchmarks (issue 3, PRODUCT.md §10): Ferry's parser against the `hl7-parser`
+//! crate and against a plain split of the same bytes on segment and field delimiters (the
+//! floor any parser has to pay for).
+//!
+//! Two inputs:
+//! - `corpus`: every message of the shared corpus that both Ferry and `hl7-parser` accept with
+//!   the same segment count (see [`load_corpus`] for exactly what is kept), one iteration
+//!   being one pass over all of them;
+//! - `adt_a01`: one typical ~1.4 KB ADT^A01 from the corpus, to compare with the reference
+//!   figure of PRODUCT.md §10 (the Rust HL7 crates parse a 1.2 KB ADT at 20–30 MB/s).
+//!
+//! Criterion reports both elements/s (messages/s) and bytes/s for every function
+//! (`Throughput::ElementsAndBytes`). Every function hands its result to `black_box` so the
+//! optimiser cannot drop the work.
+//!
+//! Run with `cargo bench -p ferry-hl7 --bench parse`.
+
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
+use ferry_hl7::{Message, split_messages};
+
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+
+/// The typical ADT^A01 (1,456 bytes, CR-separated, 8 segments).
+const ADT_A01: &str = "messages/node-hl7-complete/valid/healthcare-it-systems/adt-example.hl7";
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+// ---------------------------------------------------------------------------------------------
+
+/// A set of messages measured as one iteration.
+struct Input {
+    name: &'static str,
+    messages: Vec<String>,
+    bytes: u64,
+}
+
+impl Input {
+    fn new(name: &'static str, messages: Vec<String>) -> Input {
+        let bytes = messages.iter().map(|m| m.len() as u64).sum();
+        Input {
+            name,
+            messages,
+            bytes,
+        }
+    }
+
+    fn throughput(&self) -> Throughput {
+        Throughput::ElementsAndBytes {
+            elements: self.messages.len() as u64,
+            bytes: self.bytes,
+        }
+    }
+}
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// First column of a corpus TSV, for the rows `keep` accepts.
+fn tsv_files(name: &str, keep: impl Fn(&[&str]) -> bool) -> HashSet<String> {
+    let text = std::fs::read_to_string(format!("{CORPUS}/{name}"))
+        .unwrap_or_else(|e| panic!("{CORPUS}/{name}: {e}"));
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            keep(&cols).then(|| cols[0].to_owned())
+        })
+        .collect()
+}
+
+/// HAPI's `messages.txt` has C-style comment lines between messages; they are removed, as in
+/// `tests/corpus.rs`.
+fn strip_comments(text: &str) -> String {
+    text.split_inclusive('\n')
+        .filter(|line| {
+            let t = line.trim_start();
+            !(t.starts_with("//") || t.starts_with("/*") || t.starts_with('*'))
+        })
+        .collect()
+}
+
+/// The bytes both parsers are given for one message: `split_messages` output without a
+/// leading byte-order mark and without surrounding whitespace (Ferry skips those itself,
+/// `hl7-parser` refuses leading whitespace and stops at a trailing blank line).
+fn normalise(chunk: &str) -> &str {
+    chunk.trim_start_matches('\u{feff}').trim()
+}
+
+/// Why a message is left out of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Refusal {
+    /// Ferry returns an error.
+    Ferry,
+    /// `hl7-parser` returns an error.
+    Hl7Parser,
+    /// `hl7-parser` returns `Ok` for a prefix of the input when it meets something it cannot
+    /// read (a blank line, a line without a segment id), so segment counts must be equal.
+    SegmentCount,
+    /// The two read a different PID-5.1 (e.g. `hl7-parser` with a 3-character MSH-2).
+    Pid5_1,
+}
+
+/// `Ok` when both parsers accept `m`, see the same number of segments and read the same
+/// PID-5.1, so that both do the same work on it.
+fn both_accept(m: &str) -> Result<(), Refusal> {
+    let ours = Message::parse(m.as_bytes()).map_err(|_| Refusal::Ferry)?;
+    let theirs = hl7_parser::Message::parse_with_lenient_newlines(m, true)
+        .map_err(|_| Refusal::Hl7Parser)?;
+    if ours.segment_count() != theirs.segments.len() {
+        return Err(Refusal::SegmentCount);
+    }
+    let ours = ours.get("PID-5.1").expect("valid path");
+    // hl7-parser has no component in an empty PID-5, where Ferry sees "".
+    let theirs = hl7_parser_pid5_1(&theirs)
+        .map(str::as_bytes)
+        .or(ours.filter(|v| v.is_empty()));
+    if ours != theirs {
+        return Err(Refusal::Pid5_1);
+    }
+    Ok(())
+}
+
+/// Every message of every file under `messages/` except: files in MALFORMED.tsv, anything
+/// under `nhapi/` (fuzzer inputs), files with `n_msh` = 0 in INDEX.tsv, files that are not
+/// valid UTF-8 (`hl7-parser` takes `&str`), and messages that not both parsers accept.
+fn load_corpus() -> Input {
+    let root = PathBuf::from(CORPUS);
+    let malformed = tsv_files("MALFORMED.tsv", |_| true);
+    let no_msh = tsv_files("INDEX.tsv", |cols| cols.get(5) == Some(&"0"));
+    let mut all = Vec::new();
+    files(&root.join("messages"), &mut all);
+    all.sort();
+    let (mut files_used, mut non_utf8) = (0, 0);
+    let mut refused = std::collections::BTreeMap::<Refusal, usize>::new();
+    let mut messages = Vec::new();
+    for path in &all {
+        let rel = path
+            .strip_prefix(&root)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if rel.contains("/nhapi/") || malformed.contains(&rel) || no_msh.contains(&rel) {
+            continue;
+        }
+        let bytes = std::fs::read(path).expect("read corpus file");
+        let Ok(text) = String::from_utf8(bytes) else {
+            non_utf8 += 1;
+            continue;
+        };
+        let text = if rel.ends_with("hapi-hl7v2/messages.txt") {
+            strip_comments(&text)
+        } else {
+            text
+        };
+        files_used += 1;
+        for chunk in split_messages(text.as_bytes()) {
+            // split_messages cuts at line starts, so each chunk is valid UTF-8 again.
+            let chunk = std::str::from_utf8(chunk).expect("chunk of a UTF-8 file");
+            let m = normalise(chunk);
+            match both_accept(m) {
+                Ok(()) => messages.push(m.to_owned()),
+                Err(why) => *refused.entry(why).or_default() += 1,
+            }
+        }
+    }
+    let input = Input::new("corpus", messages);
+    eprintln!(
+        "corpus: {} messages, {} bytes from {files_used} files \
+         ({non_utf8} non-UTF-8 files skipped; messages left out: {refused:?})",
+        input.messages.len(),
+        input.bytes
+    );
+    assert!(input.messages.len() > 300, "corpus not found at {CORPUS}");
+    input
+}
+
+fn load_adt() -> Input {
+    let text = std::fs::read_to_string(format!("{CORPUS}/{ADT_A01}")).expect("read ADT^A01");
+    let m = normalise(&text).to_owned();
+    assert_eq!(
+        both_accept(&m),
+        Ok(()),
+        "{ADT_A01} must parse alike in both parsers"
+    );
+    eprintln!("adt_a01: 1 message, {} bytes ({ADT_A01})", m.len());
+    Input::new("adt_a01", vec![m])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plain split: the floor
+// ---------------------------------------------------------------------------------------------
+
+/// Split one message on CR/LF and on its field separator (MSH-1) the way a fast parser would
+/// (memchr), touching every byte; returns (segments, fields, total field bytes).
+fn plain_split(m: &[u8]) -> (usize, usize, usize) {
+    let sep = m.get(3).copied().unwrap_or(b'|');
+    let (mut segments, mut fields, mut field_bytes) = (0, 0, 0);
+    for seg in m.split(|b| *b == b'\r' || *b == b'\n') {
+        if seg.is_empty() {
+            continue;
+        }
+        segments += 1;
+        let mut start = 0;
+        for i in memchr::memchr_iter(sep, seg) {
+            fields += 1;
+            field_bytes += i - start;
+            start = i + 1;
+        }
+        fields += 1;
+        field_bytes += seg.len() - start;
+    }
+    (segments, fields, field_bytes)
+}
+
+/// The plain split with the lookup of PID-5.1 on the way: every segment split as in
+/// [`plain_split`], and in the first PID, field 5 cut at the first `~` and then at `^`.
+fn plain_split_pid5_1(m: &[u8]) -> (usize, Option<&[u8]>) {
+    let sep = m.get(3).copied().unwrap_or(b'|');
+    let (rep, comp) = (m.get(5).copied(), m.get(4).copied().unwrap_or(b'^'));
+    let mut fields = 0;
+    let mut found = None;
+    for seg in m.split(|b| *b == b'\r' || *b == b'\n') {
+        let is_pid = found.is_none() && seg.starts_with(b"PID") && seg.get(3) == Some(&sep);
+        let mut start = 0;
+        let mut n = 0;
+        for i in memchr::memchr_iter(sep, seg).chain(std::iter::once(seg.len())) {
+            if is_pid && n == 5 {
+                let f = &seg[start..i];
+                let f = rep
+                    .and_then(|r| memchr::memchr(r, f))
+                    .map_or(f, |j| &f[..j]);
+                found = Some(memchr::memchr(comp, f).map_or(f, |j| &f[..j]));
+            }
+            n += 1;
+            start = i + 1;
+        }
+        fields += n;
+    }
+    (fields, found)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmarks
+// ---------------------------------------------------------------------------------------------
+
+/// Run `f` for each input inside one group, so ids read `GROUP/FUNCTION/INPUT`.
+fn each_input(
+    c: &mut Criterion,
+    name: &str,
+    inputs: &[Input],
+    mut f: impl FnMut(&mut BenchmarkGroup<'_, WallTime>, &Input),
+) {
+    let mut g = c.benchmark_group(name);
+    for input in inputs {
+        g.throughput(input.throughput());
+        f(&mut g, input);
+    }
+    g.finish();
+}
+
+/// `parse`: bytes to a structure where any field can be read without re-parsing.
+fn bench_parse(c: &mut Criterion, inputs: &[Input]) {
+    each_input(c, "parse", inputs, |g, input| {
+        g.bench_function(BenchmarkId::new("ferry", input.name), |b| {
+            b.iter(|| {
+                for m in &input.messages {
+                    let parsed = Message::parse(black_box(m.as_bytes())).expect("parses");
+                    black_box(parsed.segment_count());
+                    black_box(&parsed);
+                }
+            })
+        });
+        g.bench_function(BenchmarkId::new("hl7_parser", input.name), |b| {
+            b.iter(|| {
+                for m in &input.messages {
+                    let parsed =
+                        hl7_parser::Message::parse_with_lenient_newlines(black_box(m), true)
+                            .expect("parses");
+                    black_box(parsed.segments.len());
+                    black_box(&parsed);
+                }
+            })
+        });
+        g.bench_function(BenchmarkId::new("plain_split", input.name), |b| {
+            b.iter(|| {
+                for m in &input.messages {
+                    black_box(plain_split(black_box(m.as_bytes())));
+                }
+            })
+        });
+    });
+}
+
+/// hl7-parser's PID-5.1 through its direct accessors, not `query("PID.5.1")`: they are its
+/// fastest route (no query string to parse).
+fn hl7_parser_pid5_1<'m>(parsed: &'m hl7_parser::Message<'m>) -> Option<&'m str> {
+    parsed
+        .segment("PID")
+        .and_then(|s| s.field(5))
+        .and_then(|f| f.component(1))
+        .map(|c| c.raw_value())
+}
+
+/// The plain split must find the same PID-5.1 as Ferry (and so as hl7-parser, see
+/// [`both_accept`]) for every message, or it is not doing the same work.
+fn check_pid5_1_agrees(input: &Input) {
+    for m in &input.messages {
+        let ours = Message::parse(m.as_bytes())
+            .expect("parses")
+            .get("PID-5.1")
+            .expect("valid path");
+        let floor = plain_split_pid5_1(m.as_bytes()).1;
+        assert_eq!(ours, floor, "PID-5.1 differs (plain split) in:\n{m}");
+    }
+}
+
+/// `parse_get_pid5_1`: parse, then read PID-5.1 (family name) once.
+fn bench_parse_get(c: &mut Criterion, inputs: &[Input]) {
+    inputs.iter().for_each(check_pid5_1_agrees);
+    each_input(c, "parse_get_pid5_1", inputs, |g, input| {
+        g.bench_function(BenchmarkId::new("ferry", input.name), |b| {
+            b.iter(|| {
+                for m in &input.messages {
+                    let parsed = Message::parse(black_box(m.as_bytes())).expect("parses");
+                    black_box(parsed.get(black_box("PID-5.1")).expect("valid path"));
+                }
+            })
+        });
+        g.bench_function(BenchmarkId::new("hl7_parser", input.name), |b| {
+            b.iter(|| {
+                for m in &input.messages {
+                    let parsed =
+                        hl7_parser::Message::parse_with_lenient_newlines(black_box(m), true)
+                            .expect("parses");
+                    black_box(hl7_parser_pid5_1(&parsed));
+                }
+            })
+        });
+        g.bench_function(BenchmarkId::new("plain_split", input.name), |b| {
+            b.iter(|| {
+                for m in &input.messages {
+                    black_box(plain_split_pid5_1(black_box(m.as_bytes())));
+                }
+            })
+        });
+    });
+}
+
+/// How faithful hl7-parser's only write path is: `MessageBuilder` keeps raw values and escapes
+/// them again on output, and writes CR between segments. Printed, not asserted.
+fn report_hl7_parser_round_trip(input: &Input) {
+    let exact = input
+        .messages
+        .iter()
+        .filter(|m| {
+            let parsed = hl7_parser::Message::parse_with_lenient_newlines(m, true).expect("parses");
+            let cr = m.replace("\r\n", "\r").replace('\n', "\r");
+            hl7_parser::builder::MessageBuilder::from(&parsed).to_string() == cr
+        })
+        .count();
+    eprintln!(
+        "serialise/{}: hl7-parser's MessageBuilder reproduces {exact} of {} messages exactly \
+         (segment terminators normalised to CR)",
+        input.name,
+        input.messages.len()
+    );
+}
+
+/// `serialise`: a parsed message back to bytes (messages are parsed before the measurement).
+fn bench_serialise(c: &mut Criterion, inputs: &[Input]) {
+    inputs.iter().for_each(report_hl7_parser_round_trip);
+    each_input(c, "serialise", inputs, |g, input| {
+        let ours: Vec<Message<'_>> = input
+            .messages
+            .iter()
+            .map(|m| Message::parse(m.as_bytes()).expect("parses"))
+            .collect();
+        let theirs: Vec<hl7_parser::Message<'_>> = input
+            .messages
+            .iter()
+            .map(|m| hl7_parser::Message::parse_with_lenient_newlines(m, true).expect("parses"))
+            .collect();
+        // ------------------------------------------------------------------------------------
+        // TODO(MessageBuf): Ferry has no owned, editable message yet, so its serialisation is
+        // the parsed message's bytes copied into a Vec. When `ferry_hl7::MessageBuf` lands,
+        // measure `MessageBuf::parse(..)?.to_bytes()` here, and add an `edit_serialise` group:
+        // `ferry` = `set("PID-5.1", ..)` then `to_bytes()`, `hl7_parser` = the same edit on a
+        // `MessageBuilder` then `to_string()`.
+        // ------------------------------------------------------------------------------------
+        g.bench_function(BenchmarkId::new("ferry", input.name), |b| {
+            b.iter(|| {
+                for m in &ours {
+                    black_box(black_box(m).as_bytes().to_vec());
+                }
+            })
+        });
+        // hl7-parser cannot write a parsed `Message` back except through its builder: convert
+        // to `MessageBuilder` (owned strings per field or component) and render it with
+        // `Display`.
+        g.bench_function(BenchmarkId::new("hl7_parser", input.name), |b| {
+            b.iter(|| {
+                for m in &theirs {
+                    let builder = hl7_parser::builder::MessageBuilder::from(black_box(m));
+                    black_box(builder.to_string());
+                }
+            })
+        });
+        // The same copy as `ferry` done on hl7-parser's message (`raw_value().to_owned()`): the
+        // like-for-like line while Ferry's serialisation is only a copy.
+        g.bench_function(BenchmarkId::new("hl7_parser_raw_copy", input.name), |b| {
+            b.iter(|| {
+                for m in &theirs {
+                    black_box(black_box(m).raw_value().to_owned());
+                }
+            })
+        });
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    let inputs = [load_adt(), load_corpus()];
+    bench_parse(c, &inputs);
+    bench_parse_get(c, &inputs);
+    bench_serialise(c, &inputs);
+}
+
+criterion_group!(parse, benches);
+criterion_main!(parse);
