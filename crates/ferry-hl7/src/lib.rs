@@ -7,9 +7,13 @@
 //! end with CR, LF, CRLF or a mix, as real feeds do.
 //!
 //! - [`message`]: [`Message`], [`Segment`], [`Delimiters`], parse errors.
+//! - [`edit`]: [`MessageBuf`], an owned message with set, delete and insert by path, and
+//!   segment insert, remove and rename; untouched bytes stay exactly as received.
+//! - [`json`]: the lossless JSON form (HL7 → JSON → HL7 gives the same bytes).
 //! - [`path`]: `PID-5.1`, `PID.5.1`, `OBX[2]-5`, `PID-3(2).1` addressing.
 //! - [`escape`]: decoding and encoding of `\F\ \S\ \T\ \R\ \E\` with the message's own delimiters.
-//! - [`batch`]: [`split_messages`] for bodies and files holding several messages or a batch.
+//! - [`batch`]: [`split_messages`] for bodies and files holding several messages or a batch,
+//!   and [`parse_batch`], which reads FHS/BHS/BTS/FTS envelopes and checks their counts.
 //! - [`ack`]: building acknowledgements (original and enhanced mode, version-correct ERR) and
 //!   reading the ones downstream systems send back.
 //!
@@ -17,10 +21,13 @@
 
 pub mod ack;
 pub mod batch;
+pub mod edit;
 pub mod escape;
+pub mod json;
 pub mod message;
 pub mod path;
 
-pub use batch::split_messages;
-pub use message::{Delimiters, Message, ParseError, Segment};
+pub use batch::{BatchFile, parse_batch, split_messages};
+pub use edit::{EditError, MessageBuf};
+pub use message::{Delimiters, Message, ParseError, Segment, Value};
 pub use path::{Path, PathError};
