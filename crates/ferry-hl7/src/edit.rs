@@ -81,6 +81,16 @@ pub enum EditError {
     /// A segment given as bytes is not a segment.
     #[error("not a segment: {0}")]
     InvalidSegment(String),
+    /// The text holds a delimiter, but the message declares no escape character to write it.
+    #[error(
+        "{path}: the text holds `{found}`, and the message declares no escape character in MSH-2 to write it"
+    )]
+    CannotEscape {
+        /// The path being set.
+        path: String,
+        /// The character that needs escaping.
+        found: char,
+    },
     /// The edited bytes no longer parse (should not happen; reported rather than hidden).
     #[error("the edit would make the message unparseable: {0}")]
     Parse(#[from] ParseError),
@@ -151,8 +161,32 @@ impl MessageBuf {
     /// Set the text at a path; delimiters in `text` are escaped (`|` → `\F\` …).
     pub fn set(&mut self, path: &str, text: &str) -> Result<(), EditError> {
         let path = Path::parse(path)?;
-        let raw = escape::encode(text, &self.index.delimiters);
+        let raw = self.encode(&path, text)?;
         self.set_raw_path(&path, raw.as_bytes())
+    }
+
+    /// Escape text for this message, refusing what cannot be written without an escape
+    /// character.
+    fn encode(&self, path: &Path, text: &str) -> Result<String, EditError> {
+        let d = self.index.delimiters;
+        if d.escape.is_none() {
+            let special = [
+                Some(d.field),
+                Some(d.component),
+                d.repetition,
+                d.subcomponent,
+            ];
+            if let Some(c) = text
+                .bytes()
+                .find(|b| special.contains(&Some(*b)) || *b == b'\r' || *b == b'\n')
+            {
+                return Err(EditError::CannotEscape {
+                    path: path_text(path),
+                    found: c as char,
+                });
+            }
+        }
+        Ok(escape::encode(text, &d))
     }
 
     /// Set the explicit null `""` at a path (the receiver should delete its value).
@@ -242,7 +276,7 @@ impl MessageBuf {
         if path.segment_id() == b"MSH" && path.field <= 2 {
             return Err(EditError::Delimiters);
         }
-        let raw = escape::encode(text, &d);
+        let raw = self.encode(&path, text)?;
         let seg = self.segment_for_write(&path)?;
         let segment = self.message_segment(seg)?;
         let Some(field) = segment.field_range(path.field) else {
@@ -757,6 +791,17 @@ OBX|2|ST|B||two\n";
         assert_eq!(m.get("PID-3(2)").expect("path"), Some(&b"42^^^GH^MR"[..]));
         m.insert_repetition("PID-3(4)", "last").expect("insert");
         assert_eq!(m.get("PID-3(4)").expect("path"), Some(&b"last"[..]));
+    }
+
+    #[test]
+    fn text_that_cannot_be_escaped_is_refused() {
+        let mut m = MessageBuf::parse(&b"MSH|^~|A\rPID|1"[..]).expect("parse");
+        assert!(matches!(
+            m.set("PID-5", "A^B"),
+            Err(EditError::CannotEscape { found: '^', .. })
+        ));
+        m.set("PID-5", "plain").expect("set");
+        assert_eq!(m.get("PID-5").expect("path"), Some(&b"plain"[..]));
     }
 
     #[test]

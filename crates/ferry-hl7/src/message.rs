@@ -189,7 +189,8 @@ pub enum Value<'a> {
 }
 
 impl<'a> Value<'a> {
-    fn of(raw: Option<&'a [u8]>) -> Value<'a> {
+    /// Classify raw bytes found at a path (`None` when the path is absent).
+    pub fn from_raw(raw: Option<&'a [u8]>) -> Value<'a> {
         match raw {
             None => Value::Absent,
             Some([]) => Value::Empty,
@@ -469,7 +470,7 @@ impl<'a> Message<'a> {
 
     /// What a path holds: absent, empty, the explicit null `""`, or a value.
     pub fn value(&self, path: &str) -> Result<Value<'a>, PathError> {
-        Ok(Value::of(self.get(path)?))
+        Ok(Value::from_raw(self.get(path)?))
     }
 
     /// The text at a path with escapes decoded (`\F\` → `|` …); `None` when absent.
