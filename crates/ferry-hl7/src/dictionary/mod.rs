@@ -17,6 +17,10 @@
 //!   with their own (v2.8 / v2.8.1) event maps.
 //! - v2.7.1 has no HAPI event map of its own and uses the v2.7 one.
 //! - v2.1 and v2.2 have no event maps: their structures are named after the event.
+//! - The source's v2.6 message structures give many groups a cardinality of exactly one (40
+//!   groups, against 2 in v2.5) where the standard makes them optional or repeating (`OML_O21`'s `INSURANCE`, `TIIMING`); the data is
+//!   kept as published, so v2.6 messages may get spurious missing-segment reports there.
+//!   Group names are as published, misspellings included (`TIIMING`).
 //! - Three v2.7 group names contain a `/` (`SUBJECT_PERSON/ANIMAL_IDENTIFICATION`); it is
 //!   replaced by `_` because group paths use `/` as their separator. Group names are
 //!   upper-cased and descriptions have their whitespace collapsed.
@@ -381,7 +385,8 @@ pub fn structure(version: Version, name: &str) -> Option<&'static StructureDef> 
     DICTIONARY.structures.get(i as usize)
 }
 
-/// The structure of a message: MSH-9.3 when given and known, else the event map
+/// The structure of a message: MSH-9.3 when given and known (itself passed through the event
+/// map, since senders often write the event there: `ADT_A04` → `ADT_A01`), else the event map
 /// (`ADT`+`A04` → `ADT_A01`), else a structure named `CODE_EVENT`, else one named after the
 /// message code alone (`ACK`).
 pub fn structure_for(
@@ -390,10 +395,12 @@ pub fn structure_for(
     trigger_event: &str,
     msh_9_3: Option<&str>,
 ) -> Option<&'static StructureDef> {
-    if let Some(s) = msh_9_3.map(str::trim).filter(|s| !s.is_empty())
-        && let Some(def) = structure(version, s)
-    {
-        return Some(def);
+    if let Some(s) = msh_9_3.map(str::trim).filter(|s| !s.is_empty()) {
+        // Senders often put the event there (`ADT_A04`): map it like one.
+        let s = version_data(version)?.events.get(s).copied().unwrap_or(s);
+        if let Some(def) = structure(version, s) {
+            return Some(def);
+        }
     }
     let mut buf = [0u8; 64];
     let code = message_code.trim().as_bytes();
@@ -486,7 +493,7 @@ fn string_at(strings: &[&'static str], i: &str) -> &'static str {
         .unwrap_or("")
 }
 
-fn parse_grammar(tokens: &mut std::iter::Peekable<GrammarTokens>) -> Vec<Element> {
+fn parse_grammar(tokens: &mut GrammarTokens) -> Vec<Element> {
     let mut out = Vec::new();
     while let Some(tok) = tokens.next() {
         if tok == ")" {
@@ -633,8 +640,7 @@ fn parse(data: &'static str) -> Data {
                     let description = string_at(&strings, p.next().unwrap_or(""));
                     let mut tokens = GrammarTokens {
                         rest: p.next().unwrap_or(""),
-                    }
-                    .peekable();
+                    };
                     let elements = parse_grammar(&mut tokens).into_boxed_slice();
                     structures.push(StructureDef {
                         name,
