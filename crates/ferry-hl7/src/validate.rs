@@ -274,8 +274,9 @@ fn structure_of(message: &Message<'_>, version: Version) -> Option<&'static Stru
     )
 }
 
-/// The group each segment belongs to, using the structure MSH-9 (and MSH-12) name; `None`
-/// when no structure is known. Segments that do not fit stay in the group that was open.
+/// The group each segment belongs to, using the structure MSH-9 and MSH-12 name (an absent or
+/// unknown MSH-12 is read as v2.5.1, as in [`validate`]); `None` when no structure is known.
+/// Segments that do not fit, Z-segments and unknown segments stay in the group that was open.
 pub fn groups(message: &Message<'_>) -> Option<Grouping> {
     let (version, _) = message_version(message);
     let structure = structure_of(message, version)?;
@@ -931,6 +932,35 @@ OBX|2|NM|K||4\r";
             )),
             "{issues:#?}"
         );
+    }
+
+    #[test]
+    fn choices_take_one_of_their_segments() {
+        // v2.1 ORM_O01: ORDER+(ORC ORDER_DETAIL?(<OBR|ORO|RX1>* NTE* OBSERVATION*(OBX NTE*)) BLG?)
+        let text = "MSH|^~\\&|S|F|R|F|20240101||ORM^O01|1|P|2.1\r\
+ORC|NW\r\
+RX1|x\r\
+ORC|NW\r\
+ORO|y\r\
+OBX|1\r";
+        let m = parse(text);
+        let g = groups(&m).expect("ORM_O01");
+        let paths: Vec<String> = g.segments.iter().map(|s| s.path_string()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "",
+                "ORDER[1]",
+                "ORDER[1]/ORDER_DETAIL[1]",
+                "ORDER[2]",
+                "ORDER[2]/ORDER_DETAIL[1]",
+                "ORDER[2]/ORDER_DETAIL[1]/OBSERVATION[1]",
+            ]
+        );
+        assert!(g.segments[5].is_in("ORDER[2]/ORDER_DETAIL"));
+        assert!(!g.segments[5].is_in("ORDER[1]"));
+        assert!(!g.segments[5].is_in("ORDER[x]"));
+        assert_eq!(g.indices_in("ORDER[2]").collect::<Vec<_>>(), vec![3, 4, 5]);
     }
 
     #[test]

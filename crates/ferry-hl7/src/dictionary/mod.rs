@@ -27,9 +27,11 @@
 //!
 //! # Format
 //!
-//! `data/dictionary.txt` is line-oriented text, parsed once on first use (a
-//! [`std::sync::LazyLock`]); every name handed out afterwards is a `&'static str` slice of the
-//! embedded text, so lookups do not allocate. Sections:
+//! `data/dictionary.txt` (about 580 kB) is line-oriented text embedded with `include_str!`.
+//! The first lookup builds an index (a [`std::sync::LazyLock`]: about 1 ms in a release
+//! build); each definition line is parsed the first time it is looked up (a
+//! [`std::sync::OnceLock`] per line), and every name handed out is a `&'static str` slice of
+//! the embedded text, so lookups after that do not allocate. Sections:
 //!
 //! ```text
 //! @strings N      N lines, one description each; referred to by line number
@@ -55,7 +57,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 const DATA: &str = include_str!("data/dictionary.txt");
 
@@ -349,16 +351,59 @@ struct VersionData {
     events: HashMap<&'static str, &'static str>,
 }
 
+/// One definition line, parsed the first time it is looked up.
+struct Lazy<T> {
+    line: &'static str,
+    parsed: OnceLock<T>,
+}
+
+impl<T> Lazy<T> {
+    fn new(line: &'static str) -> Lazy<T> {
+        Lazy {
+            line,
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// The line's key: everything before the first tab.
+    fn key(&self) -> &'static str {
+        self.line.split('\t').next().unwrap_or("")
+    }
+}
+
 struct Data {
-    types: Vec<DataTypeDef>,
-    segments: Vec<SegmentDef>,
-    structures: Vec<StructureDef>,
+    strings: Vec<&'static str>,
+    types: Vec<Lazy<DataTypeDef>>,
+    segments: Vec<Lazy<SegmentDef>>,
+    structures: Vec<Lazy<StructureDef>>,
     versions: Vec<VersionData>,
+}
+
+impl Data {
+    fn segment(&'static self, i: u32) -> Option<&'static SegmentDef> {
+        let l = self.segments.get(i as usize)?;
+        Some(
+            l.parsed
+                .get_or_init(|| parse_segment(&self.strings, l.line)),
+        )
+    }
+    fn data_type(&'static self, i: u32) -> Option<&'static DataTypeDef> {
+        let l = self.types.get(i as usize)?;
+        Some(l.parsed.get_or_init(|| parse_type(&self.strings, l.line)))
+    }
+    fn structure(&'static self, i: u32) -> Option<&'static StructureDef> {
+        let l = self.structures.get(i as usize)?;
+        Some(
+            l.parsed
+                .get_or_init(|| parse_structure(&self.strings, l.line)),
+        )
+    }
 }
 
 static DICTIONARY: LazyLock<Data> = LazyLock::new(|| parse(DATA));
 
-/// Force the dictionary to load now (it otherwise loads on first lookup).
+/// Force the dictionary index to load now (it otherwise loads on first lookup). Each
+/// definition is then parsed the first time it is looked up.
 pub fn preload() {
     LazyLock::force(&DICTIONARY);
 }
@@ -370,19 +415,19 @@ fn version_data(version: Version) -> Option<&'static VersionData> {
 /// The definition of a segment in a version (`segment(Version::V2_5_1, "PID")`).
 pub fn segment(version: Version, id: &str) -> Option<&'static SegmentDef> {
     let i = *version_data(version)?.segments.get(id)?;
-    DICTIONARY.segments.get(i as usize)
+    DICTIONARY.segment(i)
 }
 
 /// The definition of a data type in a version (`data_type(Version::V2_5_1, "XPN")`).
 pub fn data_type(version: Version, code: &str) -> Option<&'static DataTypeDef> {
     let i = *version_data(version)?.types.get(code)?;
-    DICTIONARY.types.get(i as usize)
+    DICTIONARY.data_type(i)
 }
 
 /// A message structure by its id (`"ADT_A01"`).
 pub fn structure(version: Version, name: &str) -> Option<&'static StructureDef> {
     let i = *version_data(version)?.structures.get(name)?;
-    DICTIONARY.structures.get(i as usize)
+    DICTIONARY.structure(i)
 }
 
 /// The structure of a message: MSH-9.3 when given and known (itself passed through the event
@@ -589,65 +634,27 @@ fn parse(data: &'static str) -> Data {
     let mut types = Vec::new();
     let mut segments = Vec::new();
     let mut structures = Vec::new();
-    let mut versions: Vec<VersionData> = Vec::new();
+    let mut versions: Vec<VersionData> = Version::ALL
+        .iter()
+        .map(|_| VersionData {
+            types: HashMap::new(),
+            segments: HashMap::new(),
+            structures: HashMap::new(),
+            events: HashMap::new(),
+        })
+        .collect();
     let mut section = "";
     let mut remaining = 0usize;
-    // Index lists per version, resolved once every section is read.
+    // The version whose `types`/`segments`/`structures`/`events` lines follow.
     let mut current: Option<usize> = None;
     for line in data.lines() {
         if remaining > 0 {
             remaining -= 1;
             match section {
                 "strings" => strings.push(line),
-                "types" => {
-                    let mut p = line.splitn(3, '\t');
-                    let code = p.next().unwrap_or("");
-                    let name = string_at(&strings, p.next().unwrap_or(""));
-                    let components = items(&strings, p.next().unwrap_or(""))
-                        .map(|i| ComponentDef {
-                            name: i.name,
-                            data_type: i.data_type,
-                            optionality: i.optionality,
-                            max_length: i.len,
-                            table: i.table,
-                        })
-                        .collect();
-                    types.push(DataTypeDef {
-                        code,
-                        name,
-                        components,
-                    });
-                }
-                "segments" => {
-                    let mut p = line.splitn(3, '\t');
-                    let id = p.next().unwrap_or("");
-                    let name = string_at(&strings, p.next().unwrap_or(""));
-                    let fields = items(&strings, p.next().unwrap_or(""))
-                        .map(|i| FieldDef {
-                            name: i.name,
-                            data_type: i.data_type,
-                            optionality: i.optionality,
-                            max_repetitions: i.rep,
-                            max_length: i.len,
-                            table: i.table,
-                        })
-                        .collect();
-                    segments.push(SegmentDef { id, name, fields });
-                }
-                "structures" => {
-                    let mut p = line.splitn(3, '\t');
-                    let name = p.next().unwrap_or("");
-                    let description = string_at(&strings, p.next().unwrap_or(""));
-                    let mut tokens = GrammarTokens {
-                        rest: p.next().unwrap_or(""),
-                    };
-                    let elements = parse_grammar(&mut tokens).into_boxed_slice();
-                    structures.push(StructureDef {
-                        name,
-                        description,
-                        elements,
-                    });
-                }
+                "types" => types.push(Lazy::new(line)),
+                "segments" => segments.push(Lazy::new(line)),
+                "structures" => structures.push(Lazy::new(line)),
                 _ => {}
             }
             continue;
@@ -656,23 +663,19 @@ fn parse(data: &'static str) -> Data {
             let mut p = header.split(' ');
             section = p.next().unwrap_or("");
             if section == "version" {
-                let base = p.nth(1).and_then(Version::parse);
-                let data = match base.and_then(|b| versions.get(b.index())) {
-                    Some(b) => VersionData {
-                        types: b.types.clone(),
-                        segments: b.segments.clone(),
-                        structures: b.structures.clone(),
-                        events: HashMap::new(),
-                    },
-                    None => VersionData {
-                        types: HashMap::new(),
-                        segments: HashMap::new(),
-                        structures: HashMap::new(),
-                        events: HashMap::new(),
-                    },
-                };
-                versions.push(data);
-                current = Some(versions.len() - 1);
+                current = p.next().and_then(Version::parse).map(Version::index);
+                let base = p.next().and_then(Version::parse).map(Version::index);
+                let copied = base.and_then(|b| versions.get(b)).map(|b| VersionData {
+                    types: b.types.clone(),
+                    segments: b.segments.clone(),
+                    structures: b.structures.clone(),
+                    events: HashMap::new(),
+                });
+                if let (Some(c), Some(data)) = (current, copied)
+                    && let Some(slot) = versions.get_mut(c)
+                {
+                    *slot = data;
+                }
             } else {
                 remaining = p.next().and_then(|n| n.parse().ok()).unwrap_or(0);
             }
@@ -689,21 +692,21 @@ fn parse(data: &'static str) -> Data {
             "types" => {
                 for i in indices {
                     if let Some(t) = types.get(i as usize) {
-                        vd.types.insert(t.code, i);
+                        vd.types.insert(t.key(), i);
                     }
                 }
             }
             "segments" => {
                 for i in indices {
                     if let Some(s) = segments.get(i as usize) {
-                        vd.segments.insert(s.id, i);
+                        vd.segments.insert(s.key(), i);
                     }
                 }
             }
             "structures" => {
                 for i in indices {
                     if let Some(s) = structures.get(i as usize) {
-                        vd.structures.insert(s.name, i);
+                        vd.structures.insert(s.key(), i);
                     }
                 }
             }
@@ -718,10 +721,63 @@ fn parse(data: &'static str) -> Data {
         }
     }
     Data {
+        strings,
         types,
         segments,
         structures,
         versions,
+    }
+}
+
+fn parse_type(strings: &[&'static str], line: &'static str) -> DataTypeDef {
+    let mut p = line.splitn(3, '\t');
+    let code = p.next().unwrap_or("");
+    let name = string_at(strings, p.next().unwrap_or(""));
+    let components = items(strings, p.next().unwrap_or(""))
+        .map(|i| ComponentDef {
+            name: i.name,
+            data_type: i.data_type,
+            optionality: i.optionality,
+            max_length: i.len,
+            table: i.table,
+        })
+        .collect();
+    DataTypeDef {
+        code,
+        name,
+        components,
+    }
+}
+
+fn parse_segment(strings: &[&'static str], line: &'static str) -> SegmentDef {
+    let mut p = line.splitn(3, '\t');
+    let id = p.next().unwrap_or("");
+    let name = string_at(strings, p.next().unwrap_or(""));
+    let fields = items(strings, p.next().unwrap_or(""))
+        .map(|i| FieldDef {
+            name: i.name,
+            data_type: i.data_type,
+            optionality: i.optionality,
+            max_repetitions: i.rep,
+            max_length: i.len,
+            table: i.table,
+        })
+        .collect();
+    SegmentDef { id, name, fields }
+}
+
+fn parse_structure(strings: &[&'static str], line: &'static str) -> StructureDef {
+    let mut p = line.splitn(3, '\t');
+    let name = p.next().unwrap_or("");
+    let description = string_at(strings, p.next().unwrap_or(""));
+    let mut tokens = GrammarTokens {
+        rest: p.next().unwrap_or(""),
+    };
+    let elements = parse_grammar(&mut tokens).into_boxed_slice();
+    StructureDef {
+        name,
+        description,
+        elements,
     }
 }
 
@@ -806,6 +862,22 @@ mod tests {
             Some("ACK")
         );
         assert!(structure_for(Version::V2_5, "XYZ", "Q99", None).is_none());
+        // No event maps before 2.3: structures are named after the event.
+        assert_eq!(
+            structure_for(Version::V2_2, "ADT", "A04", None).map(|s| s.name),
+            Some("ADT_A04")
+        );
+        let orm = structure(Version::V2_1, "ORM_O01").expect("ORM_O01");
+        let ElementKind::Group(order) = &orm.elements[3].kind else {
+            panic!("ORDER expected, got {:?}", orm.elements[3]);
+        };
+        let ElementKind::Group(detail) = &order.elements[1].kind else {
+            panic!("ORDER_DETAIL expected, got {:?}", order.elements[1]);
+        };
+        assert_eq!(
+            detail.elements[0].kind,
+            ElementKind::Choice(vec!["OBR", "ORO", "RX1"].into_boxed_slice())
+        );
         let oru = structure(Version::V2_5_1, "ORU_R01").expect("ORU_R01");
         assert_eq!(oru.elements[0].kind, ElementKind::Segment("MSH"));
         let ElementKind::Group(pr) = &oru.elements[2].kind else {
@@ -824,8 +896,27 @@ mod tests {
     fn load_time() {
         let t = std::time::Instant::now();
         let data = parse(DATA);
+        let index = t.elapsed();
+        let segments: usize = data
+            .segments
+            .iter()
+            .map(|l| parse_segment(&data.strings, l.line).fields.len())
+            .sum();
+        let types = data
+            .types
+            .iter()
+            .map(|l| parse_type(&data.strings, l.line))
+            .filter(|t| !t.components.is_empty())
+            .count();
+        let groups = data
+            .structures
+            .iter()
+            .map(|l| parse_structure(&data.strings, l.line).elements.len())
+            .sum::<usize>();
         println!(
-            "dictionary: {} bytes, parsed in {:?} ({} segment defs, {} types, {} structures)",
+            "dictionary: {} bytes; index loaded in {index:?}, every definition parsed in {:?} \
+             ({} segment defs with {segments} fields, {} types ({types} composite), {} structures \
+             with {groups} top-level elements)",
             DATA.len(),
             t.elapsed(),
             data.segments.len(),
@@ -834,5 +925,20 @@ mod tests {
         );
         assert_eq!(data.versions.len(), Version::ALL.len());
         assert!(data.segments.len() > 500);
+        for (v, d) in Version::ALL.iter().zip(&data.versions) {
+            assert!(d.segments.len() > 30, "{v}: {} segments", d.segments.len());
+            assert!(
+                d.structures.len() > 30,
+                "{v}: {} structures",
+                d.structures.len()
+            );
+        }
+        // 2.8 borrows the 2.7.1 definitions but has its own event map.
+        assert_eq!(
+            data.versions[Version::V2_8.index()].segments,
+            data.versions[Version::V2_7_1.index()].segments
+        );
+        assert!(data.versions[Version::V2_8.index()].events.len() > 100);
+        assert!(data.versions[Version::V2_1.index()].events.is_empty());
     }
 }
