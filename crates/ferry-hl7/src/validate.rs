@@ -37,6 +37,24 @@
 //! iterate the OBX segments of the second ORDER_OBSERVATION.
 //!
 //! At most [`MAX_ISSUES`] issues are reported; a last [`IssueCode::TooManyIssues`] says so.
+//!
+//! ```
+//! use ferry_hl7::{Message, validate};
+//!
+//! let text = b"MSH|^~\\&|LAB|F|R|F|20240101||ORU^R01|1|P|2.5.1\r\
+//!     PID|1||1^^^H^MR||DOE^J\rOBR|1||A|CBC\rOBX|1|NM|HGB||13||||||F\r\
+//!     OBR|2||B|BMP\rOBX|1|NM|NA||140||||||F\rOBX|2|NM|K||4||||||F\r";
+//! let m = Message::parse(text)?;
+//! assert!(validate::validate(&m).is_empty());
+//! let g = validate::groups(&m).expect("ORU_R01 is known");
+//! let obx_of_second_order = g
+//!     .segments_in(&m, "PATIENT_RESULT/ORDER_OBSERVATION[2]")
+//!     .into_iter()
+//!     .filter(|s| s.id() == b"OBX")
+//!     .count();
+//! assert_eq!(obx_of_second_order, 2);
+//! # Ok::<(), ferry_hl7::ParseError>(())
+//! ```
 
 use std::fmt;
 
@@ -281,7 +299,7 @@ pub fn groups(message: &Message<'_>) -> Option<Grouping> {
     let (version, _) = message_version(message);
     let structure = structure_of(message, version)?;
     let mut sink = Issues::default();
-    let segments = match_structure(message, version, structure, &mut sink);
+    let segments = match_structure(message, version, structure, &mut sink, true);
     Some(Grouping {
         structure: structure.name,
         version,
@@ -327,7 +345,7 @@ fn validate_inner(message: &Message<'_>, version: Version, issues: &mut Issues) 
     }
     match structure_of(message, version) {
         Some(structure) => {
-            match_structure(message, version, structure, issues);
+            match_structure(message, version, structure, issues, false);
         }
         None => issues.push(
             Severity::Warning,
@@ -672,6 +690,7 @@ fn match_structure(
     version: Version,
     structure: &StructureDef,
     issues: &mut Issues,
+    record: bool,
 ) -> Vec<GroupedSegment> {
     let mut m = Matcher {
         structure,
@@ -689,7 +708,7 @@ fn match_structure(
         }
         v
     };
-    let mut out = Vec::with_capacity(message.segment_count());
+    let mut out = Vec::with_capacity(if record { message.segment_count() } else { 0 });
     let mut previous = "";
     for (index, seg) in message.segments().enumerate() {
         let id = id_str(&seg);
@@ -727,10 +746,12 @@ fn match_structure(
                 previous = id;
             }
         }
-        out.push(GroupedSegment {
-            index,
-            path: m.path(),
-        });
+        if record {
+            out.push(GroupedSegment {
+                index,
+                path: m.path(),
+            });
+        }
     }
     while !m.stack.is_empty() {
         m.close_top(None);
@@ -961,6 +982,40 @@ OBX|1\r";
         assert!(!g.segments[5].is_in("ORDER[1]"));
         assert!(!g.segments[5].is_in("ORDER[x]"));
         assert_eq!(g.indices_in("ORDER[2]").collect::<Vec<_>>(), vec![3, 4, 5]);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of segments (known, unknown, Z, out of order) validates and groups
+        /// without panicking, every segment gets a group, and the issue cap holds.
+        #[test]
+        fn any_segment_sequence_is_handled(
+            ids in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "PID", "PV1", "OBR", "OBX", "ORC", "NTE", "EVN", "SPM", "ZZZ", "QQQ",
+                    "MSH", "IN1", "NK1", "TQ1", "AL1",
+                ]),
+                0..60,
+            ),
+            structure in proptest::sample::select(vec![
+                "ORU^R01", "ADT^A01", "ORM^O01", "OML^O21", "ADT^A04^ADT_A01", "ACK^A01",
+            ]),
+            version in proptest::sample::select(vec!["2.1", "2.3", "2.5.1", "2.6", "2.8", ""]),
+            fields in "[A-Z0-9|^~&]{0,12}",
+        ) {
+            let mut text = format!("MSH|^~\\&|A|B|C|D|20240101||{structure}|1|P|{version}\r");
+            for id in &ids {
+                text.push_str(id);
+                text.push('|');
+                text.push_str(&fields);
+                text.push('\r');
+            }
+            let m = Message::parse(text.as_bytes()).expect("generated message parses");
+            let issues = validate(&m);
+            proptest::prop_assert!(issues.len() <= MAX_ISSUES + 1);
+            if let Some(g) = groups(&m) {
+                proptest::prop_assert_eq!(g.segments.len(), m.segment_count());
+            }
+        }
     }
 
     #[test]

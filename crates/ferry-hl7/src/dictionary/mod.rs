@@ -476,6 +476,19 @@ pub fn field_name(version: Version, segment_id: &str, n: usize) -> Option<&'stat
     Some(segment(version, segment_id)?.field(n)?.name)
 }
 
+/// The name of component `c` (1-based) of field `n` of a segment, from the field's data type
+/// (`component_name(V2_5_1, "PID", 5, 1)` = "Family Name"); `None` for a primitive field.
+pub fn component_name(
+    version: Version,
+    segment_id: &str,
+    n: usize,
+    c: usize,
+) -> Option<&'static str> {
+    let field = segment(version, segment_id)?.field(n)?;
+    let dt = data_type(version, field.data_type)?;
+    Some(dt.components.get(c.checked_sub(1)?)?.name)
+}
+
 /// Ids of every segment a version defines, sorted.
 pub fn segment_ids(version: Version) -> Vec<&'static str> {
     let mut ids: Vec<&'static str> = version_data(version)
@@ -824,6 +837,16 @@ mod tests {
                 .is_empty()
         );
         assert!(data_type(Version::V2_1, "XPN").is_none());
+        assert_eq!(
+            component_name(Version::V2_5_1, "PID", 5, 2),
+            Some("Given Name")
+        );
+        assert_eq!(component_name(Version::V2_5_1, "PID", 5, 0), None);
+        assert_eq!(component_name(Version::V2_5_1, "PID", 1, 1), None);
+        assert_eq!(
+            component_name(Version::V2_3, "MSH", 9, 2),
+            Some("Trigger Event")
+        );
     }
 
     #[test]
