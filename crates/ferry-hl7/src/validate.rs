@@ -536,7 +536,8 @@ impl<'d> Frame<'d> {
         }
     }
 
-    /// Where `id` can go in this frame: `(element, is_another_occurrence_of_current)`.
+    /// The element of this frame `id` can go in: another occurrence of the current element, or
+    /// a later one. `tolerant` also accepts groups that contain `id` past their start.
     fn find(&self, id: &str, tolerant: bool) -> Option<usize> {
         let fits = |e: &Element| {
             if tolerant {
@@ -697,17 +698,6 @@ fn match_structure(
         stack: vec![Frame::new(&structure.elements, "", 1)],
         issues,
     };
-    let root_all: Vec<&str> = {
-        let mut v = Vec::new();
-        for e in structure.elements.iter() {
-            match &e.kind {
-                ElementKind::Segment(s) => v.push(*s),
-                ElementKind::Choice(c) => v.extend(c.iter().copied()),
-                ElementKind::Group(_) => {}
-            }
-        }
-        v
-    };
     let mut out = Vec::with_capacity(if record { message.segment_count() } else { 0 });
     let mut previous = "";
     for (index, seg) in message.segments().enumerate() {
@@ -717,8 +707,7 @@ fn match_structure(
         if !is_z(id) && (known || structure.elements.iter().any(|e| e.contains(id))) {
             let placed = m.place(id, index);
             if !placed {
-                let anywhere =
-                    root_all.contains(&id) || structure.elements.iter().any(|e| e.contains(id));
+                let anywhere = structure.elements.iter().any(|e| e.contains(id));
                 let text = if anywhere {
                     let after = if previous.is_empty() {
                         String::new()
