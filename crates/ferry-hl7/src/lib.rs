@@ -16,16 +16,22 @@
 //!   and [`parse_batch`], which reads FHS/BHS/BTS/FTS envelopes and checks their counts.
 //! - [`ack`]: building acknowledgements (original and enhanced mode, version-correct ERR) and
 //!   reading the ones downstream systems send back.
+//! - [`dictionary`]: segments, fields, data types and message structures of v2.1–2.8.1
+//!   (field names such as `PID-5` = "Patient Name", event → structure maps).
+//! - [`validate`]: required fields, repetition limits, lengths and message structure, with
+//!   the group each segment belongs to.
 //!
 //! This crate does no I/O and knows nothing of channels, stores or sockets.
 
 pub mod ack;
 pub mod batch;
+pub mod dictionary;
 pub mod edit;
 pub mod escape;
 pub mod json;
 pub mod message;
 pub mod path;
+pub mod validate;
 
 pub use batch::{BatchFile, parse_batch, split_messages};
 pub use edit::{EditError, MessageBuf};
