@@ -8,7 +8,10 @@
 //!
 //! - [`message`]: [`Message`], [`Segment`], [`Delimiters`], parse errors.
 //! - [`path`]: `PID-5.1`, `PID.5.1`, `OBX[2]-5`, `PID-3(2).1` addressing.
-//! - [`escape`]: decoding and encoding of `\F\ \S\ \T\ \R\ \E\` with the message's own delimiters.
+//! - [`escape`]: decoding and encoding of `\F\ \S\ \T\ \R\ \E\ \Xhh\ \.br\` … with the message's
+//!   own delimiters; unknown sequences (`\C..\`, `\M..\`) kept intact.
+//! - [`charset`]: MSH-18 character sets (HL7 table 0211), strict decoders (true Latin-1), a
+//!   fallback policy for feeds that lie, and [`charset::TextDecoder`] for field text.
 //! - [`batch`]: [`split_messages`] for bodies and files holding several messages or a batch.
 //! - [`ack`]: building acknowledgements (original and enhanced mode, version-correct ERR) and
 //!   reading the ones downstream systems send back.
@@ -17,6 +20,7 @@
 
 pub mod ack;
 pub mod batch;
+pub mod charset;
 pub mod escape;
 pub mod message;
 pub mod path;
