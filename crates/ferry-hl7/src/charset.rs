@@ -233,12 +233,11 @@ impl Charset {
         }
         let first = reps.first().map(String::as_str).unwrap_or("");
         let extensions = reps.get(1..).unwrap_or_default();
+        // The Japanese ISO 2022 sets: JIS X 0208, JIS X 0212, JIS X 0201 Roman and Katakana.
         let is_jp = |code: &str| {
             matches!(
-                Charset::from_code(code),
-                Ok(Charset::Iso2022Jp)
-                    | Err(CharsetError::Unsupported { reason: _, code: _ })
-                    if normalized(code).starts_with("ISOIR")
+                normalized(code).as_str(),
+                "ISOIR87" | "ISOIR159" | "ISOIR14" | "ISOIR13"
             )
         };
         let has_ir87 = reps.iter().any(|r| normalized(r) == "ISOIR87");
@@ -583,6 +582,11 @@ impl TextDecoder {
             *m.delimiters(),
             policy,
         ))
+    }
+
+    /// The delimiters of the message.
+    pub fn delimiters(&self) -> &Delimiters {
+        &self.delimiters
     }
 
     /// The charset values are decoded with.

@@ -12,6 +12,8 @@
 //!   own delimiters; unknown sequences (`\C..\`, `\M..\`) kept intact.
 //! - [`charset`]: MSH-18 character sets (HL7 table 0211), strict decoders (true Latin-1), a
 //!   fallback policy for feeds that lie, and [`charset::TextDecoder`] for field text.
+//! - [`types`]: typed readers for TS/DTM (to `time` date-times, precision kept), XPN, CX/HD and
+//!   CE/CWE, zero-copy with escapes decoded.
 //! - [`batch`]: [`split_messages`] for bodies and files holding several messages or a batch.
 //! - [`ack`]: building acknowledgements (original and enhanced mode, version-correct ERR) and
 //!   reading the ones downstream systems send back.
@@ -24,6 +26,7 @@ pub mod charset;
 pub mod escape;
 pub mod message;
 pub mod path;
+pub mod types;
 
 pub use batch::split_messages;
 pub use message::{Delimiters, Message, ParseError, Segment};
