@@ -647,8 +647,18 @@ impl TextDecoder {
     }
 
     /// Text to bytes for a value of this message: escape sequences for delimiters and controls
-    /// ([`escape::encode`]), then the charset ([`Charset::Ascii`] is written as UTF-8).
+    /// ([`escape::encode`]), then the charset ([`Charset::Ascii`] is written as UTF-8). In
+    /// ISO-2022-JP the controls ESC, SO and SI cannot be data (not even as `\Xhh\`): they are
+    /// an error.
     pub fn encode(&self, text: &str) -> Result<Vec<u8>, EncodeError> {
+        if self.charset == Charset::Iso2022Jp
+            && let Some(c) = text.chars().find(|c| matches!(c, '\x1b' | '\x0e' | '\x0f'))
+        {
+            return Err(EncodeError {
+                charset: self.charset,
+                character: c,
+            });
+        }
         let escaped = escape::encode(text, &self.delimiters);
         let charset = match self.charset {
             Charset::Ascii => Charset::Utf8,
@@ -764,6 +774,7 @@ pub fn message_to_utf8<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn msg(msh18: &str, rest: &[u8]) -> Vec<u8> {
         let mut v = format!("MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5||||||{msh18}\rPID|1||")
@@ -965,6 +976,13 @@ mod tests {
         raw.extend_from_slice(b"\\F\\");
         assert_eq!(d.text(&raw).expect("decodes"), "本人 タロウ|");
         assert_eq!(d.encode("本人|").expect("fits"), b"\x1b$BK\\?M\x1b(B\\F\\");
+        assert_eq!(
+            d.encode("a\x1b"),
+            Err(EncodeError {
+                charset: Charset::Iso2022Jp,
+                character: '\x1b'
+            })
+        );
     }
 
     #[test]
@@ -1050,5 +1068,64 @@ mod tests {
         assert_eq!(m.get("MSH-3").expect("path"), Some(&b"A"[..]));
         let u = message_to_utf8(&bytes, &CharsetPolicy::strict()).expect("utf-8");
         assert!(u.text.starts_with("MSH|") && matches!(u.text, Cow::Borrowed(_)));
+    }
+
+    fn with_delimiters(chars: impl Strategy<Value = char>) -> impl Strategy<Value = String> {
+        let special = prop::sample::select(vec!['|', '^', '~', '\\', '&', '\r', '\n', '\x1b']);
+        prop::collection::vec(prop_oneof![3 => chars, 1 => special], 0..32)
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn latin1_bytes_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let text = Charset::Iso8859_1.decode(&bytes).expect("total");
+            prop_assert_eq!(Charset::Iso8859_1.encode(&text).expect("fits").into_owned(), bytes.clone());
+            let text = Charset::Iso8859_9.decode(&bytes).expect("total");
+            prop_assert_eq!(Charset::Iso8859_9.encode(&text).expect("fits").into_owned(), bytes.clone());
+        }
+
+        #[test]
+        fn text_decoder_round_trips_values(
+            latin in with_delimiters(prop::char::range('\u{20}', '\u{ff}')),
+            japanese in with_delimiters(prop_oneof![
+                prop::char::range('\u{3041}', '\u{3093}'),
+                prop::char::range('\u{30a1}', '\u{30f3}'),
+                prop::sample::select(vec!['本', '人', '患', '者', '太', '郎', 'a', ' ']),
+            ]),
+            any_text in with_delimiters(any::<char>()),
+        ) {
+            let d = Delimiters::default();
+            for (charset, text) in [
+                (Charset::Iso8859_1, &latin),
+                (Charset::Iso8859_9, &latin.replace(['Ð', 'Ý', 'Þ', 'ð', 'ý', 'þ'], "x")),
+                (Charset::Iso2022Jp, &japanese.replace('\x1b', "")),
+                (Charset::ShiftJis, &japanese),
+                (Charset::EucJp, &japanese),
+                (Charset::Gb18030, &any_text),
+                (Charset::Utf8, &any_text),
+            ] {
+                let dec = TextDecoder::new(charset, d, CharsetPolicy::strict());
+                let bytes = dec.encode(text).expect("representable");
+                prop_assert!(!bytes.contains(&b'\r') && !bytes.contains(&b'\n'));
+                if charset.is_ascii_transparent() {
+                    prop_assert!(!bytes.iter().any(|b| matches!(b, b'|' | b'^' | b'~' | b'&')));
+                }
+                let back = dec.decode(&bytes).expect("decodes");
+                prop_assert_eq!(back.used, Used::Declared);
+                prop_assert_eq!(&back.text, text.as_str(), "{:?}", charset);
+            }
+        }
+
+        #[test]
+        fn decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..48)) {
+            for charset in [Charset::Ascii, Charset::Utf8, Charset::Iso8859_3, Charset::Iso8859_11,
+                Charset::Iso2022Jp, Charset::ShiftJis, Charset::Big5, Charset::Gb18030] {
+                let _ = charset.decode(&bytes);
+                let dec = TextDecoder::new(charset, Delimiters::default(), CharsetPolicy::default());
+                // With the Latin-1 fallback every value decodes.
+                prop_assert!(dec.decode(&bytes).is_ok());
+            }
+        }
     }
 }
