@@ -7,7 +7,8 @@
 //! first and each piece is escape-decoded afterwards, so a `\S\` or `\T\` inside a name stays in
 //! the name. Pieces without escapes are borrowed, not copied.
 //!
-//! Empty components and the HL7 null `""` both read as `None`; [`is_null`] tells them apart
+//! A primitive component that holds subcomponents reads as its first subcomponent, as HL7
+//! prescribes for receivers. Empty components and the HL7 null `""` both read as `None`; [`is_null`] tells them apart
 //! for the whole value (`""` means "delete this value" to a receiver).
 //!
 //! Text is read as UTF-8 by the plain constructors (`parse`); the `parse_with` forms take a
@@ -80,13 +81,9 @@ impl<'a> Reader<'a, '_> {
         Ok(Some(text))
     }
 
-    /// Component `n`, without its subcomponent structure split off (whole component text).
+    /// Component `n` of a primitive type: its first subcomponent (HL7: a receiver that finds
+    /// subcomponents where it expects a primitive value takes the first).
     fn c(&self, n: usize) -> Result<Option<Cow<'a, str>>, DecodeError> {
-        self.text(self.comp(n))
-    }
-
-    /// Subcomponent 1 of component `n` (the "first" part of a composite component).
-    fn c1(&self, n: usize) -> Result<Option<Cow<'a, str>>, DecodeError> {
         self.text(self.sub(n, 1))
     }
 
@@ -137,7 +134,7 @@ impl<'a> Xpn<'a> {
 
     fn read(r: Reader<'a, '_>) -> Result<Xpn<'a>, DecodeError> {
         Ok(Xpn {
-            family: r.c1(1)?,
+            family: r.c(1)?,
             given: r.c(2)?,
             middle: r.c(3)?,
             suffix: r.c(4)?,
@@ -386,6 +383,16 @@ impl Dtm {
     /// Parse a DTM (`YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]`; up to 9 fraction digits
     /// are accepted, as some senders write microseconds). Surrounding spaces are ignored.
     pub fn parse(raw: &[u8]) -> Result<Dtm, DtmError> {
+        Dtm::parse_impl(raw, false)
+    }
+
+    /// [`Dtm::parse`] that also accepts 1 to 9 fraction digits written straight after the
+    /// seconds without the `.` (`20110613122406637`, as some senders write milliseconds).
+    pub fn parse_lenient(raw: &[u8]) -> Result<Dtm, DtmError> {
+        Dtm::parse_impl(raw, true)
+    }
+
+    fn parse_impl(raw: &[u8], lenient: bool) -> Result<Dtm, DtmError> {
         let raw = raw.trim_ascii();
         if raw.is_empty() || is_null(raw) {
             return Err(DtmError::Empty);
@@ -434,6 +441,11 @@ impl Dtm {
                     body.get(..i).unwrap_or_default(),
                     Some((value, frac.len() as u8)),
                 )
+            }
+            None if lenient && (15..=23).contains(&body.len()) && body.is_ascii() => {
+                let (dt, frac) = body.split_at(14);
+                let value = digits(frac).ok_or_else(|| syntax("the fraction must be digits"))?;
+                (dt, Some((value, frac.len() as u8)))
             }
             None => (body, None),
         };
@@ -696,6 +708,8 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^Pulse^L^2.68^1.0^pulse taken at rest|1|72|/min\
             ..Delimiters::default()
         };
         assert_eq!(Xpn::parse(b"DOE&X^JOHN", &d).family, cow("DOE&X"));
+        let d = Delimiters::default();
+        assert_eq!(Xpn::parse(b"DOE^JOHN&X", &d).given, cow("JOHN"));
     }
 
     #[test]
@@ -847,6 +861,13 @@ OBX|1|CE|8867-4^Heart rate^LN^HR^Pulse^L^2.68^1.0^pulse taken at rest|1|72|/min\
             })
         );
         assert!(Dtm::parse(b"20000229").is_ok() && Dtm::parse(b"19000229").is_err());
+        // Milliseconds without the dot: only the lenient parser takes them.
+        assert!(Dtm::parse(b"20110613122406637").is_err());
+        let v = Dtm::parse_lenient(b"20110613122406637").expect("lenient");
+        assert_eq!(v.to_string(), "20110613122406.637");
+        assert!(Dtm::parse_lenient(b"2011061312240663712345").is_ok());
+        assert!(Dtm::parse_lenient(b"20110613122406x").is_err());
+        assert!(Dtm::parse_lenient(b"201106131224066371234567890").is_err());
     }
 
     fn dtm() -> impl Strategy<Value = Dtm> {
