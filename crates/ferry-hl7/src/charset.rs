@@ -21,7 +21,7 @@
 //! - ISO 2022 code extension as Japanese feeds (SS-MIX2) use it: MSH-18 `~ISO IR87` (default
 //!   ASCII, JIS X 0208 switched in by escape sequences), `ISO IR6~ISO IR87`, `ISO IR14~ISO IR87`:
 //!   all read with the ISO-2022-JP decoder, which also knows JIS X 0201 Roman and Katakana.
-//!   Codes are matched ignoring case, spaces, `-`, `_`, `/`, so `ISOIR87`, `UTF-8`,
+//!   Codes are matched ignoring case, spaces, `-`, `_`, `/` and `.`, so `ISOIR87`, `UTF-8`,
 //!   `ISO-8859-1` are understood as well.
 //!
 //! **ISO-2022-JP and delimiters.** Inside a JIS X 0208 run both bytes of a character are in
@@ -135,13 +135,9 @@ pub struct EncodeError {
 impl Charset {
     /// The charset for one MSH-18 code (a value of HL7 table 0211 such as `8859/1`,
     /// `UNICODE UTF-8`, `ISO IR87`, or a common alias such as `UTF-8`, `ISO-8859-1`,
-    /// `windows-1252`). Case, spaces, `-`, `_` and `/` are ignored.
+    /// `windows-1252`). Case, spaces, `-`, `_`, `/` and `.` are ignored.
     pub fn from_code(code: &str) -> Result<Charset, CharsetError> {
-        let norm: String = code
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '-' | '_' | '/' | '.'))
-            .map(|c| c.to_ascii_uppercase())
-            .collect();
+        let norm = normalized(code);
         let unsupported = |reason| {
             Err(CharsetError::Unsupported {
                 code: code.to_owned(),
@@ -397,6 +393,7 @@ impl Charset {
     }
 }
 
+/// A code with case, spaces, `-`, `_`, `/` and `.` removed, for lenient matching.
 fn normalized(code: &str) -> String {
     code.chars()
         .filter(|c| !matches!(c, ' ' | '-' | '_' | '/' | '.'))
@@ -462,15 +459,23 @@ fn encode_with(enc: &'static Encoding, text: &str) -> Result<Vec<u8>, char> {
     let mut encoder = enc.new_encoder();
     let cap = encoder
         .max_buffer_length_from_utf8_without_replacement(text.len())
-        .unwrap_or(text.len().saturating_mul(8));
+        .unwrap_or(text.len().saturating_mul(8))
+        .max(16);
     let mut out = vec![0u8; cap];
-    let (result, _read, written) =
-        encoder.encode_from_utf8_without_replacement(text, &mut out, true);
-    match result {
-        EncoderResult::Unmappable(c) => Err(c),
-        EncoderResult::InputEmpty | EncoderResult::OutputFull => {
-            out.truncate(written);
-            Ok(out)
+    let (mut src, mut len) = (text, 0usize);
+    loop {
+        let dst = out.get_mut(len..).unwrap_or_default();
+        let (result, read, written) = encoder.encode_from_utf8_without_replacement(src, dst, true);
+        len += written;
+        src = src.get(read..).unwrap_or_default();
+        match result {
+            EncoderResult::Unmappable(c) => return Err(c),
+            EncoderResult::InputEmpty => {
+                out.truncate(len);
+                return Ok(out);
+            }
+            // Not expected with the maximum length, but never truncate silently.
+            EncoderResult::OutputFull => out.resize(out.len().saturating_mul(2), 0),
         }
     }
 }
