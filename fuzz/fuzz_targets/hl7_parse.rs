@@ -1,9 +1,11 @@
 //! Fuzz the HL7 path a network message takes: split a body, parse each message, read header
-//! fields and paths, build an ACK and read it back. Any panic is a finding.
+//! fields and paths, build an ACK and read it back; then the toolkit's other entry points with
+//! their invariants: the JSON form gives back the same bytes, an edit leaves a message that
+//! parses and reads back the value set, batch envelopes never panic. Any panic is a finding.
 #![no_main]
 
 use ferry_hl7::ack::{self, AckCode, ErrorDetail};
-use ferry_hl7::{Message, split_messages};
+use ferry_hl7::{Message, MessageBuf, json, parse_batch, split_messages};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -36,4 +38,20 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = ack::parse_ack(data);
+    let _ = parse_batch(data);
+    if let Ok(message) = Message::parse(data) {
+        let back = json::from_json(&json::to_json(&message)).expect("JSON of a parsed message");
+        assert_eq!(back, data, "JSON round trip must be byte-exact");
+        let mut buf = MessageBuf::from_message(&message);
+        for (path, value) in [("PID-5.1", "X|Y"), ("OBX[2]-5(2).3.1", "v"), ("ZZZ-3", "z")] {
+            if buf.set(path, value).is_ok() {
+                let got = buf.message().get_str(path).ok().flatten().map(|t| t.into_owned());
+                assert_eq!(got.as_deref(), Some(value), "{path}");
+                assert!(MessageBuf::parse(buf.as_bytes().to_vec()).is_ok());
+            }
+        }
+        let _ = buf.delete("PID-3(2)");
+        let _ = buf.remove_segment("OBX", 1);
+        assert!(Message::parse(buf.as_bytes()).is_ok());
+    }
 });

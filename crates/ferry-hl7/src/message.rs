@@ -1,4 +1,9 @@
-//! The parsed message: the input bytes plus segment offsets.
+//! The parsed message: the input bytes plus an index of segments and field separators.
+//!
+//! [`Message::parse`] makes one pass over the bytes with `memchr3` (field separator, CR, LF),
+//! recording where each segment starts and ends and where every field separator is. Reading
+//! field `n` of a segment is then two array reads; repetitions, components and subcomponents
+//! are found inside the field on demand. Nothing is copied and nothing is allocated per field.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -58,6 +63,12 @@ pub enum ParseError {
         /// The bytes found, printable.
         found: String,
     },
+    /// The input is larger than a message can be (4 GiB).
+    #[error("message of {len} bytes is larger than the 4 GiB a message can be")]
+    TooLarge {
+        /// The input's length.
+        len: usize,
+    },
     /// An acknowledgement has no MSA segment.
     #[error("acknowledgement has no MSA segment")]
     MissingMsa,
@@ -79,20 +90,122 @@ pub(crate) fn printable(bytes: &[u8], max: usize) -> String {
     out
 }
 
+/// Where one segment lies in the message, and which field separators are its own.
+///
+/// Offsets are `u32`: a message is at most 4 GiB ([`ParseError::TooLarge`]), far above any
+/// frame limit. Keeping the index small keeps parsing a single cache-friendly pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentSpan {
+    /// First byte of the segment id.
+    pub(crate) start: u32,
+    /// One past the last byte of the segment (its terminator excluded).
+    pub(crate) end: u32,
+    /// This segment's field separators are `seps[sep_start..sep_end]`.
+    pub(crate) sep_start: u32,
+    /// See `sep_start`.
+    pub(crate) sep_end: u32,
+}
+
+impl SegmentSpan {
+    pub(crate) fn range(&self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// The index a parse produces: delimiters, segment spans and the offset of every field
+/// separator. Any field is then two array reads away, without re-scanning the segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Index {
+    pub(crate) delimiters: Delimiters,
+    pub(crate) segments: Vec<SegmentSpan>,
+    pub(crate) seps: Vec<u32>,
+}
+
+impl Index {
+    /// The segment at 0-based `position` of the message `bytes` this index was made from.
+    pub(crate) fn segment<'a>(&'a self, bytes: &'a [u8], position: usize) -> Option<Segment<'a>> {
+        let span = *self.segments.get(position)?;
+        Some(segment_of(bytes, &self.seps, span, self.delimiters))
+    }
+}
+
+fn segment_of<'a>(
+    message: &'a [u8],
+    seps: &'a [u32],
+    span: SegmentSpan,
+    delimiters: Delimiters,
+) -> Segment<'a> {
+    let seps = seps
+        .get(span.sep_start as usize..span.sep_end as usize)
+        .unwrap_or_default();
+    Segment {
+        message,
+        span,
+        seps,
+        delimiters,
+    }
+}
+
 /// A parsed HL7 v2 message borrowing its bytes.
+///
+/// Parsing indexes every segment and every field separator in one pass over the bytes; a
+/// field, repetition, component or subcomponent is then a sub-slice of the input, found
+/// without allocating. The bytes are never changed: [`Message::as_bytes`] is the input, so
+/// an unmodified message serialises to exactly what was received. To edit, use
+/// [`MessageBuf`](crate::MessageBuf).
 #[derive(Debug, Clone)]
 pub struct Message<'a> {
     bytes: &'a [u8],
     delimiters: Delimiters,
-    /// Byte ranges of the segments, terminators excluded.
-    segments: Vec<Range<usize>>,
+    segments: Cow<'a, [SegmentSpan]>,
+    seps: Cow<'a, [u32]>,
 }
 
 /// One segment of a message.
 #[derive(Debug, Clone, Copy)]
 pub struct Segment<'a> {
-    bytes: &'a [u8],
+    /// The whole message (offsets in `span` and `seps` are into it).
+    message: &'a [u8],
+    span: SegmentSpan,
+    /// This segment's field separators, absolute offsets.
+    seps: &'a [u32],
     delimiters: Delimiters,
+}
+
+/// What a path holds, with HL7's distinction between an empty value and an explicit null.
+///
+/// In HL7 v2 an empty field means "no value sent" (a receiver keeps what it has), while `""`
+/// (two double quotes) means "delete the value you have".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    /// The segment, field or component is not in the message at all.
+    Absent,
+    /// Present but empty.
+    Empty,
+    /// The explicit null `""`.
+    Null,
+    /// A value (raw, still escaped).
+    Present(&'a [u8]),
+}
+
+impl<'a> Value<'a> {
+    /// Classify raw bytes found at a path (`None` when the path is absent).
+    pub fn from_raw(raw: Option<&'a [u8]>) -> Value<'a> {
+        match raw {
+            None => Value::Absent,
+            Some([]) => Value::Empty,
+            Some(b"\"\"") => Value::Null,
+            Some(raw) => Value::Present(raw),
+        }
+    }
+
+    /// The raw bytes of a present value.
+    pub fn as_bytes(&self) -> Option<&'a [u8]> {
+        match self {
+            Value::Present(raw) => Some(raw),
+            _ => None,
+        }
+    }
 }
 
 fn is_segment_end(b: u8) -> bool {
@@ -105,63 +218,189 @@ fn valid_delimiter(b: u8) -> bool {
     b.is_ascii_punctuation()
 }
 
+/// Does a segment start at `at`? Three upper-case letters or digits, then the field
+/// separator, a line end, or the end of the input.
+fn segment_id_at(bytes: &[u8], at: usize, field: u8) -> bool {
+    let Some(id) = bytes.get(at..at + 3) else {
+        return false;
+    };
+    id.iter()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && bytes
+            .get(at + 3)
+            .is_none_or(|b| *b == field || is_segment_end(*b))
+}
+
+/// What follows a line break.
+enum AfterBreak {
+    /// A new segment starts at this offset.
+    Segment(usize),
+    /// Text without a segment id starts at this offset: it continues the previous segment.
+    Continuation(usize),
+    /// Only blank lines (or control bytes) remain.
+    End,
+}
+
+/// Look past the line break at `at`, skipping blank lines and lines of control bytes only
+/// (leftover MLLP framing).
+fn after_break(bytes: &[u8], at: usize, field: u8) -> AfterBreak {
+    let mut j = at + 1;
+    loop {
+        // Skip a blank line: bytes up to the next line end that are all spaces or controls.
+        let mut k = j;
+        while let Some(&b) = bytes.get(k) {
+            if b > b' ' || is_segment_end(b) {
+                break;
+            }
+            k += 1;
+        }
+        match bytes.get(k) {
+            None => return AfterBreak::End,
+            Some(&b) if is_segment_end(b) => j = k + 1,
+            Some(_) if k == j && segment_id_at(bytes, j, field) => return AfterBreak::Segment(j),
+            Some(_) => return AfterBreak::Continuation(j),
+        }
+    }
+}
+
+/// Index `bytes` (see [`Message::parse`]).
+pub(crate) fn index(bytes: &[u8]) -> Result<Index, ParseError> {
+    if u32::try_from(bytes.len()).is_err() {
+        return Err(ParseError::TooLarge { len: bytes.len() });
+    }
+    let mut start = 0;
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        start = 3;
+    }
+    // Whitespace and stray MLLP control bytes (0x0B, 0x1C) before the header.
+    while bytes.get(start).is_some_and(|b| *b <= b' ') {
+        start += 1;
+    }
+    let body = bytes.get(start..).unwrap_or_default();
+    if body.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if !body.starts_with(b"MSH") {
+        return Err(ParseError::MissingMsh {
+            found: printable(body, 3),
+        });
+    }
+    let delimiters = read_delimiters(body)?;
+    let field = delimiters.field;
+    let mut segments = Vec::with_capacity(16);
+    // About one separator per 8 bytes in typical messages; a guess, not a limit.
+    let mut seps: Vec<u32> = Vec::with_capacity(bytes.len() / 8 + 8);
+    let mut seg_start = start;
+    let mut sep_start = 0u32;
+    // Offsets fit in u32: checked above.
+    let mut close = |seps: &Vec<u32>, seg_start: usize, end: usize, sep_start: u32| {
+        let sep_end = seps.len() as u32;
+        segments.push(SegmentSpan {
+            start: seg_start as u32,
+            end: end as u32,
+            sep_start,
+            sep_end,
+        });
+        sep_end
+    };
+    let mut pos = start + 3;
+    loop {
+        let Some(i) = bytes
+            .get(pos..)
+            .and_then(|rest| memchr::memchr3(field, b'\r', b'\n', rest))
+        else {
+            close(&seps, seg_start, bytes.len(), sep_start);
+            break;
+        };
+        let at = pos + i;
+        if bytes[at] == field {
+            seps.push(at as u32);
+            pos = at + 1;
+            continue;
+        }
+        match after_break(bytes, at, field) {
+            AfterBreak::Segment(next) => {
+                sep_start = close(&seps, seg_start, at, sep_start);
+                seg_start = next;
+                pos = next + 3;
+            }
+            // A line without a segment id continues the previous segment: senders put raw
+            // line breaks inside free-text fields.
+            AfterBreak::Continuation(next) => pos = next,
+            AfterBreak::End => {
+                close(&seps, seg_start, at, sep_start);
+                break;
+            }
+        }
+    }
+    Ok(Index {
+        delimiters,
+        segments,
+        seps,
+    })
+}
+
+/// The `n`-th (1-based) part of `range` in `bytes` split on `sep`, as an absolute range.
+pub(crate) fn nth_part(
+    bytes: &[u8],
+    range: Range<usize>,
+    sep: u8,
+    n: usize,
+) -> Option<Range<usize>> {
+    let slice = bytes.get(range.clone())?;
+    let mut part = 1;
+    let mut part_start = 0;
+    for i in memchr::memchr_iter(sep, slice) {
+        if part == n {
+            return Some(range.start + part_start..range.start + i);
+        }
+        part += 1;
+        part_start = i + 1;
+    }
+    (part == n).then_some(range.start + part_start..range.end)
+}
+
+/// How many parts `range` has when split on `sep` (an empty range is one empty part).
+pub(crate) fn part_count(bytes: &[u8], range: Range<usize>, sep: u8) -> usize {
+    bytes
+        .get(range)
+        .map_or(0, |s| memchr::memchr_iter(sep, s).count() + 1)
+}
+
 impl<'a> Message<'a> {
     /// Parse a message. Leading whitespace and a UTF-8 byte-order mark are skipped; segments
-    /// may end with CR, LF or CRLF; empty lines are ignored.
+    /// may end with CR, LF or CRLF; blank lines are ignored; a line that does not start with
+    /// a segment id continues the previous segment (a raw line break inside a text field).
     pub fn parse(bytes: &'a [u8]) -> Result<Message<'a>, ParseError> {
-        let mut start = 0;
-        if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            start = 3;
-        }
-        // Whitespace and stray MLLP control bytes (0x0B, 0x1C) before the header.
-        while bytes.get(start).is_some_and(|b| *b <= b' ') {
-            start += 1;
-        }
-        let body = bytes.get(start..).unwrap_or_default();
-        if body.is_empty() {
-            return Err(ParseError::Empty);
-        }
-        if !body.starts_with(b"MSH") {
-            return Err(ParseError::MissingMsh {
-                found: printable(body, 3),
-            });
-        }
-        let delimiters = read_delimiters(body)?;
-        let mut segments = Vec::with_capacity(16);
-        let mut pos = start;
-        while pos < bytes.len() {
-            let end = memchr::memchr2(b'\r', b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
-            let seg = &bytes[pos..end];
-            // Blank lines and lines of control bytes only (leftover MLLP framing) are skipped.
-            if !seg.iter().all(|b| *b <= b' ') {
-                let id_ok = seg.len() >= 3
-                    && seg[..3]
-                        .iter()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-                    && seg.get(3).is_none_or(|b| *b == delimiters.field);
-                match segments.last_mut() {
-                    _ if id_ok => segments.push(pos..end),
-                    // A line without a segment id continues the previous segment: senders put
-                    // raw line breaks inside free-text fields.
-                    Some(last) => last.end = end,
-                    None => {
-                        return Err(ParseError::InvalidSegmentId {
-                            index: 1,
-                            found: printable(seg, 8),
-                        });
-                    }
-                }
-            }
-            pos = end + 1;
-        }
+        let index = index(bytes)?;
         Ok(Message {
             bytes,
-            delimiters,
-            segments,
+            delimiters: index.delimiters,
+            segments: Cow::Owned(index.segments),
+            seps: Cow::Owned(index.seps),
         })
     }
 
-    /// The input bytes, unchanged.
+    /// A message over bytes and an index computed from exactly those bytes.
+    pub(crate) fn from_index(bytes: &'a [u8], index: &'a Index) -> Message<'a> {
+        Message {
+            bytes,
+            delimiters: index.delimiters,
+            segments: Cow::Borrowed(&index.segments),
+            seps: Cow::Borrowed(&index.seps),
+        }
+    }
+
+    /// The index of this message, owned (for [`MessageBuf`](crate::MessageBuf)).
+    pub(crate) fn to_index(&self) -> Index {
+        Index {
+            delimiters: self.delimiters,
+            segments: self.segments.to_vec(),
+            seps: self.seps.to_vec(),
+        }
+    }
+
+    /// The input bytes, unchanged: serialising an unmodified message is this slice.
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
     }
@@ -171,12 +410,17 @@ impl<'a> Message<'a> {
         &self.delimiters
     }
 
+    pub(crate) fn spans(&self) -> &[SegmentSpan] {
+        &self.segments
+    }
+
+    fn segment_at(&self, span: SegmentSpan) -> Segment<'_> {
+        segment_of(self.bytes, &self.seps, span, self.delimiters)
+    }
+
     /// Segments in order.
-    pub fn segments(&self) -> impl Iterator<Item = Segment<'a>> + '_ {
-        self.segments.iter().map(|r| Segment {
-            bytes: &self.bytes[r.clone()],
-            delimiters: self.delimiters,
-        })
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> + '_ {
+        self.segments.iter().map(|s| self.segment_at(*s))
     }
 
     /// Number of segments.
@@ -184,11 +428,26 @@ impl<'a> Message<'a> {
         self.segments.len()
     }
 
+    /// The segment at a 0-based position in the message.
+    pub fn segment_at_index(&self, index: usize) -> Option<Segment<'_>> {
+        self.segments.get(index).map(|s| self.segment_at(*s))
+    }
+
     /// The `occurrence`-th (1-based) segment with this id.
-    pub fn segment(&self, id: &str, occurrence: usize) -> Option<Segment<'a>> {
-        self.segments()
-            .filter(|s| s.id() == id.as_bytes())
-            .nth(occurrence.checked_sub(1)?)
+    pub fn segment(&self, id: &str, occurrence: usize) -> Option<Segment<'_>> {
+        self.segment_position(id.as_bytes(), occurrence)
+            .and_then(|i| self.segment_at_index(i))
+    }
+
+    /// 0-based position of the `occurrence`-th (1-based) segment with this id.
+    pub(crate) fn segment_position(&self, id: &[u8], occurrence: usize) -> Option<usize> {
+        let wanted = occurrence.checked_sub(1)?;
+        self.segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| self.bytes.get(s.start as usize..s.start as usize + 3) == Some(id))
+            .nth(wanted)
+            .map(|(i, _)| i)
     }
 
     /// The raw (still escaped) bytes at a path such as `PID-5.1`; `None` when absent.
@@ -199,8 +458,19 @@ impl<'a> Message<'a> {
 
     /// The raw bytes at a parsed path.
     pub fn get_path(&self, path: &Path) -> Option<&'a [u8]> {
-        let segment = self.segment(path.segment_str(), path.occurrence)?;
-        segment.locate(path)
+        let range = self.locate_range(path)?;
+        self.bytes.get(range)
+    }
+
+    /// The byte range a path addresses in [`as_bytes`](Self::as_bytes), if present.
+    pub fn locate_range(&self, path: &Path) -> Option<Range<usize>> {
+        let i = self.segment_position(path.segment_id(), path.occurrence)?;
+        self.segment_at_index(i)?.locate_range(path)
+    }
+
+    /// What a path holds: absent, empty, the explicit null `""`, or a value.
+    pub fn value(&self, path: &str) -> Result<Value<'a>, PathError> {
+        Ok(Value::from_raw(self.get(path)?))
     }
 
     /// The text at a path with escapes decoded (`\F\` → `|` …); `None` when absent.
@@ -211,12 +481,14 @@ impl<'a> Message<'a> {
     }
 
     fn header(&self, field: usize) -> Option<&'a str> {
-        let msh = self.segment("MSH", 1)?;
-        std::str::from_utf8(msh.field(field)?).ok()
+        let msh = self.segment_at(*self.segments.first()?);
+        let raw = self.bytes.get(msh.field_range(field)?)?;
+        std::str::from_utf8(raw).ok()
     }
 
     fn header_component(&self, field: usize, component: usize) -> Option<&'a str> {
-        let raw = self.segment("MSH", 1)?.field(field)?;
+        let msh = self.segment_at(*self.segments.first()?);
+        let raw = self.bytes.get(msh.field_range(field)?)?;
         let first_rep = split_first(raw, self.delimiters.repetition);
         let comp = first_rep
             .split(|b| *b == self.delimiters.component)
@@ -274,7 +546,8 @@ impl<'a> Message<'a> {
     }
     /// MSH-18, character set (first repetition).
     pub fn charset(&self) -> Option<&'a str> {
-        let raw = self.segment("MSH", 1)?.field(18)?;
+        let msh = self.segment_at(*self.segments.first()?);
+        let raw = self.bytes.get(msh.field_range(18)?)?;
         std::str::from_utf8(split_first(raw, self.delimiters.repetition)).ok()
     }
 }
@@ -338,64 +611,107 @@ fn read_delimiters(body: &[u8]) -> Result<Delimiters, ParseError> {
 impl<'a> Segment<'a> {
     /// The three-character segment id.
     pub fn id(&self) -> &'a [u8] {
-        &self.bytes[..3.min(self.bytes.len())]
+        let b = self.as_bytes();
+        &b[..3.min(b.len())]
+    }
+
+    /// The segment id as text (segment ids are ASCII by construction).
+    pub fn id_str(&self) -> &'a str {
+        std::str::from_utf8(self.id()).unwrap_or("")
     }
 
     /// The segment's bytes (terminator excluded).
     pub fn as_bytes(&self) -> &'a [u8] {
-        self.bytes
+        self.message.get(self.span.range()).unwrap_or_default()
+    }
+
+    /// Where the segment lies in the message's bytes (terminator excluded).
+    pub fn byte_range(&self) -> Range<usize> {
+        self.span.range()
     }
 
     fn is_msh(&self) -> bool {
         self.id() == b"MSH"
     }
 
+    /// The absolute range of field `n` (HL7 numbering), if present.
+    pub fn field_range(&self, n: usize) -> Option<Range<usize>> {
+        // Element e sits after separator e-1. For MSH the first separator *is* MSH-1, so
+        // MSH-2 is element 1 and MSH-n element n-1.
+        let e = if self.is_msh() {
+            match n {
+                0 => return None,
+                1 => {
+                    let at = self.span.start as usize + 3;
+                    return self.seps.first().map(|_| at..at + 1);
+                }
+                n => n - 1,
+            }
+        } else {
+            n
+        };
+        let start = *self.seps.get(e.checked_sub(1)?)? as usize + 1;
+        let end = self
+            .seps
+            .get(e)
+            .map_or(self.span.end as usize, |s| *s as usize);
+        Some(start..end)
+    }
+
     /// Field `n` (1-based, HL7 numbering: for MSH, MSH-1 is the field separator itself and
     /// MSH-2 the encoding characters). `None` when the segment has fewer fields.
     pub fn field(&self, n: usize) -> Option<&'a [u8]> {
-        if n == 0 {
-            return None;
-        }
-        let sep = self.delimiters.field;
-        if self.is_msh() {
-            if n == 1 {
-                return self.bytes.get(3..4);
-            }
-            // After "MSH|", element 0 is MSH-2.
-            return self.bytes.get(4..)?.split(move |b| *b == sep).nth(n - 2);
-        }
-        self.bytes.get(4..)?.split(move |b| *b == sep).nth(n - 1)
+        self.message.get(self.field_range(n)?)
     }
 
     /// Number of fields present (HL7 numbering).
     pub fn field_count(&self) -> usize {
-        let seps = memchr::memchr_iter(self.delimiters.field, self.bytes).count();
-        if self.is_msh() { seps + 1 } else { seps }
+        let seps = self.seps.len();
+        // MSH-1 is the first separator itself, so MSH has one field more than separators
+        // (and none at all when it has no separator).
+        if self.is_msh() && seps > 0 {
+            seps + 1
+        } else {
+            seps
+        }
+    }
+
+    /// The fields in order, from field 1 (HL7 numbering; see [`field`](Self::field)).
+    pub fn fields(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        (1..=self.field_count()).filter_map(|n| self.field(n))
     }
 
     /// Locate a path's field/repetition/component/subcomponent inside this segment.
     pub fn locate(&self, path: &Path) -> Option<&'a [u8]> {
-        let field = self.field(path.field)?;
+        self.message.get(self.locate_range(path)?)
+    }
+
+    /// [`locate`](Self::locate) as an absolute byte range of the message.
+    pub fn locate_range(&self, path: &Path) -> Option<Range<usize>> {
+        let field = self.field_range(path.field)?;
         // MSH-1 and MSH-2 hold delimiters: never split them.
         if self.is_msh() && path.field <= 2 {
-            return (path.repetition == 1 && path.component.is_none_or(|c| c == 1))
-                .then_some(field);
+            return (path.repetition == 1
+                && path.component.is_none_or(|c| c == 1)
+                && path.subcomponent.is_none_or(|s| s == 1))
+            .then_some(field);
         }
         let d = self.delimiters;
+        let bytes = self.message;
         let rep = match d.repetition {
-            Some(r) => field.split(move |b| *b == r).nth(path.repetition - 1)?,
+            Some(r) => nth_part(bytes, field, r, path.repetition)?,
             None if path.repetition == 1 => field,
             None => return None,
         };
         let Some(c) = path.component else {
             return Some(rep);
         };
-        let comp = rep.split(move |b| *b == d.component).nth(c - 1)?;
+        let comp = nth_part(bytes, rep, d.component, c)?;
         let Some(s) = path.subcomponent else {
             return Some(comp);
         };
         match d.subcomponent {
-            Some(sub) => comp.split(move |b| *b == sub).nth(s - 1),
+            Some(sub) => nth_part(bytes, comp, sub, s),
             None if s == 1 => Some(comp),
             None => None,
         }

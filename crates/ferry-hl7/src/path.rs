@@ -15,6 +15,8 @@ pub struct Path {
     pub component: Option<usize>,
     /// Subcomponent (1-based), if addressed.
     pub subcomponent: Option<usize>,
+    /// Whether the text named a repetition (`PID-3(1)`) rather than the field (`PID-3`).
+    explicit_repetition: bool,
 }
 
 /// Why a path is not valid.
@@ -71,6 +73,7 @@ impl Path {
         let field = number(field_part).ok_or_else(|| err("field must be a number ≥ 1"))?;
         let mut tail = tail;
         let mut repetition = 1;
+        let explicit_repetition = tail.starts_with('(');
         if let Some(inner) = tail.strip_prefix('(') {
             let close = inner.find(')').ok_or_else(|| err("unclosed `(`"))?;
             repetition =
@@ -105,7 +108,24 @@ impl Path {
             repetition,
             component,
             subcomponent,
+            explicit_repetition,
         })
+    }
+
+    /// Whether the path names a repetition explicitly (`PID-3(2)`). Reading `PID-3` gives
+    /// the first repetition; setting or deleting `PID-3` acts on the whole field.
+    pub fn has_explicit_repetition(&self) -> bool {
+        self.explicit_repetition
+    }
+
+    /// The path addresses a whole field: no repetition, component or subcomponent named.
+    pub fn is_whole_field(&self) -> bool {
+        !self.explicit_repetition && self.component.is_none()
+    }
+
+    /// The segment id as bytes.
+    pub fn segment_id(&self) -> &[u8] {
+        &self.segment
     }
 
     /// The segment id.

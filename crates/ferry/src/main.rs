@@ -27,10 +27,17 @@ enum Command {
     Send(cmd::send::SendArgs),
     /// Load generator and reference servers for measuring throughput and latency.
     Bench(cmd::bench::BenchArgs),
+    /// Inspect HL7 v2 files: parse, get, validate, to-json, from-json.
+    Hl7(cmd::hl7::Hl7Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `ferry hl7` works on files only: no runtime needed.
+    let cli = match cli.command {
+        Command::Hl7(args) => return finish(cmd::hl7::run(args)),
+        command => Cli { command },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,8 +54,13 @@ fn main() -> ExitCode {
             Command::Check(args) => cmd::check::run(args).await,
             Command::Send(args) => cmd::send::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Hl7(args) => cmd::hl7::run(args),
         }
     });
+    finish(result)
+}
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod hl7;
 pub mod run;
 pub mod send;
 

@@ -1,0 +1,899 @@
+//! Editing a message: [`MessageBuf`] owns the bytes and their index.
+//!
+//! An edit splices new bytes into the message and re-indexes it (one pass, the same as
+//! parsing), so every byte that was not edited stays exactly as received: segment
+//! terminators, empty trailing fields, unusual but legal spacing. Serialising is handing out
+//! the bytes.
+//!
+//! Paths follow [`Path`]: reading `PID-3` gives the first repetition, but **setting or
+//! deleting `PID-3` acts on the whole field** (every repetition), because that is what
+//! "set the field" means to an interface engineer; `PID-3(2)` names one repetition.
+//! Setting a value that is not there yet adds the separators needed to reach it
+//! (`PID-30` on a segment with 5 fields adds 25 field separators); setting a field of a
+//! segment that is not in the message appends that segment when it would be the next
+//! occurrence (`ZPI[1]` when there is no ZPI).
+//!
+//! [`MessageBuf::set`] takes text and escapes it with the message's own delimiters;
+//! [`MessageBuf::set_raw`] takes ER7 bytes as they go on the wire and refuses the delimiters
+//! that would change the structure above the addressed level.
+
+use std::ops::Range;
+
+use crate::escape;
+use crate::message::{Index, Message, ParseError, index, nth_part, part_count};
+use crate::path::{Path, PathError};
+
+/// An owned, editable HL7 v2 message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageBuf {
+    bytes: Vec<u8>,
+    index: Index,
+}
+
+/// Why an edit was refused. The message is unchanged after any error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    /// The path does not parse.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// MSH-1 and MSH-2 are the delimiters.
+    #[error("MSH-1 and MSH-2 hold the message's delimiters and cannot be set by path")]
+    Delimiters,
+    /// The segment is missing and is not the next occurrence either.
+    #[error("segment {id}[{occurrence}] is not in the message; only {id}[{next}] can be added")]
+    SegmentGap {
+        /// Segment id.
+        id: String,
+        /// The occurrence asked for.
+        occurrence: usize,
+        /// The occurrence that could be added.
+        next: usize,
+    },
+    /// A raw value holds a delimiter that would change the structure above its level.
+    #[error("a raw value for {path} may not contain `{found}` ({what})")]
+    DelimiterInValue {
+        /// The path being set.
+        path: String,
+        /// The character found.
+        found: char,
+        /// What that character is in this message.
+        what: &'static str,
+    },
+    /// The message declares no separator for the level the path addresses.
+    #[error("{path}: the message declares no {what} separator in MSH-2")]
+    NoSeparator {
+        /// The path being set.
+        path: String,
+        /// Which separator is missing.
+        what: &'static str,
+    },
+    /// A segment position outside the message.
+    #[error("segment position {index} is out of range (the message has {count} segments)")]
+    SegmentIndex {
+        /// The position asked for (0-based).
+        index: usize,
+        /// Segments in the message.
+        count: usize,
+    },
+    /// The MSH segment cannot be removed, renamed or preceded.
+    #[error("the MSH segment must stay the first segment of the message")]
+    HeaderSegment,
+    /// A segment given as bytes is not a segment.
+    #[error("not a segment: {0}")]
+    InvalidSegment(String),
+    /// The text holds a delimiter, but the message declares no escape character to write it.
+    #[error(
+        "{path}: the text holds `{found}`, and the message declares no escape character in MSH-2 to write it"
+    )]
+    CannotEscape {
+        /// The path being set.
+        path: String,
+        /// The character that needs escaping.
+        found: char,
+    },
+    /// The edited bytes no longer parse (should not happen; reported rather than hidden).
+    #[error("the edit would make the message unparseable: {0}")]
+    Parse(#[from] ParseError),
+}
+
+/// The level a path addresses, for checking raw values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Field,
+    Repetition,
+    Component,
+    Subcomponent,
+}
+
+fn level(path: &Path) -> Level {
+    match (path.subcomponent, path.component) {
+        (Some(_), _) => Level::Subcomponent,
+        (None, Some(_)) => Level::Component,
+        _ if path.has_explicit_repetition() => Level::Repetition,
+        _ => Level::Field,
+    }
+}
+
+fn valid_segment_id(id: &[u8]) -> bool {
+    id.len() == 3
+        && id
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+impl MessageBuf {
+    /// Parse bytes into an editable message (see [`Message::parse`]).
+    pub fn parse(bytes: impl Into<Vec<u8>>) -> Result<MessageBuf, ParseError> {
+        let bytes = bytes.into();
+        let index = index(&bytes)?;
+        Ok(MessageBuf { bytes, index })
+    }
+
+    /// An editable copy of a parsed message (no re-parse).
+    pub fn from_message(message: &Message<'_>) -> MessageBuf {
+        MessageBuf {
+            bytes: message.as_bytes().to_vec(),
+            index: message.to_index(),
+        }
+    }
+
+    /// A read view: every [`Message`] accessor works on it, without copying.
+    pub fn message(&self) -> Message<'_> {
+        Message::from_index(&self.bytes, &self.index)
+    }
+
+    /// The serialised message.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The serialised message, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// Raw bytes at a path (see [`Message::get`]).
+    pub fn get(&self, path: &str) -> Result<Option<&[u8]>, PathError> {
+        let path = Path::parse(path)?;
+        Ok(self.message().get_path(&path))
+    }
+
+    /// Set the text at a path; delimiters in `text` are escaped (`|` → `\F\` …).
+    pub fn set(&mut self, path: &str, text: &str) -> Result<(), EditError> {
+        let path = Path::parse(path)?;
+        let raw = self.encode(&path, text)?;
+        self.set_raw_path(&path, raw.as_bytes())
+    }
+
+    /// Escape text for this message, refusing what cannot be written without an escape
+    /// character.
+    fn encode(&self, path: &Path, text: &str) -> Result<String, EditError> {
+        let d = self.index.delimiters;
+        if d.escape.is_none() {
+            let special = [
+                Some(d.field),
+                Some(d.component),
+                d.repetition,
+                d.subcomponent,
+            ];
+            if let Some(c) = text
+                .bytes()
+                .find(|b| special.contains(&Some(*b)) || *b == b'\r' || *b == b'\n')
+            {
+                return Err(EditError::CannotEscape {
+                    path: path_text(path),
+                    found: c as char,
+                });
+            }
+        }
+        Ok(escape::encode(text, &d))
+    }
+
+    /// Set the explicit null `""` at a path (the receiver should delete its value).
+    pub fn set_null(&mut self, path: &str) -> Result<(), EditError> {
+        self.set_raw(path, b"\"\"")
+    }
+
+    /// Set ER7 bytes at a path, unescaped. `PID-5` may receive `DOE^JOHN`; `PID-5.1` may not
+    /// (a component cannot hold a component separator).
+    pub fn set_raw(&mut self, path: &str, raw: &[u8]) -> Result<(), EditError> {
+        let path = Path::parse(path)?;
+        self.set_raw_path(&path, raw)
+    }
+
+    /// [`set_raw`](Self::set_raw) with a parsed path.
+    pub fn set_raw_path(&mut self, path: &Path, raw: &[u8]) -> Result<(), EditError> {
+        self.check_raw(path, raw)?;
+        if path.segment_id() == b"MSH" && path.field <= 2 {
+            return Err(EditError::Delimiters);
+        }
+        let seg = self.segment_for_write(path)?;
+        let (range, mut insert) = self.target(seg, path)?;
+        insert.extend_from_slice(raw);
+        self.splice(range, &insert)
+    }
+
+    /// Empty the value at a path. `PID-3` empties the whole field, `PID-5.2` one component;
+    /// `PID-3(2)` removes that repetition (the ones after it move up). Returns whether the
+    /// message changed (an absent path changes nothing).
+    pub fn delete(&mut self, path: &str) -> Result<bool, EditError> {
+        let path = Path::parse(path)?;
+        if path.segment_id() == b"MSH" && path.field <= 2 {
+            return Err(EditError::Delimiters);
+        }
+        let Some(i) = self
+            .message()
+            .segment_position(path.segment_id(), path.occurrence)
+        else {
+            return Ok(false);
+        };
+        let Some(segment) = self.index.segment(&self.bytes, i) else {
+            return Ok(false);
+        };
+        let Some(field) = segment.field_range(path.field) else {
+            return Ok(false);
+        };
+        let range = match level(&path) {
+            Level::Field => field,
+            Level::Repetition => {
+                let Some(sep) = self.index.delimiters.repetition else {
+                    return Ok(false);
+                };
+                let Some(rep) = nth_part(&self.bytes, field.clone(), sep, path.repetition) else {
+                    return Ok(false);
+                };
+                // Take one adjacent separator with the repetition.
+                if rep.end < field.end {
+                    rep.start..rep.end + 1
+                } else if rep.start > field.start {
+                    rep.start - 1..rep.end
+                } else {
+                    rep
+                }
+            }
+            Level::Component | Level::Subcomponent => match segment.locate_range(&path) {
+                Some(r) => r,
+                None => return Ok(false),
+            },
+        };
+        if range.is_empty() {
+            return Ok(false);
+        }
+        self.splice(range, b"")?;
+        Ok(true)
+    }
+
+    /// Insert a repetition before repetition `n` of `PID-3(n)` (`n` = count + 1 appends).
+    pub fn insert_repetition(&mut self, path: &str, text: &str) -> Result<(), EditError> {
+        let path = Path::parse(path)?;
+        let d = self.index.delimiters;
+        let Some(sep) = d.repetition else {
+            return Err(EditError::NoSeparator {
+                path: path_text(&path),
+                what: "repetition",
+            });
+        };
+        if path.segment_id() == b"MSH" && path.field <= 2 {
+            return Err(EditError::Delimiters);
+        }
+        let raw = self.encode(&path, text)?;
+        let seg = self.segment_for_write(&path)?;
+        let segment = self.message_segment(seg)?;
+        let Some(field) = segment.field_range(path.field) else {
+            // No such field yet: inserting is setting.
+            let mut whole = path.clone();
+            whole.component = None;
+            whole.subcomponent = None;
+            return self.set_raw_path(&whole, raw.as_bytes());
+        };
+        let count = part_count(&self.bytes, field.clone(), sep);
+        if field.is_empty() && path.repetition == 1 {
+            return self.splice(field, raw.as_bytes());
+        }
+        if path.repetition > count {
+            let mut insert = vec![sep; path.repetition - count];
+            insert.extend_from_slice(raw.as_bytes());
+            return self.splice(field.end..field.end, &insert);
+        }
+        let at = nth_part(&self.bytes, field, sep, path.repetition).map_or(0, |r| r.start);
+        let mut insert = raw.into_bytes();
+        insert.push(sep);
+        self.splice(at..at, &insert)
+    }
+
+    /// Insert a segment (its ER7 bytes, without terminator) at a 0-based position; position
+    /// = segment count appends. Position 0 is refused: MSH stays first.
+    pub fn insert_segment(&mut self, position: usize, segment: &[u8]) -> Result<(), EditError> {
+        self.check_segment(segment)?;
+        let count = self.index.segments.len();
+        if position == 0 {
+            return Err(EditError::HeaderSegment);
+        }
+        if position > count {
+            return Err(EditError::SegmentIndex {
+                index: position,
+                count,
+            });
+        }
+        if position == count {
+            return self.append_segment(segment);
+        }
+        let at = self.index.segments[position].start as usize;
+        let mut insert = segment.to_vec();
+        insert.extend_from_slice(self.terminator());
+        self.splice(at..at, &insert)
+    }
+
+    /// Append a segment (ER7 bytes, without terminator) after the last one.
+    pub fn append_segment(&mut self, segment: &[u8]) -> Result<(), EditError> {
+        self.check_segment(segment)?;
+        let term = self.terminator().to_vec();
+        let last_end = self
+            .index
+            .segments
+            .last()
+            .map_or(self.bytes.len(), |s| s.end as usize);
+        let mut insert = Vec::with_capacity(segment.len() + term.len());
+        if self
+            .bytes
+            .get(last_end..)
+            .is_some_and(|t| t.starts_with(&term))
+        {
+            insert.extend_from_slice(segment);
+            insert.extend_from_slice(&term);
+            let at = last_end + term.len();
+            self.splice(at..at, &insert)
+        } else {
+            insert.extend_from_slice(&term);
+            insert.extend_from_slice(segment);
+            self.splice(last_end..last_end, &insert)
+        }
+    }
+
+    /// Remove the `occurrence`-th (1-based) segment with this id. Returns whether one was
+    /// there. MSH cannot be removed.
+    pub fn remove_segment(&mut self, id: &str, occurrence: usize) -> Result<bool, EditError> {
+        let Some(i) = self.message().segment_position(id.as_bytes(), occurrence) else {
+            return Ok(false);
+        };
+        self.remove_segment_at(i)?;
+        Ok(true)
+    }
+
+    /// Remove the segment at a 0-based position (not 0: MSH stays).
+    pub fn remove_segment_at(&mut self, position: usize) -> Result<(), EditError> {
+        let count = self.index.segments.len();
+        if position == 0 {
+            return Err(EditError::HeaderSegment);
+        }
+        let span = *self
+            .index
+            .segments
+            .get(position)
+            .ok_or(EditError::SegmentIndex {
+                index: position,
+                count,
+            })?;
+        let range = match self.index.segments.get(position + 1) {
+            // Up to the next segment: this segment and its terminator go.
+            Some(next) => span.start as usize..next.start as usize,
+            // The last one: from the end of the previous segment, so the previous segment
+            // keeps the terminator this one had after it.
+            None => {
+                let prev = self.index.segments[position - 1];
+                prev.end as usize..span.end as usize
+            }
+        };
+        self.splice(range, b"")
+    }
+
+    /// Rename the `occurrence`-th segment with id `from` to `to` (for example `ZPI` → `PD1`).
+    pub fn rename_segment(
+        &mut self,
+        from: &str,
+        occurrence: usize,
+        to: &str,
+    ) -> Result<bool, EditError> {
+        if !valid_segment_id(to.as_bytes()) {
+            return Err(EditError::InvalidSegment(format!(
+                "`{to}` is not a segment id (three upper-case letters or digits)"
+            )));
+        }
+        if from == "MSH" || to == "MSH" {
+            return Err(EditError::HeaderSegment);
+        }
+        let Some(i) = self.message().segment_position(from.as_bytes(), occurrence) else {
+            return Ok(false);
+        };
+        let at = self.index.segments[i].start as usize;
+        self.splice(at..at + 3, to.as_bytes())?;
+        Ok(true)
+    }
+
+    /// Rewrite every segment end (and the blank lines between segments) as `terminator`,
+    /// drop any byte-order mark or whitespace before MSH and after the last segment, and end
+    /// the message with `terminator`. Line breaks inside field text are left alone.
+    pub fn normalize_segment_ends(&mut self, terminator: &[u8]) -> Result<(), EditError> {
+        let mut out = Vec::with_capacity(self.bytes.len() + 8);
+        for span in &self.index.segments {
+            out.extend_from_slice(&self.bytes[span.range()]);
+            out.extend_from_slice(terminator);
+        }
+        let index = index(&out)?;
+        self.bytes = out;
+        self.index = index;
+        Ok(())
+    }
+
+    /// The segment terminator this message uses (from the end of MSH): CR, LF or CRLF.
+    pub fn terminator(&self) -> &'static [u8] {
+        let end = self.index.segments.first().map_or(0, |s| s.end as usize);
+        match self.bytes.get(end..end + 2) {
+            Some(b"\r\n") => b"\r\n",
+            _ => match self.bytes.get(end) {
+                Some(b'\n') => b"\n",
+                _ => b"\r",
+            },
+        }
+    }
+
+    fn message_segment(&self, position: usize) -> Result<crate::Segment<'_>, EditError> {
+        self.index
+            .segment(&self.bytes, position)
+            .ok_or(EditError::SegmentIndex {
+                index: position,
+                count: self.index.segments.len(),
+            })
+    }
+
+    /// The 0-based position of the path's segment, appended first when it is the next
+    /// occurrence of a segment that is not there yet.
+    fn segment_for_write(&mut self, path: &Path) -> Result<usize, EditError> {
+        let message = self.message();
+        if let Some(i) = message.segment_position(path.segment_id(), path.occurrence) {
+            return Ok(i);
+        }
+        let present = message
+            .segments()
+            .filter(|s| s.id() == path.segment_id())
+            .count();
+        if path.occurrence != present + 1 {
+            return Err(EditError::SegmentGap {
+                id: path.segment_str().to_owned(),
+                occurrence: path.occurrence,
+                next: present + 1,
+            });
+        }
+        self.append_segment(path.segment_id())?;
+        Ok(self.index.segments.len() - 1)
+    }
+
+    /// The range a path's value occupies (empty, at the insertion point, when it is not
+    /// there) and the separators to put before the value to reach it.
+    fn target(&self, seg: usize, path: &Path) -> Result<(Range<usize>, Vec<u8>), EditError> {
+        let d = self.index.delimiters;
+        let bytes = &self.bytes;
+        let segment = self.message_segment(seg)?;
+        let lvl = level(path);
+        let need = |what: &'static str, sep: Option<u8>| {
+            sep.ok_or_else(|| EditError::NoSeparator {
+                path: path_text(path),
+                what,
+            })
+        };
+        // Separators for the levels below `from` that are not there yet.
+        let pad_below = |from: Level, out: &mut Vec<u8>| -> Result<(), EditError> {
+            if from < Level::Repetition && path.repetition > 1 {
+                let r = need("repetition", d.repetition)?;
+                out.extend(std::iter::repeat_n(r, path.repetition - 1));
+            }
+            if from < Level::Component
+                && let Some(c) = path.component
+            {
+                out.extend(std::iter::repeat_n(d.component, c - 1));
+            }
+            if from < Level::Subcomponent
+                && let Some(s) = path.subcomponent
+            {
+                let sub = need("subcomponent", d.subcomponent)?;
+                out.extend(std::iter::repeat_n(sub, s - 1));
+            }
+            Ok(())
+        };
+        let count = segment.field_count();
+        let Some(field) = segment.field_range(path.field) else {
+            let end = segment.byte_range().end;
+            let mut pad = vec![d.field; path.field - count];
+            pad_below(Level::Field, &mut pad)?;
+            return Ok((end..end, pad));
+        };
+        if lvl == Level::Field {
+            return Ok((field, Vec::new()));
+        }
+        let rep = match d.repetition {
+            None if path.repetition == 1 => field,
+            None => {
+                return Err(EditError::NoSeparator {
+                    path: path_text(path),
+                    what: "repetition",
+                });
+            }
+            Some(r) => {
+                let reps = part_count(bytes, field.clone(), r);
+                if path.repetition > reps {
+                    let mut pad = vec![r; path.repetition - reps];
+                    pad_below(Level::Repetition, &mut pad)?;
+                    return Ok((field.end..field.end, pad));
+                }
+                nth_part(bytes, field, r, path.repetition).unwrap_or_default()
+            }
+        };
+        let Some(c) = path.component else {
+            return Ok((rep, Vec::new()));
+        };
+        let comps = part_count(bytes, rep.clone(), d.component);
+        if c > comps {
+            let mut pad = vec![d.component; c - comps];
+            pad_below(Level::Component, &mut pad)?;
+            return Ok((rep.end..rep.end, pad));
+        }
+        let comp = nth_part(bytes, rep, d.component, c).unwrap_or_default();
+        let Some(s) = path.subcomponent else {
+            return Ok((comp, Vec::new()));
+        };
+        let sub = need("subcomponent", d.subcomponent)?;
+        let subs = part_count(bytes, comp.clone(), sub);
+        if s > subs {
+            return Ok((comp.end..comp.end, vec![sub; s - subs]));
+        }
+        Ok((
+            nth_part(bytes, comp, sub, s).unwrap_or_default(),
+            Vec::new(),
+        ))
+    }
+
+    fn check_raw(&self, path: &Path, raw: &[u8]) -> Result<(), EditError> {
+        let d = self.index.delimiters;
+        let lvl = level(path);
+        let forbidden = [
+            (Some(b'\r'), "a segment terminator", Level::Field),
+            (Some(b'\n'), "a segment terminator", Level::Field),
+            (Some(d.field), "the field separator", Level::Field),
+            (d.repetition, "the repetition separator", Level::Repetition),
+            (
+                Some(d.component),
+                "the component separator",
+                Level::Component,
+            ),
+            (
+                d.subcomponent,
+                "the subcomponent separator",
+                Level::Subcomponent,
+            ),
+        ];
+        for (sep, what, from) in forbidden {
+            if let Some(sep) = sep
+                && lvl >= from
+                && raw.contains(&sep)
+            {
+                return Err(EditError::DelimiterInValue {
+                    path: path_text(path),
+                    found: sep as char,
+                    what,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_segment(&self, segment: &[u8]) -> Result<(), EditError> {
+        let id = segment.get(..3).unwrap_or(segment);
+        if !valid_segment_id(id) {
+            return Err(EditError::InvalidSegment(format!(
+                "`{}` does not start with a segment id",
+                String::from_utf8_lossy(id)
+            )));
+        }
+        if id == b"MSH" {
+            return Err(EditError::HeaderSegment);
+        }
+        if segment
+            .get(3)
+            .is_some_and(|b| *b != self.index.delimiters.field)
+        {
+            return Err(EditError::InvalidSegment(
+                "the segment id must be followed by the field separator".to_owned(),
+            ));
+        }
+        if segment.iter().any(|b| *b == b'\r' || *b == b'\n') {
+            return Err(EditError::InvalidSegment(
+                "a segment cannot contain a line break".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Replace `range` with `insert` and re-index; on failure nothing changes.
+    fn splice(&mut self, range: Range<usize>, insert: &[u8]) -> Result<(), EditError> {
+        let (Some(before), Some(after)) =
+            (self.bytes.get(..range.start), self.bytes.get(range.end..))
+        else {
+            return Err(EditError::SegmentIndex {
+                index: range.start,
+                count: self.bytes.len(),
+            });
+        };
+        let mut out = Vec::with_capacity(before.len() + insert.len() + after.len());
+        out.extend_from_slice(before);
+        out.extend_from_slice(insert);
+        out.extend_from_slice(after);
+        let index = index(&out)?;
+        self.bytes = out;
+        self.index = index;
+        Ok(())
+    }
+}
+
+/// The path as text for error messages.
+fn path_text(path: &Path) -> String {
+    let mut out = path.segment_str().to_owned();
+    if path.occurrence > 1 {
+        out.push_str(&format!("[{}]", path.occurrence));
+    }
+    out.push_str(&format!("-{}", path.field));
+    if path.has_explicit_repetition() {
+        out.push_str(&format!("({})", path.repetition));
+    }
+    if let Some(c) = path.component {
+        out.push_str(&format!(".{c}"));
+    }
+    if let Some(s) = path.subcomponent {
+        out.push_str(&format!(".{s}"));
+    }
+    out
+}
+
+impl From<Message<'_>> for MessageBuf {
+    fn from(message: Message<'_>) -> MessageBuf {
+        MessageBuf::from_message(&message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ADT: &[u8] =
+        b"MSH|^~\\&|HIS|GH|FERRY|CLOUD|20261125083000||ADT^A01^ADT_A01|MSG1|P|2.5.1\n\
+PID|1||42^^^GH^MR~99^^^SSA^SS||DOE^JOHN^Q||19700101|M\n\
+OBX|1|ST|A||one\n\
+OBX|2|ST|B||two\n";
+
+    fn buf() -> MessageBuf {
+        MessageBuf::parse(ADT).expect("parse")
+    }
+
+    fn text(m: &MessageBuf, path: &str) -> Option<String> {
+        m.message()
+            .get_str(path)
+            .expect("path")
+            .map(|t| t.into_owned())
+    }
+
+    #[test]
+    fn unmodified_is_byte_exact() {
+        assert_eq!(buf().as_bytes(), ADT);
+        let odd = b"\xEF\xBB\xBF\r\nMSH|^~\\&|A\r\n\r\nPID|1||x\rOBX|1\n\x1c\r";
+        let m = MessageBuf::parse(&odd[..]).expect("parse");
+        assert_eq!(m.as_bytes(), odd);
+        assert_eq!(m.message().segment_count(), 3);
+    }
+
+    #[test]
+    fn set_replaces_only_the_target() {
+        let mut m = buf();
+        m.set("PID-5.1", "SMITH|JONES").expect("set");
+        assert_eq!(text(&m, "PID-5.1").as_deref(), Some("SMITH|JONES"));
+        assert_eq!(
+            m.get("PID-5").expect("path"),
+            Some(&b"SMITH\\F\\JONES^JOHN^Q"[..])
+        );
+        let expected = String::from_utf8_lossy(ADT).replace("DOE^JOHN", "SMITH\\F\\JONES^JOHN");
+        assert_eq!(String::from_utf8_lossy(m.as_bytes()), expected);
+    }
+
+    #[test]
+    fn set_pads_to_reach_missing_levels() {
+        let mut m = buf();
+        m.set("PID-12.2.3", "x").expect("set");
+        assert_eq!(m.get("PID-12").expect("path"), Some(&b"^&&x"[..]));
+        assert_eq!(
+            m.message().segment("PID", 1).map(|s| s.field_count()),
+            Some(12)
+        );
+        m.set("PID-3(4).1", "7").expect("set");
+        assert_eq!(m.get("PID-3(3)").expect("path"), Some(&b""[..]));
+        assert_eq!(m.get("PID-3(4)").expect("path"), Some(&b"7"[..]));
+        m.set("OBX[2]-5.3", "c").expect("set");
+        assert_eq!(m.get("OBX[2]-5").expect("path"), Some(&b"two^^c"[..]));
+    }
+
+    #[test]
+    fn whole_field_set_and_delete_cover_every_repetition() {
+        let mut m = buf();
+        m.set_raw("PID-3", b"1^^^X~2^^^Y~3").expect("set");
+        assert_eq!(m.get("PID-3(3)").expect("path"), Some(&b"3"[..]));
+        assert!(m.delete("PID-3(2)").expect("delete"));
+        assert_eq!(m.get("PID-3").expect("path"), Some(&b"1^^^X"[..]));
+        assert_eq!(m.get("PID-3(2)").expect("path"), Some(&b"3"[..]));
+        assert!(m.delete("PID-3").expect("delete"));
+        assert_eq!(
+            m.message().value("PID-3").expect("path"),
+            crate::Value::Empty
+        );
+        assert_eq!(m.get("PID-5").expect("path"), Some(&b"DOE^JOHN^Q"[..]));
+        assert!(!m.delete("PID-40").expect("delete"));
+        assert!(m.delete("PID-5.2").expect("delete"));
+        assert_eq!(m.get("PID-5").expect("path"), Some(&b"DOE^^Q"[..]));
+    }
+
+    #[test]
+    fn new_segments_are_appended_with_the_message_terminator() {
+        let mut m = buf();
+        m.set("ZPI-2", "v").expect("set");
+        assert!(m.as_bytes().ends_with(b"OBX|2|ST|B||two\nZPI||v\n"));
+        assert!(matches!(
+            m.set("ZPI[3]-1", "v"),
+            Err(EditError::SegmentGap { next: 2, .. })
+        ));
+        let mut bare = MessageBuf::parse(&b"MSH|^~\\&|A\rPID|1"[..]).expect("parse");
+        bare.set("PV1-2", "I").expect("set");
+        assert_eq!(bare.as_bytes(), b"MSH|^~\\&|A\rPID|1\rPV1||I");
+    }
+
+    #[test]
+    fn raw_values_cannot_break_structure() {
+        let mut m = buf();
+        for (path, raw) in [
+            ("PID-5.1", &b"A^B"[..]),
+            ("PID-5", b"A|B"),
+            ("PID-3(1)", b"A~B"),
+            ("PID-5.1.1", b"A&B"),
+            ("PID-5", b"A\rB"),
+        ] {
+            assert!(
+                matches!(
+                    m.set_raw(path, raw),
+                    Err(EditError::DelimiterInValue { .. })
+                ),
+                "{path}"
+            );
+        }
+        assert!(matches!(m.set("MSH-2", "x"), Err(EditError::Delimiters)));
+        assert!(matches!(m.set("MSH-1", "x"), Err(EditError::Delimiters)));
+        assert_eq!(m.as_bytes(), ADT);
+    }
+
+    #[test]
+    fn null_and_repetition_insert() {
+        let mut m = buf();
+        m.set_null("PID-8").expect("set");
+        assert_eq!(
+            m.message().value("PID-8").expect("path"),
+            crate::Value::Null
+        );
+        m.insert_repetition("PID-3(1)", "0^^^NEW").expect("insert");
+        assert_eq!(
+            m.get("PID-3(1)").expect("path"),
+            Some(&b"0\\S\\\\S\\\\S\\NEW"[..])
+        );
+        assert_eq!(m.get("PID-3(2)").expect("path"), Some(&b"42^^^GH^MR"[..]));
+        m.insert_repetition("PID-3(4)", "last").expect("insert");
+        assert_eq!(m.get("PID-3(4)").expect("path"), Some(&b"last"[..]));
+    }
+
+    #[test]
+    fn text_that_cannot_be_escaped_is_refused() {
+        let mut m = MessageBuf::parse(&b"MSH|^~|A\rPID|1"[..]).expect("parse");
+        assert!(matches!(
+            m.set("PID-5", "A^B"),
+            Err(EditError::CannotEscape { found: '^', .. })
+        ));
+        m.set("PID-5", "plain").expect("set");
+        assert_eq!(m.get("PID-5").expect("path"), Some(&b"plain"[..]));
+    }
+
+    #[test]
+    fn segment_operations() {
+        let mut m = buf();
+        m.insert_segment(1, b"EVN|A01").expect("insert");
+        assert_eq!(
+            m.message().segment_at_index(1).map(|s| s.id_str()),
+            Some("EVN")
+        );
+        assert!(m.rename_segment("OBX", 2, "ZBX").expect("rename"));
+        assert_eq!(m.get("ZBX-5").expect("path"), Some(&b"two"[..]));
+        assert!(m.remove_segment("ZBX", 1).expect("remove"));
+        assert!(m.remove_segment("EVN", 1).expect("remove"));
+        assert!(m.as_bytes().ends_with(b"OBX|1|ST|A||one\n"));
+        assert!(m.remove_segment("OBX", 1).expect("remove"));
+        assert!(
+            m.as_bytes().ends_with(b"|M\n"),
+            "{:?}",
+            String::from_utf8_lossy(m.as_bytes())
+        );
+        assert!(matches!(
+            m.remove_segment_at(0),
+            Err(EditError::HeaderSegment)
+        ));
+        assert!(matches!(
+            m.insert_segment(0, b"EVN|1"),
+            Err(EditError::HeaderSegment)
+        ));
+        assert!(matches!(
+            m.insert_segment(1, b"evn|1"),
+            Err(EditError::InvalidSegment(_))
+        ));
+        assert!(matches!(
+            m.insert_segment(1, b"EVN|1\rX"),
+            Err(EditError::InvalidSegment(_))
+        ));
+    }
+
+    #[test]
+    fn normalising_segment_ends_is_only_done_when_asked() {
+        let mut m =
+            MessageBuf::parse(&b"\xEF\xBB\xBFMSH|^~\\&|A\r\nPID|1\n\nOBX|1"[..]).expect("parse");
+        m.normalize_segment_ends(b"\r").expect("normalise");
+        assert_eq!(m.as_bytes(), b"MSH|^~\\&|A\rPID|1\rOBX|1\r");
+    }
+
+    fn arb_path() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(vec!["PID", "OBX", "ZZZ", "EVN"]),
+            1usize..=2,
+            1usize..=30,
+            prop::option::of(1usize..=3),
+            prop::option::of((1usize..=6, prop::option::of(1usize..=3))),
+        )
+            .prop_map(|(seg, occ, field, rep, comp)| {
+                let mut p = format!("{seg}[{occ}]-{field}");
+                if let Some(r) = rep {
+                    p.push_str(&format!("({r})"));
+                }
+                if let Some((c, s)) = comp {
+                    p.push_str(&format!(".{c}"));
+                    if let Some(s) = s {
+                        p.push_str(&format!(".{s}"));
+                    }
+                }
+                p
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn set_then_get_returns_the_value(path in arb_path(), value in "[ -~]{0,24}") {
+            let mut m = buf();
+            let before = m.clone();
+            match m.set(&path, &value) {
+                Ok(()) => {
+                    // `PID-3` reads the first repetition but sets the field: same text.
+                    let got = text(&m, &path);
+                    prop_assert_eq!(got.as_deref(), Some(value.as_str()));
+                    let reparsed = MessageBuf::parse(m.as_bytes().to_vec()).expect("reparse");
+                    prop_assert_eq!(&reparsed, &m);
+                    // Other segments are untouched, byte for byte.
+                    let seg = &path[..3];
+                    let others = |b: &MessageBuf| -> Vec<Vec<u8>> {
+                        b.message().segments().filter(|s| s.id() != seg.as_bytes()).map(|s| s.as_bytes().to_vec()).collect()
+                    };
+                    prop_assert_eq!(others(&before), others(&m));
+                }
+                Err(EditError::SegmentGap { .. }) => prop_assert_eq!(m.as_bytes(), before.as_bytes()),
+                Err(e) => prop_assert!(false, "{path}: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! `ferry hl7`: look inside HL7 v2 files from the command line.
+//!
+//! Every subcommand reads a file (or `-` for standard input) that may hold one message,
+//! several, or a batch, and works on each message in turn. Output is for people by default
+//! and JSON with `--json`. Exit status: 0 when every message parsed (and, for `validate`,
+//! had no error), 1 when one did not, 2 when the file could not be read or an argument is
+//! wrong.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use ferry_hl7::{Message, Value, json, split_messages};
+
+/// Arguments of `ferry hl7`.
+#[derive(Debug, clap::Args)]
+pub struct Hl7Args {
+    #[command(subcommand)]
+    command: Hl7Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Hl7Command {
+    /// Show every segment and field of each message, with field names.
+    Parse(FileArgs),
+    /// Print the value at one or more paths (`PID-5.1`, `OBX[2]-5`, `PID-3(2).1`).
+    Get(GetArgs),
+    /// Check each message against the HL7 dictionary of its version.
+    Validate(FileArgs),
+    /// Print the lossless JSON form of each message.
+    ToJson(ToJsonArgs),
+    /// Turn the lossless JSON form back into HL7 (writes the bytes to standard output).
+    FromJson(ToJsonArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FileArgs {
+    /// File holding one or more messages (`-` reads standard input).
+    file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    /// File holding one or more messages (`-` reads standard input).
+    file: PathBuf,
+    /// Paths to read.
+    #[arg(required = true)]
+    paths: Vec<String>,
+    /// Print the raw ER7 value (escape sequences kept) instead of decoded text.
+    #[arg(long)]
+    raw: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ToJsonArgs {
+    /// Input file (`-` reads standard input).
+    file: PathBuf,
+}
+
+/// Run `ferry hl7 …`.
+pub fn run(args: Hl7Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Hl7Command::Parse(a) => parse(&a),
+        Hl7Command::Get(a) => get(&a),
+        Hl7Command::Validate(a) => validate(&a),
+        Hl7Command::ToJson(a) => to_json(&a),
+        Hl7Command::FromJson(a) => from_json(&a),
+    }
+}
+
+fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?;
+        return Ok(bytes);
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Each message of the input: its 1-based number and its parse.
+fn messages(bytes: &[u8]) -> Vec<(usize, Result<Message<'_>, ferry_hl7::ParseError>)> {
+    split_messages(bytes)
+        .map(Message::parse)
+        .enumerate()
+        .map(|(i, m)| (i + 1, m))
+        .collect()
+}
+
+/// Decoded text of a raw value, in the message's character set.
+fn text(message: &Message<'_>, raw: &[u8]) -> String {
+    ferry_hl7::escape::decode(raw, message.delimiters()).into_owned()
+}
+
+fn field_name(message: &Message<'_>, segment: &str, field: usize) -> Option<&'static str> {
+    let _ = (message, segment, field);
+    None
+}
+
+fn summary(message: &Message<'_>) -> String {
+    format!(
+        "{}, MSH-10 {}, version {}, {} segments, {} bytes",
+        message.message_type().unwrap_or("(no MSH-9)"),
+        message.control_id().unwrap_or("(none)"),
+        message.version().unwrap_or("(none)"),
+        message.segment_count(),
+        message.as_bytes().len()
+    )
+}
+
+fn parse(args: &FileArgs) -> anyhow::Result<ExitCode> {
+    let bytes = read_input(&args.file)?;
+    let all = messages(&bytes);
+    let total = all.len();
+    let mut failed = false;
+    let mut out_json = Vec::new();
+    for (n, parsed) in &all {
+        let message = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                failed = true;
+                if args.json {
+                    out_json.push(serde_json::json!({ "message": n, "error": e.to_string() }));
+                } else {
+                    println!("message {n} of {total}: error: {e}");
+                }
+                continue;
+            }
+        };
+        if args.json {
+            out_json.push(parse_json(*n, message));
+            continue;
+        }
+        println!("message {n} of {total}: {}", summary(message));
+        for segment in message.segments() {
+            let id = segment.id_str();
+            println!("{id}");
+            for f in 1..=segment.field_count() {
+                let raw = segment.field(f).unwrap_or_default();
+                if raw.is_empty() {
+                    continue;
+                }
+                let label = format!("{id}-{f}");
+                let name = field_name(message, id, f).unwrap_or("");
+                let shown = if id == "MSH" && f <= 2 {
+                    String::from_utf8_lossy(raw).into_owned()
+                } else {
+                    text(message, raw)
+                };
+                println!("  {label:<9} {name:<36} {shown}");
+                if id != "MSH" || f > 2 {
+                    print_parts(message, &label, raw);
+                }
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out_json)?);
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Components (and repetitions) of a field that has any, one line each.
+fn print_parts(message: &Message<'_>, label: &str, raw: &[u8]) {
+    let d = message.delimiters();
+    let reps: Vec<&[u8]> = match d.repetition {
+        Some(r) => raw.split(|b| *b == r).collect(),
+        None => vec![raw],
+    };
+    let has_parts = reps.len() > 1 || raw.contains(&d.component);
+    if !has_parts {
+        return;
+    }
+    for (r, rep) in reps.iter().enumerate() {
+        let rep_label = if reps.len() > 1 {
+            format!("{label}({})", r + 1)
+        } else {
+            label.to_owned()
+        };
+        let comps: Vec<&[u8]> = rep.split(|b| *b == d.component).collect();
+        if comps.len() == 1 {
+            if !rep.is_empty() {
+                println!("    {rep_label:<14} {}", text(message, rep));
+            }
+            continue;
+        }
+        for (c, comp) in comps.iter().enumerate() {
+            if !comp.is_empty() {
+                println!(
+                    "    {:<14} {}",
+                    format!("{rep_label}.{}", c + 1),
+                    text(message, comp)
+                );
+            }
+        }
+    }
+}
+
+fn parse_json(n: usize, message: &Message<'_>) -> serde_json::Value {
+    let segments: Vec<serde_json::Value> = message
+        .segments()
+        .map(|segment| {
+            let id = segment.id_str();
+            let fields: Vec<serde_json::Value> = (1..=segment.field_count())
+                .filter_map(|f| {
+                    let raw = segment.field(f)?;
+                    if raw.is_empty() {
+                        return None;
+                    }
+                    Some(serde_json::json!({
+                        "path": format!("{id}-{f}"),
+                        "name": field_name(message, id, f),
+                        "raw": String::from_utf8_lossy(raw),
+                        "text": if id == "MSH" && f <= 2 {
+                            String::from_utf8_lossy(raw).into_owned()
+                        } else {
+                            text(message, raw)
+                        },
+                    }))
+                })
+                .collect();
+            serde_json::json!({ "id": id, "fields": fields })
+        })
+        .collect();
+    serde_json::json!({
+        "message": n,
+        "type": message.message_type(),
+        "control_id": message.control_id(),
+        "version": message.version(),
+        "segments": segments,
+    })
+}
+
+fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
+    let paths: Vec<ferry_hl7::Path> = args
+        .paths
+        .iter()
+        .map(|p| ferry_hl7::Path::parse(p))
+        .collect::<Result<_, _>>()?;
+    let bytes = read_input(&args.file)?;
+    let all = messages(&bytes);
+    let several = all.len() > 1 || paths.len() > 1;
+    let mut failed = false;
+    let mut out_json = Vec::new();
+    for (n, parsed) in &all {
+        let message = match parsed {
+            Ok(m) => m,
+            Err(e) => {
+                failed = true;
+                eprintln!("message {n}: {e}");
+                continue;
+            }
+        };
+        for (text_path, path) in args.paths.iter().zip(&paths) {
+            let value = Value::from_raw(message.get_path(path));
+            let shown = match value {
+                Value::Present(raw) if args.raw => String::from_utf8_lossy(raw).into_owned(),
+                Value::Present(raw) => text(message, raw),
+                _ => String::new(),
+            };
+            let state = match value {
+                Value::Absent => "absent",
+                Value::Empty => "empty",
+                Value::Null => "null",
+                Value::Present(_) => "present",
+            };
+            if args.json {
+                out_json.push(serde_json::json!({
+                    "message": n, "path": text_path, "state": state, "value": shown,
+                }));
+            } else if several {
+                let shown = if state == "present" {
+                    shown
+                } else {
+                    format!("({state})")
+                };
+                println!("{n}\t{text_path}\t{shown}");
+            } else {
+                println!("{shown}");
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out_json)?);
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn validate(args: &FileArgs) -> anyhow::Result<ExitCode> {
+    let _ = args;
+    anyhow::bail!("validation needs the HL7 dictionary")
+}
+
+fn to_json(args: &ToJsonArgs) -> anyhow::Result<ExitCode> {
+    let bytes = read_input(&args.file)?;
+    let mut docs = Vec::new();
+    for (n, parsed) in messages(&bytes) {
+        match parsed {
+            Ok(m) => docs.push(json::to_json(&m)),
+            Err(e) => {
+                eprintln!("message {n}: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    let out = if docs.len() == 1 {
+        docs.remove(0)
+    } else {
+        serde_json::Value::Array(docs)
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn from_json(args: &ToJsonArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let bytes = read_input(&args.file)?;
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{}: not JSON: {e}", args.file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let docs = match value {
+        serde_json::Value::Array(docs) => docs,
+        one => vec![one],
+    };
+    let mut out = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        match json::from_json(doc) {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(e) => {
+                eprintln!("message {}: {e}", i + 1);
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    std::io::stdout().write_all(&out)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,106 @@
+//! `ferry hl7`: parse, get, to-json and from-json on real files, through the real binary.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+use common::{adt, ferry_bin};
+
+fn hl7(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(ferry_bin())
+        .arg("hl7")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry hl7");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("ferry hl7")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn get_prints_decoded_values_and_states() {
+    let mut message = adt("MSG1");
+    message.extend_from_slice(b"NTE|1||a \\F\\ b\r");
+    let out = hl7(&["get", "-", "PID-5.1"], &message);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "DOE\n");
+
+    let out = hl7(
+        &["get", "-", "NTE-3", "PID-5.2", "PID-40", "--json"],
+        &message,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["value"], "a | b");
+    assert_eq!(v[1]["value"], "JANE");
+    assert_eq!(v[2]["state"], "absent");
+
+    let out = hl7(&["get", "-", "NTE-3", "--raw"], &message);
+    assert_eq!(stdout(&out), "a \\F\\ b\n");
+
+    let out = hl7(&["get", "-", "PID-0"], &message);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid HL7 path"));
+}
+
+#[test]
+fn parse_shows_segments_fields_and_components() {
+    let out = hl7(&["parse", "-"], &adt("MSG7"));
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("message 1 of 1: ADT^A01^ADT_A01, MSH-10 MSG7"),
+        "{text}"
+    );
+    assert!(text.contains("PID-5.1"), "{text}");
+    assert!(text.contains("JANE"), "{text}");
+
+    let out = hl7(&["parse", "-", "--json"], &adt("MSG7"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["control_id"], "MSG7");
+
+    let out = hl7(&["parse", "-"], b"this is not HL7");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("does not start with an MSH segment"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn json_round_trip_through_the_binary_is_byte_exact() {
+    let mut file = adt("A");
+    file.extend_from_slice(b"\n");
+    file.extend_from_slice(
+        &adt("B")
+            .iter()
+            .map(|b| if *b == b'\r' { b'\n' } else { *b })
+            .collect::<Vec<_>>(),
+    );
+    let out = hl7(&["to-json", "-"], &file);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
+    let back = hl7(&["from-json", "-"], &out.stdout);
+    assert!(back.status.success(), "{back:?}");
+    assert_eq!(back.stdout, file);
+
+    let bad = hl7(
+        &["from-json", "-"],
+        br#"{"segments":[{"id":"PID","fields":[]}]}"#,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("first segment must be MSH"));
+}
