@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 GROUPS = ["parse", "parse_get_pid5_1", "parse_read_all_fields", "serialise", "edit_serialise"]
-INPUTS = ["adt_a01", "corpus"]
+INPUTS = ["adt_a01", "corpus", "corpus_with_pid"]
 
 
 def load(root: Path):

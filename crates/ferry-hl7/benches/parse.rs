@@ -6,7 +6,7 @@
 //! - `corpus`: every message of the shared corpus that both Ferry and `hl7-parser` accept with
 //!   the same segment count (see [`load_corpus`] for exactly what is kept), one iteration
 //!   being one pass over all of them;
-//! - `adt_a01`: one typical ~1.4 KB ADT^A01 from the corpus, to compare with the reference
+//! - `adt_a01`: one typical 1.4 KB ADT^A01 from the corpus, to compare with the reference
 //!   figure of PRODUCT.md §10 (the Rust HL7 crates parse a 1.2 KB ADT at 20–30 MB/s).
 //!
 //! Groups (ids read `GROUP/FUNCTION/INPUT`):
@@ -14,7 +14,9 @@
 //! - `parse_get_pid5_1/{ferry,hl7_parser,plain_split}`: the same plus one read of PID-5.1;
 //! - `parse_read_all_fields/{ferry,hl7_parser,plain_split}`: the same plus a read of every
 //!   field (Ferry splits fields when they are read, not when the message is parsed);
-//! - `serialise/{ferry,hl7_parser,hl7_parser_raw_copy}`: a parsed message back to bytes.
+//! - `serialise/{ferry,ferry_messagebuf,hl7_parser,hl7_parser_raw_copy}`: a parsed message
+//!   back to bytes;
+//! - `edit_serialise/{ferry,hl7_parser}`: bytes in, PID-5.1 replaced, bytes out.
 //!
 //! Criterion reports both elements/s (messages/s) and bytes/s (in MiB/s) for every function
 //! (`Throughput::ElementsAndBytes`). Every function hands its result to `black_box` so the
@@ -31,12 +33,13 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-use ferry_hl7::{Message, split_messages};
+use ferry_hl7::{Message, MessageBuf, split_messages};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
 
-/// The typical ADT^A01 (1,456 bytes, CR-separated, 8 segments).
-const ADT_A01: &str = "messages/node-hl7-complete/valid/healthcare-it-systems/adt-example.hl7";
+/// The typical ADT^A01 (1,413 bytes, v2.3, CR-separated, 9 segments: MSH PID PV1 DG1 and
+/// three insurance IN1/IN2 pairs, repetitions in PID-3/PID-4).
+const ADT_A01: &str = "messages/python-hl7/samples.py__sample_msh.hl7";
 
 // ---------------------------------------------------------------------------------------------
 // Inputs
@@ -471,17 +474,20 @@ fn bench_serialise(c: &mut Criterion, inputs: &[Input]) {
             .iter()
             .map(|m| hl7_parser::Message::parse_with_lenient_newlines(m, true).expect("parses"))
             .collect();
-        // ------------------------------------------------------------------------------------
-        // TODO(MessageBuf): Ferry has no owned, editable message yet, so its serialisation is
-        // the parsed message's bytes copied into a Vec. When `ferry_hl7::MessageBuf` lands,
-        // measure `MessageBuf::parse(..)?.to_bytes()` here, and add an `edit_serialise` group:
-        // `ferry` = `set("PID-5.1", ..)` then `to_bytes()`, `hl7_parser` = the same edit on a
-        // `MessageBuilder` then `to_string()`.
-        // ------------------------------------------------------------------------------------
+        // The parsed message's bytes copied into a Vec: what serialising a `Message` costs.
         g.bench_function(BenchmarkId::new("ferry", input.name), |b| {
             b.iter(|| {
                 for m in &ours {
                     black_box(black_box(m).as_bytes().to_vec());
+                }
+            })
+        });
+        // Into the owned, editable form and back to bytes: the counterpart of hl7-parser's
+        // `MessageBuilder::from(&message).to_string()` below.
+        g.bench_function(BenchmarkId::new("ferry_messagebuf", input.name), |b| {
+            b.iter(|| {
+                for m in &ours {
+                    black_box(MessageBuf::from_message(black_box(m)).into_bytes());
                 }
             })
         });
@@ -508,12 +514,102 @@ fn bench_serialise(c: &mut Criterion, inputs: &[Input]) {
     });
 }
 
+/// The value `edit_serialise` writes into PID-5.1.
+const EDITED: &str = "EDITED";
+
+/// hl7-parser's way to edit: the parsed message into a `MessageBuilder`, PID-5.1 (first
+/// repetition, first component) set, rendered with `Display` (CR between segments).
+fn hl7_parser_set_pid5_1(m: &str) -> String {
+    use hl7_parser::builder::{ComponentBuilder, FieldBuilder, MessageBuilder};
+    let parsed = hl7_parser::Message::parse_with_lenient_newlines(m, true).expect("parses");
+    let mut builder = MessageBuilder::from(&parsed);
+    if let Some(pid) = builder.segment_named_mut("PID") {
+        match pid.field_mut(5) {
+            // `repeat_mut` counts from 0, unlike the rest of hl7-parser.
+            Some(field) => match field.repeat_mut(0) {
+                Some(rep) => rep.set_component_value(1, EDITED),
+                None => field.set_component(1, ComponentBuilder::Value(EDITED.to_owned())),
+            },
+            None => pid.set_field(5, FieldBuilder::Value(EDITED.to_owned())),
+        }
+    }
+    builder.to_string()
+}
+
+/// Ferry's way: `MessageBuf::parse`, `set("PID-5.1")`, the bytes.
+fn ferry_set_pid5_1(m: &str) -> Vec<u8> {
+    let mut buf = MessageBuf::parse(m.as_bytes()).expect("parses");
+    buf.set("PID-5.1", EDITED).expect("PID-5.1 can be set");
+    buf.into_bytes()
+}
+
+/// `edit_serialise`: bytes in, PID-5.1 replaced, bytes out (parse included), over the
+/// messages that have a PID segment. Ferry's result must read back with the new PID-5.1;
+/// how often hl7-parser's does is printed.
+fn bench_edit_serialise(c: &mut Criterion, inputs: &[Input]) {
+    let with_pid: Vec<Input> = inputs
+        .iter()
+        .map(|input| {
+            let messages = input
+                .messages
+                .iter()
+                .filter(|m| {
+                    let parsed = Message::parse(m.as_bytes()).expect("parses");
+                    parsed.segment("PID", 1).is_some()
+                })
+                .cloned()
+                .collect();
+            let name = if input.name == "corpus" {
+                "corpus_with_pid"
+            } else {
+                input.name
+            };
+            Input::new(name, messages)
+        })
+        .collect();
+    for input in &with_pid {
+        let mut theirs_ok = 0;
+        for m in &input.messages {
+            let ours = ferry_set_pid5_1(m);
+            let ours = Message::parse(&ours).expect("edited message parses");
+            assert_eq!(ours.get("PID-5.1").expect("path"), Some(EDITED.as_bytes()));
+            let theirs = hl7_parser_set_pid5_1(m);
+            let theirs = hl7_parser::Message::parse(&theirs).expect("edited message parses");
+            theirs_ok += usize::from(hl7_parser_pid5_1(&theirs) == Some(EDITED));
+        }
+        eprintln!(
+            "edit_serialise/{}: {} messages, {} bytes; Ferry's output reads back the new \
+             PID-5.1 in all, hl7-parser's in {theirs_ok}",
+            input.name,
+            input.messages.len(),
+            input.bytes
+        );
+    }
+    each_input(c, "edit_serialise", &with_pid, |g, input| {
+        g.bench_function(BenchmarkId::new("ferry", input.name), |b| {
+            b.iter(|| {
+                for m in &input.messages {
+                    black_box(ferry_set_pid5_1(black_box(m)));
+                }
+            })
+        });
+        g.bench_function(BenchmarkId::new("hl7_parser", input.name), |b| {
+            b.iter(|| {
+                for m in &input.messages {
+                    black_box(hl7_parser_set_pid5_1(black_box(m)));
+                }
+            })
+        });
+    });
+}
+
 fn benches(c: &mut Criterion) {
     let inputs = [load_adt(), load_corpus()];
     bench_parse(c, &inputs);
     bench_parse_get(c, &inputs);
     bench_parse_all_fields(c, &inputs);
     bench_serialise(c, &inputs);
+    bench_edit_serialise(c, &inputs);
 }
 
 criterion_group!(parse, benches);
