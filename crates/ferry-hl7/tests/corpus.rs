@@ -9,7 +9,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use ferry_hl7::ack::{self, AckCode};
-use ferry_hl7::{Message, MessageBuf, json, parse_batch, split_messages};
+use ferry_hl7::charset::{CharsetPolicy, message_to_utf8};
+use ferry_hl7::{Message, MessageBuf, escape, json, parse_batch, split_messages};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
 
@@ -214,8 +215,56 @@ fn check_round_trips(rel: &str, chunk: &[u8], m: &Message<'_>, failures: &mut Ve
         Ok(_) => failures.push(format!("{rel}: JSON round trip changed the bytes")),
         Err(e) => failures.push(format!("{rel}: JSON round trip: {e}")),
     }
-    let indexed: Vec<Vec<Vec<u8>>> = m.segments().map(|s| joined(s.fields().collect())).collect();
-    let naive = normalised(naive_fields(chunk, m.delimiters().field));
+    let multibyte = m
+        .declared_charset()
+        .is_some_and(|c| !c.is_ascii_transparent());
+    let (indexed, naive) = if multibyte {
+        // A naive byte split is wrong for ISO-2022-JP (delimiter bytes inside characters):
+        // compare the decoded text of every field with a naive split of the message
+        // transcoded to UTF-8, where that cannot happen.
+        let Ok(utf8) = message_to_utf8(chunk, &CharsetPolicy::strict()) else {
+            failures.push(format!("{rel}: does not transcode to UTF-8"));
+            return;
+        };
+        let d = *m.delimiters();
+        let indexed: Vec<Vec<Vec<u8>>> = m
+            .segments()
+            .map(|s| {
+                s.fields()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if s.id() == b"MSH" && i < 2 {
+                            f.to_vec()
+                        } else {
+                            m.text(f).into_owned().into_bytes()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let naive: Vec<Vec<Vec<u8>>> = naive_fields(utf8.text.as_bytes(), d.field)
+            .into_iter()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if i < 2 && fields.first() == Some(&vec![d.field]) {
+                            f.clone()
+                        } else {
+                            escape::decode(f, &d).into_owned().into_bytes()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        (indexed, naive)
+    } else {
+        (
+            m.segments().map(|s| joined(s.fields().collect())).collect(),
+            normalised(naive_fields(chunk, m.delimiters().field)),
+        )
+    };
     if indexed != naive {
         let at = indexed
             .iter()
