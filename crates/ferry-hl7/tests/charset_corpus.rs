@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use ferry_hl7::charset::{Charset, CharsetPolicy, TextDecoder, Used, message_to_utf8};
 use ferry_hl7::{Message, split_messages};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+mod common;
+
+use common::CORPUS;
 
 /// Each value of a message, at every level (field, repetition, component, subcomponent).
 fn values<'m>(m: &'m Message<'_>) -> Vec<(String, &'m [u8])> {

@@ -132,27 +132,68 @@ fn summary(message: &Message<'_>) -> String {
     )
 }
 
+/// What a subcommand prints for a file of messages: text as it goes, or one JSON array at
+/// the end; the exit status is 1 when any message failed.
+struct Report {
+    json: bool,
+    failed: bool,
+    items: Vec<serde_json::Value>,
+}
+
+impl Report {
+    fn new(json: bool) -> Report {
+        Report {
+            json,
+            failed: false,
+            items: Vec::new(),
+        }
+    }
+
+    /// The message, or `None` after reporting why it does not parse.
+    fn parsed<'m, 'a>(
+        &mut self,
+        n: usize,
+        total: usize,
+        parsed: &'m Result<Message<'a>, ferry_hl7::ParseError>,
+    ) -> Option<&'m Message<'a>> {
+        match parsed {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.failed = true;
+                if self.json {
+                    self.items
+                        .push(serde_json::json!({ "message": n, "error": e.to_string() }));
+                } else {
+                    println!("message {n} of {total}: error: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<ExitCode> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&self.items)?);
+        }
+        Ok(if self.failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
+}
+
 fn parse(args: &FileArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_input(&args.file)?;
     let all = messages(&bytes);
     let total = all.len();
-    let mut failed = false;
-    let mut out_json = Vec::new();
+    let mut report = Report::new(args.json);
     for (n, parsed) in &all {
-        let message = match parsed {
-            Ok(m) => m,
-            Err(e) => {
-                failed = true;
-                if args.json {
-                    out_json.push(serde_json::json!({ "message": n, "error": e.to_string() }));
-                } else {
-                    println!("message {n} of {total}: error: {e}");
-                }
-                continue;
-            }
+        let Some(message) = report.parsed(*n, total, parsed) else {
+            continue;
         };
         if args.json {
-            out_json.push(parse_json(*n, message));
+            report.items.push(parse_json(*n, message));
             continue;
         }
         println!("message {n} of {total}: {}", summary(message));
@@ -178,14 +219,7 @@ fn parse(args: &FileArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out_json)?);
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    report.finish()
 }
 
 /// Components (and repetitions) of a field that has any, one line each.
@@ -268,16 +302,11 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_input(&args.file)?;
     let all = messages(&bytes);
     let several = all.len() > 1 || paths.len() > 1;
-    let mut failed = false;
-    let mut out_json = Vec::new();
+    let total = all.len();
+    let mut report = Report::new(args.json);
     for (n, parsed) in &all {
-        let message = match parsed {
-            Ok(m) => m,
-            Err(e) => {
-                failed = true;
-                eprintln!("message {n}: {e}");
-                continue;
-            }
+        let Some(message) = report.parsed(*n, total, parsed) else {
+            continue;
         };
         for (text_path, path) in args.paths.iter().zip(&paths) {
             let value = Value::from_raw(message.get_path(path));
@@ -293,7 +322,7 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
                 Value::Present(_) => "present",
             };
             if args.json {
-                out_json.push(serde_json::json!({
+                report.items.push(serde_json::json!({
                     "message": n, "path": text_path, "state": state, "value": shown,
                 }));
             } else if several {
@@ -308,43 +337,24 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out_json)?);
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    report.finish()
 }
 
 fn validate(args: &FileArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_input(&args.file)?;
     let all = messages(&bytes);
     let total = all.len();
-    let mut failed = false;
-    let mut out_json = Vec::new();
+    let mut report = Report::new(args.json);
     for (n, parsed) in &all {
-        let message = match parsed {
-            Ok(m) => m,
-            Err(e) => {
-                failed = true;
-                if args.json {
-                    out_json.push(
-                        serde_json::json!({ "message": n, "valid": false, "error": e.to_string() }),
-                    );
-                } else {
-                    println!("message {n} of {total}: error: {e}");
-                }
-                continue;
-            }
+        let Some(message) = report.parsed(*n, total, parsed) else {
+            continue;
         };
         let issues = ferry_hl7::validate::validate(message);
         let errors = issues
             .iter()
             .filter(|i| i.severity == Severity::Error)
             .count();
-        failed |= errors > 0;
+        report.failed |= errors > 0;
         if args.json {
             let list: Vec<serde_json::Value> = issues
                 .iter()
@@ -363,7 +373,7 @@ fn validate(args: &FileArgs) -> anyhow::Result<ExitCode> {
                     })
                 })
                 .collect();
-            out_json.push(serde_json::json!({
+            report.items.push(serde_json::json!({
                 "message": n,
                 "valid": errors == 0,
                 "version": version(message).as_str(),
@@ -384,14 +394,7 @@ fn validate(args: &FileArgs) -> anyhow::Result<ExitCode> {
             println!("  {issue}");
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out_json)?);
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    report.finish()
 }
 
 fn to_json(args: &ToJsonArgs) -> anyhow::Result<ExitCode> {
