@@ -283,6 +283,13 @@ fn hostile_inputs_give_values_through_every_entry_point() {
                     let _ = buf.set("PID-5.1", "X");
                     let _ = buf.delete("PID-3(2)");
                     let _ = ack::build_ack(&m, AckCode::AR, Some("bad"), None);
+                    let _ = ferry_hl7::validate::validate(&m);
+                    let _ = ferry_hl7::validate::groups(&m);
+                    let _ = message_to_utf8(chunk, &CharsetPolicy::default());
+                    for path in ["PID-5", "PID-3", "OBX-3", "MSH-7", "PID-7"] {
+                        let _ = (m.xpn(path), m.cx(path), m.cwe(path), m.dtm(path));
+                        let _ = m.get_str(path);
+                    }
                 }
                 Err(_) => outcomes.1 += 1,
             }
