@@ -51,6 +51,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         let _ = buf.delete("PID-3(2)");
+        let _ = ferry_hl7::validate::validate(&message);
+        let _ = ferry_hl7::validate::groups(&message);
+        let _ = ferry_hl7::charset::message_to_utf8(data, &ferry_hl7::charset::CharsetPolicy::default());
+        for path in ["PID-5", "PID-3", "OBX-3", "MSH-7"] {
+            let _ = (message.xpn(path), message.cx(path), message.cwe(path), message.dtm(path));
+        }
         let _ = buf.remove_segment("OBX", 1);
         assert!(Message::parse(buf.as_bytes()).is_ok());
     }

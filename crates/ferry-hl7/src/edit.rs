@@ -19,6 +19,7 @@
 
 use std::ops::Range;
 
+use crate::charset::Charset;
 use crate::escape;
 use crate::message::{Index, Message, ParseError, index, nth_part, part_count};
 use crate::path::{Path, PathError};
@@ -81,6 +82,16 @@ pub enum EditError {
     /// A segment given as bytes is not a segment.
     #[error("not a segment: {0}")]
     InvalidSegment(String),
+    /// The message's charset has no way to write a character of the text.
+    #[error("{path}: `{found}` cannot be written in the message's charset ({charset})")]
+    Unencodable {
+        /// The path being set.
+        path: String,
+        /// The charset (MSH-18 code).
+        charset: &'static str,
+        /// The character.
+        found: char,
+    },
     /// The text holds a delimiter, but the message declares no escape character to write it.
     #[error(
         "{path}: the text holds `{found}`, and the message declares no escape character in MSH-2 to write it"
@@ -162,31 +173,29 @@ impl MessageBuf {
     pub fn set(&mut self, path: &str, text: &str) -> Result<(), EditError> {
         let path = Path::parse(path)?;
         let raw = self.encode(&path, text)?;
-        self.set_raw_path(&path, raw.as_bytes())
+        self.set_raw_path(&path, &raw)
     }
 
-    /// Escape text for this message, refusing what cannot be written without an escape
-    /// character.
-    fn encode(&self, path: &Path, text: &str) -> Result<String, EditError> {
+    /// Escape text for this message and write it in the message's charset (MSH-18),
+    /// refusing what cannot be written: a delimiter without an escape character, a character
+    /// the charset does not have.
+    fn encode(&self, path: &Path, text: &str) -> Result<Vec<u8>, EditError> {
         let d = self.index.delimiters;
-        if d.escape.is_none() {
-            let special = [
-                Some(d.field),
-                Some(d.component),
-                d.repetition,
-                d.subcomponent,
-            ];
-            if let Some(c) = text
-                .bytes()
-                .find(|b| special.contains(&Some(*b)) || *b == b'\r' || *b == b'\n')
-            {
-                return Err(EditError::CannotEscape {
-                    path: path_text(path),
-                    found: c as char,
-                });
-            }
+        let escaped = escape::try_encode(text, &d).map_err(|e| match e {
+            escape::EncodeError::NoEscapeCharacter(found) => EditError::CannotEscape {
+                path: path_text(path),
+                found,
+            },
+        })?;
+        let charset = self.index.charset.unwrap_or(Charset::Utf8);
+        match charset.encode(&escaped) {
+            Ok(bytes) => Ok(bytes.into_owned()),
+            Err(e) => Err(EditError::Unencodable {
+                path: path_text(path),
+                charset: charset.code(),
+                found: e.character,
+            }),
         }
-        Ok(escape::encode(text, &d))
     }
 
     /// Set the explicit null `""` at a path (the receiver should delete its value).
@@ -233,13 +242,15 @@ impl MessageBuf {
         let Some(field) = segment.field_range(path.field) else {
             return Ok(false);
         };
+        let scan = self.index.scan;
         let range = match level(&path) {
             Level::Field => field,
             Level::Repetition => {
                 let Some(sep) = self.index.delimiters.repetition else {
                     return Ok(false);
                 };
-                let Some(rep) = nth_part(&self.bytes, field.clone(), sep, path.repetition) else {
+                let Some(rep) = nth_part(&self.bytes, field.clone(), sep, path.repetition, scan)
+                else {
                     return Ok(false);
                 };
                 // Take one adjacent separator with the repetition.
@@ -284,19 +295,20 @@ impl MessageBuf {
             let mut whole = path.clone();
             whole.component = None;
             whole.subcomponent = None;
-            return self.set_raw_path(&whole, raw.as_bytes());
+            return self.set_raw_path(&whole, &raw);
         };
-        let count = part_count(&self.bytes, field.clone(), sep);
+        let scan = self.index.scan;
+        let count = part_count(&self.bytes, field.clone(), sep, scan);
         if field.is_empty() && path.repetition == 1 {
-            return self.splice(field, raw.as_bytes());
+            return self.splice(field, &raw);
         }
         if path.repetition > count {
             let mut insert = vec![sep; path.repetition - count];
-            insert.extend_from_slice(raw.as_bytes());
+            insert.extend_from_slice(&raw);
             return self.splice(field.end..field.end, &insert);
         }
-        let at = nth_part(&self.bytes, field, sep, path.repetition).map_or(0, |r| r.start);
-        let mut insert = raw.into_bytes();
+        let at = nth_part(&self.bytes, field, sep, path.repetition, scan).map_or(0, |r| r.start);
+        let mut insert = raw;
         insert.push(sep);
         self.splice(at..at, &insert)
     }
@@ -472,6 +484,7 @@ impl MessageBuf {
     /// there) and the separators to put before the value to reach it.
     fn target(&self, seg: usize, path: &Path) -> Result<(Range<usize>, Vec<u8>), EditError> {
         let d = self.index.delimiters;
+        let scan = self.index.scan;
         let bytes = &self.bytes;
         let segment = self.message_segment(seg)?;
         let lvl = level(path);
@@ -519,35 +532,35 @@ impl MessageBuf {
                 });
             }
             Some(r) => {
-                let reps = part_count(bytes, field.clone(), r);
+                let reps = part_count(bytes, field.clone(), r, scan);
                 if path.repetition > reps {
                     let mut pad = vec![r; path.repetition - reps];
                     pad_below(Level::Repetition, &mut pad)?;
                     return Ok((field.end..field.end, pad));
                 }
-                nth_part(bytes, field, r, path.repetition).unwrap_or_default()
+                nth_part(bytes, field, r, path.repetition, scan).unwrap_or_default()
             }
         };
         let Some(c) = path.component else {
             return Ok((rep, Vec::new()));
         };
-        let comps = part_count(bytes, rep.clone(), d.component);
+        let comps = part_count(bytes, rep.clone(), d.component, scan);
         if c > comps {
             let mut pad = vec![d.component; c - comps];
             pad_below(Level::Component, &mut pad)?;
             return Ok((rep.end..rep.end, pad));
         }
-        let comp = nth_part(bytes, rep, d.component, c).unwrap_or_default();
+        let comp = nth_part(bytes, rep, d.component, c, scan).unwrap_or_default();
         let Some(s) = path.subcomponent else {
             return Ok((comp, Vec::new()));
         };
         let sub = need("subcomponent", d.subcomponent)?;
-        let subs = part_count(bytes, comp.clone(), sub);
+        let subs = part_count(bytes, comp.clone(), sub, scan);
         if s > subs {
             return Ok((comp.end..comp.end, vec![sub; s - subs]));
         }
         Ok((
-            nth_part(bytes, comp, sub, s).unwrap_or_default(),
+            nth_part(bytes, comp, sub, s, scan).unwrap_or_default(),
             Vec::new(),
         ))
     }
@@ -574,7 +587,9 @@ impl MessageBuf {
         for (sep, what, from) in forbidden {
             if let Some(sep) = sep
                 && lvl >= from
-                && raw.contains(&sep)
+                && crate::message::positions(raw, sep, self.index.scan)
+                    .next()
+                    .is_some()
             {
                 return Err(EditError::DelimiterInValue {
                     path: path_text(path),
@@ -791,6 +806,29 @@ OBX|2|ST|B||two\n";
         assert_eq!(m.get("PID-3(2)").expect("path"), Some(&b"42^^^GH^MR"[..]));
         m.insert_repetition("PID-3(4)", "last").expect("insert");
         assert_eq!(m.get("PID-3(4)").expect("path"), Some(&b"last"[..]));
+    }
+
+    #[test]
+    fn text_is_written_in_the_message_charset() {
+        let jp = b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||ISO IR87\rPID|1\r";
+        let mut m = MessageBuf::parse(&jp[..]).expect("parse");
+        m.set("PID-5.1", "タロウ^X").expect("set");
+        // ウ is the JIS pair `%&`: written inside the shifted run, read back whole.
+        assert_eq!(
+            m.get("PID-5.1").expect("path"),
+            Some(&b"\x1b$B%?%m%&\x1b(B\\S\\X"[..])
+        );
+        assert_eq!(text(&m, "PID-5.1").as_deref(), Some("タロウ^X"));
+        let mut latin =
+            MessageBuf::parse(&b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||8859/1\rPID|1\r"[..])
+                .expect("parse");
+        latin.set("PID-5.1", "José").expect("set");
+        assert_eq!(latin.get("PID-5.1").expect("path"), Some(&b"Jos\xe9"[..]));
+        assert_eq!(text(&latin, "PID-5.1").as_deref(), Some("José"));
+        assert!(matches!(
+            latin.set("PID-5.1", "患者"),
+            Err(EditError::Unencodable { found: '患', .. })
+        ));
     }
 
     #[test]

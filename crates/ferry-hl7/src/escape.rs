@@ -31,10 +31,11 @@ use crate::message::Delimiters;
 
 /// How to find escape characters in raw bytes: in some charsets the escape or delimiter byte
 /// values also occur inside multi-byte characters, and those must not be read as escapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Scan {
     /// Every byte is a character of its own or part of a UTF-8/EUC sequence (all bytes >= 0x80),
     /// so an ASCII byte is always that ASCII character.
+    #[default]
     Plain,
     /// ISO 2022 (ISO-2022-JP): after `ESC $ @`, `ESC $ B` or `ESC $ ( D` bytes come in pairs of
     /// 0x21..=0x7E until `ESC ( B`/`ESC ( J`/`ESC ( I`; those pairs are never escapes.
@@ -72,10 +73,15 @@ pub(crate) fn decode_bytes_scan<'a>(raw: &'a [u8], d: &Delimiters, scan: Scan) -
         match scan {
             Scan::Iso2022 if b == 0x1B => {
                 let seq = raw.get(i + 1..(i + 4).min(raw.len())).unwrap_or_default();
-                if seq.starts_with(b"$@") || seq.starts_with(b"$B") || seq.starts_with(b"$(D") {
-                    double = true;
-                } else if seq.starts_with(b"(B") || seq.starts_with(b"(J") || seq.starts_with(b"(I")
+                if seq.starts_with(b"$@")
+                    || seq.starts_with(b"$B")
+                    || seq.starts_with(b"$(D")
+                    || seq.starts_with(b"(I")
                 {
+                    // Two-byte JIS, or 7-bit JIS X 0201 katakana: bytes that look like
+                    // ASCII are halves (or whole) of other characters.
+                    double = true;
+                } else if seq.starts_with(b"(B") || seq.starts_with(b"(J") {
                     double = false;
                 }
                 out.push(b);
@@ -114,7 +120,8 @@ pub(crate) fn decode_bytes_scan<'a>(raw: &'a [u8], d: &Delimiters, scan: Scan) -
     Cow::Owned(out)
 }
 
-fn is_lead(scan: Scan, b: u8) -> bool {
+/// Whether `b` starts a two-byte character in a lead-byte charset.
+pub(crate) fn is_lead(scan: Scan, b: u8) -> bool {
     match scan {
         Scan::ShiftJis => matches!(b, 0x81..=0x9f | 0xe0..=0xfc),
         Scan::Big5Gb18030 => matches!(b, 0x81..=0xfe),

@@ -34,7 +34,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::message::{Delimiters, Message, index};
+use crate::escape::Scan;
+use crate::message::{Delimiters, Message, index, positions, split_parts};
 
 /// The `format` marker of the JSON form.
 pub const FORMAT: &str = "ferry-hl7/1";
@@ -70,23 +71,23 @@ fn text(bytes: &[u8], encoding: Encoding) -> String {
     }
 }
 
-fn split(bytes: &[u8], sep: Option<u8>) -> Vec<&[u8]> {
+fn split(bytes: &[u8], sep: Option<u8>, scan: Scan) -> Vec<&[u8]> {
     match sep {
-        Some(s) if bytes.contains(&s) => bytes.split(|b| *b == s).collect(),
-        _ => vec![bytes],
+        Some(s) => split_parts(bytes, s, scan).collect(),
+        None => vec![bytes],
     }
 }
 
 /// A leaf, or a list of the next level down when there are separators.
-fn level(bytes: &[u8], seps: &[Option<u8>], encoding: Encoding) -> Value {
+fn level(bytes: &[u8], seps: &[Option<u8>], scan: Scan, encoding: Encoding) -> Value {
     let Some((sep, deeper)) = seps.split_first() else {
         return Value::String(text(bytes, encoding));
     };
-    let parts = split(bytes, *sep);
+    let parts = split(bytes, *sep, scan);
     if parts.len() == 1 {
         // No separator at this level: look one level down, but a single part at a deeper
         // level must be wrapped so that the list depth tells the level.
-        return match level(bytes, deeper, encoding) {
+        return match level(bytes, deeper, scan, encoding) {
             Value::String(s) => Value::String(s),
             inner => Value::Array(vec![inner]),
         };
@@ -94,7 +95,7 @@ fn level(bytes: &[u8], seps: &[Option<u8>], encoding: Encoding) -> Value {
     Value::Array(
         parts
             .into_iter()
-            .map(|p| level(p, deeper, encoding))
+            .map(|p| level(p, deeper, scan, encoding))
             .collect(),
     )
 }
@@ -131,7 +132,7 @@ pub fn to_json(message: &Message<'_>) -> Value {
                 } else {
                     // A field is a string or a list of repetitions: force the outer list
                     // when the field has components but a single repetition.
-                    level(raw, &seps, encoding)
+                    level(raw, &seps, message.scan(), encoding)
                 }
             })
             .collect();
@@ -215,14 +216,18 @@ fn write_level(
     v: &Value,
     seps: &[Option<u8>],
     forbidden: &[u8],
+    scan: Scan,
     at: &str,
 ) -> Result<(), JsonError> {
     match v {
         Value::String(s) => {
-            if let Some(c) = s.bytes().find(|b| forbidden.contains(b)) {
+            if let Some(c) = forbidden
+                .iter()
+                .find(|f| positions(s.as_bytes(), **f, scan).next().is_some())
+            {
                 return Err(err(
                     at,
-                    format!("`{}` is a separator at this level or above", c as char),
+                    format!("`{}` is a separator at this level or above", *c as char),
                 ));
             }
             w.put(at, s)
@@ -244,7 +249,7 @@ fn write_level(
                 if let (true, Some(sep)) = (i > 0, sep) {
                     w.out.push(*sep);
                 }
-                write_level(w, part, deeper, forbidden, &format!("{at}[{i}]"))?;
+                write_level(w, part, deeper, forbidden, scan, &format!("{at}[{i}]"))?;
             }
             Ok(())
         }
@@ -305,6 +310,7 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
         }
     }
     let mut delimiters = Delimiters::default();
+    let mut scan = Scan::Plain;
     for (i, segment) in segments.iter().enumerate() {
         let at = format!("segments[{i}]");
         let object = segment
@@ -363,7 +369,7 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
             // between list items, never inside a string.
             let mut forbidden = vec![d.field];
             forbidden.extend(seps.iter().flatten());
-            write_level(&mut w, field, &seps, &forbidden, &fat)?;
+            write_level(&mut w, field, &seps, &forbidden, scan, &fat)?;
         }
         let end = match object.get("end") {
             Some(e) => str_at(e, &format!("{at}.end"))?,
@@ -379,10 +385,31 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
             ));
         }
         w.put(&format!("{at}.end"), end)?;
+        if i == 0 {
+            // MSH-18 (read as the parser reads it) says how the other segments' delimiters
+            // are told from bytes of multi-byte characters.
+            scan = index(&w.out).map_or(Scan::Plain, |ix| ix.scan);
+        }
     }
     // The bytes must read back as exactly these segments (a line break inside a leaf could
     // otherwise start a new one).
     let parsed = index(&w.out).map_err(|e| err("segments", e.to_string()))?;
+    let field_counts_differ = parsed.segments.iter().zip(segments).any(|(span, segment)| {
+        let is_msh = bytes_at(&w.out, span.start as usize) == b"MSH";
+        let seps = (span.sep_end - span.sep_start) as usize;
+        let count = if is_msh && seps > 0 { seps + 1 } else { seps };
+        let declared = segment
+            .get("fields")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        count != declared
+    });
+    if parsed.segments.len() == segments.len() && field_counts_differ {
+        return Err(err(
+            "segments",
+            "the text does not read back with the fields given: a value holds a field separator",
+        ));
+    }
     if parsed.segments.len() != segments.len() {
         return Err(err(
             "segments",
@@ -394,6 +421,10 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
         ));
     }
     Ok(w.out)
+}
+
+fn bytes_at(bytes: &[u8], at: usize) -> &[u8] {
+    bytes.get(at..at + 3).unwrap_or_default()
 }
 
 #[cfg(test)]

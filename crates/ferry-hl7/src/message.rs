@@ -4,10 +4,18 @@
 //! recording where each segment starts and ends and where every field separator is. Reading
 //! field `n` of a segment is then two array reads; repetitions, components and subcomponents
 //! are found inside the field on demand. Nothing is copied and nothing is allocated per field.
+//!
+//! In charsets whose multi-byte characters reuse ASCII byte values (ISO-2022-JP, as MSH-18
+//! `ISO IR87`; Shift_JIS, Big5, GB 18030), a `|` or `^` byte may be half of a Japanese or
+//! Chinese character. The parser reads MSH-18 and, for those charsets, walks the bytes with
+//! their shift state (see [`Chars`]) so that only real delimiters split fields, repetitions,
+//! components and subcomponents.
 
 use std::borrow::Cow;
 use std::ops::Range;
 
+use crate::charset::Charset;
+use crate::escape::{Scan, is_lead};
 use crate::path::{Path, PathError};
 
 /// The delimiters a message declares in MSH-1 and MSH-2.
@@ -119,13 +127,113 @@ pub(crate) struct Index {
     pub(crate) delimiters: Delimiters,
     pub(crate) segments: Vec<SegmentSpan>,
     pub(crate) seps: Vec<u32>,
+    /// How delimiters are told from bytes of multi-byte characters (from MSH-18).
+    pub(crate) scan: Scan,
+    /// The charset MSH-18 declares; `None` when it names one Ferry does not know.
+    pub(crate) charset: Option<Charset>,
+}
+
+/// The bytes of a value that stand for themselves, with their offsets: every byte in most
+/// charsets, but not the bytes inside an ISO-2022 two-byte run (nor its escape sequences),
+/// nor the two bytes of a Shift_JIS/Big5/GB 18030 character. A delimiter can only be one of
+/// these. Must start at a character boundary in the initial shift state, which every field,
+/// repetition, component and subcomponent start is.
+#[derive(Debug, Clone)]
+pub(crate) struct Chars<'b> {
+    bytes: &'b [u8],
+    at: usize,
+    scan: Scan,
+    shifted: bool,
+}
+
+impl<'b> Chars<'b> {
+    pub(crate) fn new(bytes: &'b [u8], scan: Scan) -> Chars<'b> {
+        Chars {
+            bytes,
+            at: 0,
+            scan,
+            shifted: false,
+        }
+    }
+}
+
+impl Iterator for Chars<'_> {
+    type Item = (usize, u8);
+
+    fn next(&mut self) -> Option<(usize, u8)> {
+        loop {
+            let i = self.at;
+            let b = *self.bytes.get(i)?;
+            match self.scan {
+                Scan::Plain => {
+                    self.at += 1;
+                    return Some((i, b));
+                }
+                Scan::Iso2022 if b == 0x1B => {
+                    let seq = self.bytes.get(i + 1..).unwrap_or_default();
+                    let (len, shifted) = if seq.starts_with(b"$(D") {
+                        (4, true)
+                    } else if seq.starts_with(b"$@")
+                        || seq.starts_with(b"$B")
+                        || seq.starts_with(b"(I")
+                    {
+                        (3, true)
+                    } else if seq.starts_with(b"(B") || seq.starts_with(b"(J") {
+                        (3, false)
+                    } else {
+                        (1, self.shifted)
+                    };
+                    self.at += len;
+                    self.shifted = shifted;
+                }
+                Scan::Iso2022 => {
+                    self.at += 1;
+                    if is_segment_end(b) {
+                        // A line must end in ASCII; a broken message does not hide the rest.
+                        self.shifted = false;
+                        return Some((i, b));
+                    }
+                    if !self.shifted {
+                        return Some((i, b));
+                    }
+                }
+                Scan::ShiftJis | Scan::Big5Gb18030 if is_lead(self.scan, b) => {
+                    // Lead and trail byte; a line end is never a trail byte.
+                    let trail_breaks = self.bytes.get(i + 1).is_some_and(|t| is_segment_end(*t));
+                    self.at += if trail_breaks { 1 } else { 2 };
+                }
+                Scan::ShiftJis | Scan::Big5Gb18030 => {
+                    self.at += 1;
+                    return Some((i, b));
+                }
+            }
+        }
+    }
+}
+
+/// The next field separator or line end at or after `from`.
+fn next_boundary(bytes: &[u8], from: usize, field: u8, scan: Scan) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    let found = match scan {
+        Scan::Plain => memchr::memchr3(field, b'\r', b'\n', rest),
+        _ => Chars::new(rest, scan)
+            .find(|(_, b)| *b == field || is_segment_end(*b))
+            .map(|(i, _)| i),
+    };
+    found.map(|i| from + i)
 }
 
 impl Index {
     /// The segment at 0-based `position` of the message `bytes` this index was made from.
     pub(crate) fn segment<'a>(&'a self, bytes: &'a [u8], position: usize) -> Option<Segment<'a>> {
         let span = *self.segments.get(position)?;
-        Some(segment_of(bytes, &self.seps, span, self.delimiters))
+        Some(segment_of(
+            bytes,
+            &self.seps,
+            span,
+            self.delimiters,
+            self.scan,
+        ))
     }
 }
 
@@ -134,6 +242,7 @@ fn segment_of<'a>(
     seps: &'a [u32],
     span: SegmentSpan,
     delimiters: Delimiters,
+    scan: Scan,
 ) -> Segment<'a> {
     let seps = seps
         .get(span.sep_start as usize..span.sep_end as usize)
@@ -143,6 +252,7 @@ fn segment_of<'a>(
         span,
         seps,
         delimiters,
+        scan,
     }
 }
 
@@ -159,6 +269,8 @@ pub struct Message<'a> {
     delimiters: Delimiters,
     segments: Cow<'a, [SegmentSpan]>,
     seps: Cow<'a, [u32]>,
+    scan: Scan,
+    charset: Option<Charset>,
 }
 
 /// One segment of a message.
@@ -170,6 +282,7 @@ pub struct Segment<'a> {
     /// This segment's field separators, absolute offsets.
     seps: &'a [u32],
     delimiters: Delimiters,
+    scan: Scan,
 }
 
 /// What a path holds, with HL7's distinction between an empty value and an explicit null.
@@ -263,8 +376,29 @@ fn after_break(bytes: &[u8], at: usize, field: u8) -> AfterBreak {
     }
 }
 
-/// Index `bytes` (see [`Message::parse`]).
+/// Index `bytes` (see [`Message::parse`]), reading MSH-18 to know how to scan them.
 pub(crate) fn index(bytes: &[u8]) -> Result<Index, ParseError> {
+    let mut index = index_with(bytes, Scan::Plain)?;
+    let d = index.delimiters;
+    let msh18 = index
+        .segment(bytes, 0)
+        .and_then(|msh| msh.field(18))
+        .unwrap_or_default();
+    let charset = Charset::from_msh18_field(msh18, &d).ok();
+    let mut scan = charset.map_or(Scan::Plain, Charset::scan);
+    // ISO-2022 escapes in a message that declares no charset: the bytes say what they are.
+    if scan == Scan::Plain && msh18.is_empty() && memchr::memmem::find(bytes, b"\x1b$").is_some() {
+        scan = Scan::Iso2022;
+    }
+    if scan != Scan::Plain {
+        index = index_with(bytes, scan)?;
+    }
+    index.charset = charset;
+    Ok(index)
+}
+
+/// Index `bytes`, telling delimiters from multi-byte characters as `scan` says.
+fn index_with(bytes: &[u8], scan: Scan) -> Result<Index, ParseError> {
     if u32::try_from(bytes.len()).is_err() {
         return Err(ParseError::TooLarge { len: bytes.len() });
     }
@@ -305,14 +439,10 @@ pub(crate) fn index(bytes: &[u8]) -> Result<Index, ParseError> {
     };
     let mut pos = start + 3;
     loop {
-        let Some(i) = bytes
-            .get(pos..)
-            .and_then(|rest| memchr::memchr3(field, b'\r', b'\n', rest))
-        else {
+        let Some(at) = next_boundary(bytes, pos, field, scan) else {
             close(&seps, seg_start, bytes.len(), sep_start);
             break;
         };
-        let at = pos + i;
         if bytes[at] == field {
             seps.push(at as u32);
             pos = at + 1;
@@ -337,7 +467,24 @@ pub(crate) fn index(bytes: &[u8]) -> Result<Index, ParseError> {
         delimiters,
         segments,
         seps,
+        scan,
+        charset: None,
     })
+}
+
+/// Offsets of `sep` in `slice` that are real delimiters under `scan`.
+pub(crate) fn positions(slice: &[u8], sep: u8, scan: Scan) -> impl Iterator<Item = usize> + '_ {
+    let (plain, chars) = match scan {
+        Scan::Plain => (Some(memchr::memchr_iter(sep, slice)), None),
+        _ => (None, Some(Chars::new(slice, scan))),
+    };
+    plain.into_iter().flatten().chain(
+        chars
+            .into_iter()
+            .flatten()
+            .filter(move |(_, b)| *b == sep)
+            .map(|(i, _)| i),
+    )
 }
 
 /// The `n`-th (1-based) part of `range` in `bytes` split on `sep`, as an absolute range.
@@ -346,11 +493,12 @@ pub(crate) fn nth_part(
     range: Range<usize>,
     sep: u8,
     n: usize,
+    scan: Scan,
 ) -> Option<Range<usize>> {
     let slice = bytes.get(range.clone())?;
     let mut part = 1;
     let mut part_start = 0;
-    for i in memchr::memchr_iter(sep, slice) {
+    for i in positions(slice, sep, scan) {
         if part == n {
             return Some(range.start + part_start..range.start + i);
         }
@@ -361,10 +509,33 @@ pub(crate) fn nth_part(
 }
 
 /// How many parts `range` has when split on `sep` (an empty range is one empty part).
-pub(crate) fn part_count(bytes: &[u8], range: Range<usize>, sep: u8) -> usize {
+pub(crate) fn part_count(bytes: &[u8], range: Range<usize>, sep: u8, scan: Scan) -> usize {
     bytes
         .get(range)
-        .map_or(0, |s| memchr::memchr_iter(sep, s).count() + 1)
+        .map_or(0, |s| positions(s, sep, scan).count() + 1)
+}
+
+/// The parts of `raw` split on `sep` under `scan`.
+pub(crate) fn split_parts(raw: &[u8], sep: u8, scan: Scan) -> impl Iterator<Item = &[u8]> + '_ {
+    let mut start = 0;
+    let mut seps = positions(raw, sep, scan);
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        match seps.next() {
+            Some(i) => {
+                let part = raw.get(start..i);
+                start = i + 1;
+                part
+            }
+            None => {
+                done = true;
+                raw.get(start..)
+            }
+        }
+    })
 }
 
 impl<'a> Message<'a> {
@@ -378,6 +549,8 @@ impl<'a> Message<'a> {
             delimiters: index.delimiters,
             segments: Cow::Owned(index.segments),
             seps: Cow::Owned(index.seps),
+            scan: index.scan,
+            charset: index.charset,
         })
     }
 
@@ -388,6 +561,8 @@ impl<'a> Message<'a> {
             delimiters: index.delimiters,
             segments: Cow::Borrowed(&index.segments),
             seps: Cow::Borrowed(&index.seps),
+            scan: index.scan,
+            charset: index.charset,
         }
     }
 
@@ -397,6 +572,8 @@ impl<'a> Message<'a> {
             delimiters: self.delimiters,
             segments: self.segments.to_vec(),
             seps: self.seps.to_vec(),
+            scan: self.scan,
+            charset: self.charset,
         }
     }
 
@@ -415,7 +592,25 @@ impl<'a> Message<'a> {
     }
 
     fn segment_at(&self, span: SegmentSpan) -> Segment<'_> {
-        segment_of(self.bytes, &self.seps, span, self.delimiters)
+        segment_of(self.bytes, &self.seps, span, self.delimiters, self.scan)
+    }
+
+    /// How this message's delimiters are found (from MSH-18).
+    pub(crate) fn scan(&self) -> Scan {
+        self.scan
+    }
+
+    /// The charset MSH-18 declares (ASCII when MSH-18 is empty); `None` when it names a
+    /// charset Ferry does not know.
+    pub fn declared_charset(&self) -> Option<Charset> {
+        self.charset
+    }
+
+    /// The parts of a value of this message split on `sep` (a repetition, component or
+    /// subcomponent separator). Use this rather than a plain byte split: in ISO-2022-JP,
+    /// Shift_JIS, Big5 and GB 18030 a delimiter byte can be half of a character.
+    pub fn parts<'v>(&self, raw: &'v [u8], sep: u8) -> impl Iterator<Item = &'v [u8]> + 'v {
+        split_parts(raw, sep, self.scan)
     }
 
     /// Segments in order.
@@ -473,11 +668,27 @@ impl<'a> Message<'a> {
         Ok(Value::from_raw(self.get(path)?))
     }
 
-    /// The text at a path with escapes decoded (`\F\` → `|` …); `None` when absent.
+    /// The text at a path with escapes decoded (`\F\` → `|` …) and the bytes read in the
+    /// charset MSH-18 declares (ISO-8859-1 when they do not fit it, the default
+    /// [`CharsetPolicy`](crate::charset::CharsetPolicy)); `None` when absent. Borrows, without
+    /// allocating, when the value has no escape and is ASCII or valid UTF-8 in a UTF-8
+    /// compatible message.
     pub fn get_str(&self, path: &str) -> Result<Option<Cow<'a, str>>, PathError> {
-        Ok(self
-            .get(path)?
-            .map(|raw| crate::escape::decode(raw, &self.delimiters)))
+        Ok(self.get(path)?.map(|raw| self.text(raw)))
+    }
+
+    /// Decode a raw value of this message to text (see [`get_str`](Self::get_str)).
+    pub fn text<'v>(&self, raw: &'v [u8]) -> Cow<'v, str> {
+        let charset = self.charset.unwrap_or(Charset::Utf8);
+        let decoder = crate::charset::TextDecoder::new(
+            charset,
+            self.delimiters,
+            crate::charset::CharsetPolicy::default(),
+        );
+        match decoder.text(raw) {
+            Ok(text) => text,
+            Err(_) => String::from_utf8_lossy(raw),
+        }
     }
 
     fn header(&self, field: usize) -> Option<&'a str> {
@@ -698,20 +909,21 @@ impl<'a> Segment<'a> {
         }
         let d = self.delimiters;
         let bytes = self.message;
+        let scan = self.scan;
         let rep = match d.repetition {
-            Some(r) => nth_part(bytes, field, r, path.repetition)?,
+            Some(r) => nth_part(bytes, field, r, path.repetition, scan)?,
             None if path.repetition == 1 => field,
             None => return None,
         };
         let Some(c) = path.component else {
             return Some(rep);
         };
-        let comp = nth_part(bytes, rep, d.component, c)?;
+        let comp = nth_part(bytes, rep, d.component, c, scan)?;
         let Some(s) = path.subcomponent else {
             return Some(comp);
         };
         match d.subcomponent {
-            Some(sub) => nth_part(bytes, comp, sub, s),
+            Some(sub) => nth_part(bytes, comp, sub, s, scan),
             None if s == 1 => Some(comp),
             None => None,
         }
@@ -721,6 +933,48 @@ impl<'a> Segment<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fields 3..=17 empty, then MSH-18.
+    fn header(msh18: &str) -> String {
+        format!("MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||{msh18}")
+    }
+
+    #[test]
+    fn iso_2022_jp_delimiter_bytes_inside_characters_do_not_split() {
+        // ESC $ B, then the JIS pairs 0x25 0x26 (ウ, `%&`) and 0x25 0x7C (`%|`), ESC ( B.
+        let text = format!("{}\rPID|1||\x1b$B%&%|\x1b(B^X|Y\r", header("ISO IR87"));
+        let m = Message::parse(text.as_bytes()).expect("parse");
+        assert_eq!(m.declared_charset(), Some(Charset::Iso2022Jp));
+        let pid = m.segment("PID", 1).expect("PID");
+        assert_eq!(pid.field_count(), 4);
+        assert_eq!(pid.field(3), Some(&b"\x1b$B%&%|\x1b(B^X"[..]));
+        assert_eq!(
+            m.get("PID-3.1").expect("path"),
+            Some(&b"\x1b$B%&%|\x1b(B"[..])
+        );
+        assert_eq!(m.get("PID-3.2").expect("path"), Some(&b"X"[..]));
+        assert_eq!(m.get("PID-4").expect("path"), Some(&b"Y"[..]));
+        // The same bytes read as ASCII would cut the name at `&` and `|`.
+        let plain = text.replace("ISO IR87", "ASCII");
+        let p = Message::parse(plain.as_bytes()).expect("parse");
+        assert_eq!(p.segment("PID", 1).map(|s| s.field_count()), Some(5));
+        // Undeclared, the ISO-2022 escape itself says what the bytes are.
+        let undeclared = text.replace("ISO IR87", "");
+        let u = Message::parse(undeclared.as_bytes()).expect("parse");
+        assert_eq!(u.segment("PID", 1).map(|s| s.field_count()), Some(4));
+    }
+
+    #[test]
+    fn lead_byte_charsets_skip_trail_bytes() {
+        // GB 18030 0x81 0x7C: a two-byte character whose trail byte is `|`.
+        let mut bytes = header("GB 18030-2000").into_bytes();
+        bytes.extend_from_slice(b"\rPID|1||A\x81\x7cB^C|D\r");
+        let m = Message::parse(&bytes).expect("parse");
+        assert_eq!(m.get("PID-3.1").expect("path"), Some(&b"A\x81\x7cB"[..]));
+        assert_eq!(m.get("PID-4").expect("path"), Some(&b"D"[..]));
+        let parts: Vec<&[u8]> = m.parts(b"A\x81^B^C", b'^').collect();
+        assert_eq!(parts, vec![&b"A\x81^B"[..], &b"C"[..]]);
+    }
 
     #[test]
     fn non_ascii_delimiters_are_refused() {

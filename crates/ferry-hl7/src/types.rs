@@ -18,7 +18,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use crate::charset::{DecodeError, TextDecoder};
-use crate::message::{Delimiters, Message};
+use crate::escape::Scan;
+use crate::message::{Delimiters, Message, split_parts};
 use crate::path::PathError;
 
 /// True when the raw value is the HL7 explicit null `""`.
@@ -47,9 +48,9 @@ pub fn repetitions<'a>(field: &'a [u8], d: &Delimiters) -> impl Iterator<Item = 
 
 /// The `n`-th (1-based) piece of `raw` split on `sep`; the whole value for `n == 1` without a
 /// separator.
-fn nth(raw: &[u8], sep: Option<u8>, n: usize) -> Option<&[u8]> {
+fn nth(raw: &[u8], sep: Option<u8>, n: usize, scan: Scan) -> Option<&[u8]> {
     match sep {
-        Some(s) => raw.split(move |b| *b == s).nth(n.checked_sub(1)?),
+        Some(s) => split_parts(raw, s, scan).nth(n.checked_sub(1)?),
         None => (n == 1).then_some(raw),
     }
 }
@@ -62,12 +63,17 @@ struct Reader<'a, 'd> {
 }
 
 impl<'a> Reader<'a, '_> {
+    /// Multi-byte charsets reuse delimiter byte values inside characters.
+    fn scan(&self) -> Scan {
+        self.decoder.map_or(Scan::Plain, |d| d.charset().scan())
+    }
+
     fn comp(&self, n: usize) -> &'a [u8] {
-        nth(self.raw, Some(self.d.component), n).unwrap_or_default()
+        nth(self.raw, Some(self.d.component), n, self.scan()).unwrap_or_default()
     }
 
     fn sub(&self, comp: usize, sub: usize) -> &'a [u8] {
-        nth(self.comp(comp), self.d.subcomponent, sub).unwrap_or_default()
+        nth(self.comp(comp), self.d.subcomponent, sub, self.scan()).unwrap_or_default()
     }
 
     fn text(&self, piece: &'a [u8]) -> Result<Option<Cow<'a, str>>, DecodeError> {
@@ -503,7 +509,7 @@ impl Dtm {
     /// Parse a TS (v2.5 and earlier): component 1 is the DTM, component 2 the deprecated
     /// degree of precision, which is ignored.
     pub fn parse_ts(raw: &[u8], d: &Delimiters) -> Result<Dtm, DtmError> {
-        Dtm::parse(nth(raw, Some(d.component), 1).unwrap_or_default())
+        Dtm::parse(nth(raw, Some(d.component), 1, Scan::Plain).unwrap_or_default())
     }
 
     /// How much the value gives.
@@ -628,31 +634,38 @@ pub enum TypedError {
 /// Typed reads at a path. The path addresses a field repetition (`PID-5`, `PID-5(2)`); text is
 /// read as UTF-8 (use the `parse_with` constructors and a [`TextDecoder`] for other charsets).
 impl<'a> Message<'a> {
+    /// A text decoder for this message's declared charset (UTF-8 when it names an unknown one).
+    fn decoder(&self) -> TextDecoder {
+        TextDecoder::new(
+            self.declared_charset()
+                .unwrap_or(crate::charset::Charset::Utf8),
+            *self.delimiters(),
+            crate::charset::CharsetPolicy::default(),
+        )
+    }
+
     /// The XPN at a path (`PID-5`); `None` when absent or empty.
     pub fn xpn(&self, path: &str) -> Result<Option<Xpn<'a>>, PathError> {
-        let d = *self.delimiters();
-        Ok(self
-            .get(path)?
-            .filter(|r| !r.is_empty())
-            .map(|r| Xpn::parse(r, &d)))
+        let decoder = self.decoder();
+        Ok(self.get(path)?.filter(|r| !r.is_empty()).map(|r| {
+            Xpn::parse_with(r, &decoder).unwrap_or_else(|_| Xpn::parse(r, decoder.delimiters()))
+        }))
     }
 
     /// The CX at a path (`PID-3`, `PID-3(2)`); `None` when absent or empty.
     pub fn cx(&self, path: &str) -> Result<Option<Cx<'a>>, PathError> {
-        let d = *self.delimiters();
-        Ok(self
-            .get(path)?
-            .filter(|r| !r.is_empty())
-            .map(|r| Cx::parse(r, &d)))
+        let decoder = self.decoder();
+        Ok(self.get(path)?.filter(|r| !r.is_empty()).map(|r| {
+            Cx::parse_with(r, &decoder).unwrap_or_else(|_| Cx::parse(r, decoder.delimiters()))
+        }))
     }
 
     /// The CWE/CE at a path (`OBX-3`); `None` when absent or empty.
     pub fn cwe(&self, path: &str) -> Result<Option<Cwe<'a>>, PathError> {
-        let d = *self.delimiters();
-        Ok(self
-            .get(path)?
-            .filter(|r| !r.is_empty())
-            .map(|r| Cwe::parse(r, &d)))
+        let decoder = self.decoder();
+        Ok(self.get(path)?.filter(|r| !r.is_empty()).map(|r| {
+            Cwe::parse_with(r, &decoder).unwrap_or_else(|_| Cwe::parse(r, decoder.delimiters()))
+        }))
     }
 
     /// The TS/DTM at a path (`MSH-7`, `PID-7`; a TS's degree-of-precision component is

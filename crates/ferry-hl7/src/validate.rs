@@ -430,16 +430,6 @@ fn check_fields(
     };
     let d = message.delimiters();
     let msh = id == "MSH";
-    // One pass over the fields (Segment::field(n) would rescan from the start each time).
-    let mut fields = seg
-        .as_bytes()
-        .get(4..)
-        .unwrap_or_default()
-        .split(|b| *b == d.field);
-    if msh {
-        // After "MSH|", the first element is MSH-2.
-        fields.next();
-    }
     for (i, fdef) in def.fields.iter().enumerate() {
         if issues.full() {
             return;
@@ -449,7 +439,8 @@ fn check_fields(
         if msh && n <= 2 {
             continue;
         }
-        let raw = fields.next().unwrap_or_default();
+        // Field access is two array reads in the parsed index.
+        let raw = seg.field(n).unwrap_or_default();
         let loc = |repetition: Option<usize>| Location {
             segment_index: Some(index),
             segment_id: id.to_owned(),
@@ -469,8 +460,14 @@ fn check_fields(
             continue;
         }
         let mut count = 0usize;
-        let repeated = d.repetition.is_some_and(|r| raw.contains(&r));
-        for rep in raw.split(|b| Some(*b) == d.repetition) {
+        let repeated = d
+            .repetition
+            .is_some_and(|r| message.parts(raw, r).nth(1).is_some());
+        let reps: Box<dyn Iterator<Item = &[u8]>> = match d.repetition {
+            Some(r) => Box::new(message.parts(raw, r)),
+            None => Box::new(std::iter::once(raw)),
+        };
+        for rep in reps {
             count += 1;
             if let Some(max) = fdef.max_length
                 && rep.len() > max as usize

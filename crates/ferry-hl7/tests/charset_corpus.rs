@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use ferry_hl7::charset::{Charset, CharsetPolicy, TextDecoder, Used, message_to_utf8};
 use ferry_hl7::{Message, split_messages};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+mod common;
+
+use common::CORPUS;
 
 /// Each value of a message, at every level (field, repetition, component, subcomponent).
 fn values<'m>(m: &'m Message<'_>) -> Vec<(String, &'m [u8])> {
@@ -164,9 +166,27 @@ fn ssmix2_patient_name_decodes_to_japanese() {
     assert_eq!(text("PID-11.8"), "静岡県静岡市登呂１－３－５");
     assert_eq!(text("NK1-3.2"), "本人");
 
-    // Read raw, the same component is cut at the `&` byte inside ウ (JIS 0x25 0x26): this is
-    // why ISO-2022-JP messages are transcoded before parsing.
+    // Read raw, without transcoding: the parser follows the ISO-2022 shift state, so the `&`
+    // byte inside ウ (JIS 0x25 0x26) does not cut the subcomponent, and `get_str` decodes
+    // with the charset MSH-18 declares.
     let raw = Message::parse(&bytes).expect("parses");
-    let cut = raw.get("PID-5(2).2.1").expect("path").expect("present");
-    assert_eq!(cut, b"\x1b$B%?%m%");
+    let whole = raw.get("PID-5(2).2.1").expect("path").expect("present");
+    assert_eq!(whole, b"\x1b$B%?%m%&\x1b(B");
+    assert_eq!(raw.get("PID-5(2).2.2").expect("path"), None);
+    let get = |path: &str| raw.get_str(path).expect("path").map(|t| t.into_owned());
+    for (path, want) in [
+        ("PID-5(1).1", "患者"),
+        ("PID-5(1).2", "太郎"),
+        ("PID-5(2).1", "カンジャ"),
+        ("PID-5(2).2", "タロウ"),
+        ("PID-11.8", "静岡県静岡市登呂１－３－５"),
+        ("NK1-3.2", "本人"),
+    ] {
+        assert_eq!(get(path).as_deref(), Some(want), "{path}");
+    }
+    // Every field of every SS-MIX2 message reads the same raw as after transcoding.
+    assert_eq!(raw.segment_count(), m.segment_count());
+    for (a, b) in raw.segments().zip(m.segments()) {
+        assert_eq!(a.field_count(), b.field_count(), "{}", a.id_str());
+    }
 }

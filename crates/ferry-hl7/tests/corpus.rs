@@ -5,62 +5,15 @@
 //! [`MessageBuf`] and through the JSON form, and has its field index checked against a naive
 //! line-and-separator split of the same bytes.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ferry_hl7::ack::{self, AckCode};
-use ferry_hl7::{Message, MessageBuf, json, parse_batch, split_messages};
+use ferry_hl7::charset::{CharsetPolicy, message_to_utf8};
+use ferry_hl7::{Message, MessageBuf, escape, json, parse_batch, split_messages};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+mod common;
 
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
-
-/// Files the corpus index lists with no MSH segment at all (`n_msh` = 0): uuencoded blobs,
-/// XML, and Mirth transform outputs holding a lone segment or field. They are not HL7 messages.
-fn not_messages() -> HashSet<String> {
-    let text = std::fs::read_to_string(format!("{CORPUS}/INDEX.tsv")).unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split('\t').collect();
-            (cols.get(5) == Some(&"0")).then(|| cols[0].to_owned())
-        })
-        .collect()
-}
-
-/// HAPI's `messages.txt` is a test fixture with C-style comment lines between messages; the
-/// comments are removed before parsing (they are not part of any HL7 stream).
-fn strip_comments(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    for line in bytes.split_inclusive(|b| *b == b'\n') {
-        let t = line.trim_ascii_start();
-        if !(t.starts_with(b"//") || t.starts_with(b"/*") || t.starts_with(b"*")) {
-            out.extend_from_slice(line);
-        }
-    }
-    out
-}
-
-fn malformed() -> HashSet<String> {
-    let text = std::fs::read_to_string(format!("{CORPUS}/MALFORMED.tsv")).unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|l| l.split('\t').next())
-        .map(str::to_owned)
-        .collect()
-}
+use common::{CORPUS, files, malformed, message_files, not_messages, strip_comments};
 
 /// The obvious, slow reading of a message: lines that start with a segment id begin a
 /// segment, other non-blank lines continue the previous one, and fields are the segment's
@@ -143,13 +96,7 @@ fn normalised(naive: Vec<Vec<Vec<u8>>>) -> Vec<Vec<Vec<u8>>> {
 #[test]
 fn the_whole_corpus_parses_and_acks_round_trip() {
     let root = PathBuf::from(CORPUS);
-    let mut all = Vec::new();
-    files(&root.join("messages"), &mut all);
-    files(&root.join("conformance"), &mut all);
-    all.retain(|p| {
-        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        !matches!(ext, "json" | "xml" | "md" | "tsv")
-    });
+    let all = message_files();
     assert!(
         all.len() > 300,
         "corpus not found at {CORPUS} ({} files)",
@@ -214,8 +161,56 @@ fn check_round_trips(rel: &str, chunk: &[u8], m: &Message<'_>, failures: &mut Ve
         Ok(_) => failures.push(format!("{rel}: JSON round trip changed the bytes")),
         Err(e) => failures.push(format!("{rel}: JSON round trip: {e}")),
     }
-    let indexed: Vec<Vec<Vec<u8>>> = m.segments().map(|s| joined(s.fields().collect())).collect();
-    let naive = normalised(naive_fields(chunk, m.delimiters().field));
+    let multibyte = m
+        .declared_charset()
+        .is_some_and(|c| !c.is_ascii_transparent());
+    let (indexed, naive) = if multibyte {
+        // A naive byte split is wrong for ISO-2022-JP (delimiter bytes inside characters):
+        // compare the decoded text of every field with a naive split of the message
+        // transcoded to UTF-8, where that cannot happen.
+        let Ok(utf8) = message_to_utf8(chunk, &CharsetPolicy::strict()) else {
+            failures.push(format!("{rel}: does not transcode to UTF-8"));
+            return;
+        };
+        let d = *m.delimiters();
+        let indexed: Vec<Vec<Vec<u8>>> = m
+            .segments()
+            .map(|s| {
+                s.fields()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if s.id() == b"MSH" && i < 2 {
+                            f.to_vec()
+                        } else {
+                            m.text(f).into_owned().into_bytes()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let naive: Vec<Vec<Vec<u8>>> = naive_fields(utf8.text.as_bytes(), d.field)
+            .into_iter()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if i < 2 && fields.first() == Some(&vec![d.field]) {
+                            f.clone()
+                        } else {
+                            escape::decode(f, &d).into_owned().into_bytes()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        (indexed, naive)
+    } else {
+        (
+            m.segments().map(|s| joined(s.fields().collect())).collect(),
+            normalised(naive_fields(chunk, m.delimiters().field)),
+        )
+    };
     if indexed != naive {
         let at = indexed
             .iter()
@@ -288,6 +283,13 @@ fn hostile_inputs_give_values_through_every_entry_point() {
                     let _ = buf.set("PID-5.1", "X");
                     let _ = buf.delete("PID-3(2)");
                     let _ = ack::build_ack(&m, AckCode::AR, Some("bad"), None);
+                    let _ = ferry_hl7::validate::validate(&m);
+                    let _ = ferry_hl7::validate::groups(&m);
+                    let _ = message_to_utf8(chunk, &CharsetPolicy::default());
+                    for path in ["PID-5", "PID-3", "OBX-3", "MSH-7", "PID-7"] {
+                        let _ = (m.xpn(path), m.cx(path), m.cwe(path), m.dtm(path));
+                        let _ = m.get_str(path);
+                    }
                 }
                 Err(_) => outcomes.1 += 1,
             }

@@ -2,7 +2,7 @@
 //! structure files, and validation runs over every corpus message without panicking.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ferry_hl7::validate::{self, IssueCode};
 use ferry_hl7::{Message, split_messages};
@@ -11,7 +11,9 @@ use ferry_hl7::{Message, split_messages};
 #[path = "../examples/generate_dictionary.rs"]
 mod generator;
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+mod common;
+
+use common::{CORPUS, message_files};
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/dictionary/data");
 
 #[test]
@@ -35,30 +37,9 @@ fn committed_data_is_what_the_generator_produces() {
     println!("dictionary data: {} bytes", committed.len());
 }
 
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn validation_runs_over_the_whole_corpus() {
-    let root = PathBuf::from(CORPUS);
-    let mut all = Vec::new();
-    files(&root.join("messages"), &mut all);
-    files(&root.join("conformance"), &mut all);
-    all.retain(|p| {
-        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        !matches!(ext, "json" | "xml" | "md" | "tsv")
-    });
+    let mut all = message_files();
     all.sort();
     assert!(all.len() > 300, "corpus not found at {CORPUS}");
     let t = std::time::Instant::now();

@@ -3,26 +3,14 @@
 //! do not parse are listed exactly, so a parser change that rejects real dates shows up.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ferry_hl7::types::Dtm;
 use ferry_hl7::{Message, split_messages};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+mod common;
 
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
+use common::{CORPUS, files};
 
 #[test]
 fn corpus_dates_names_and_ids() {

@@ -79,6 +79,61 @@ fn parse_shows_segments_fields_and_components() {
     );
 }
 
+const CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/corpus/messages"
+);
+
+#[test]
+fn validate_reports_issues_with_field_names_and_exit_status() {
+    let good =
+        std::fs::read(format!("{CORPUS}/microsoft-fhir-converter/ADT-A01-02.hl7")).expect("corpus");
+    let out = hl7(&["validate", "-"], &good);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("valid as v2.8 (0 errors"),
+        "{}",
+        stdout(&out)
+    );
+
+    // PID-3 and PID-5 are required in v2.5.1; an unknown segment in the middle of an ADT.
+    let bad = b"MSH|^~\\&|A|B|C|D|20261125||ADT^A01^ADT_A01|X1|P|2.5.1\rEVN|A01|20261125\rPID|1\rPV1|1|I\r";
+    let out = hl7(&["validate", "-"], bad);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("PID-5 (Patient Name) is required"), "{text}");
+    let out = hl7(&["validate", "-", "--json"], bad);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v[0]["valid"], false);
+    assert!(
+        v[0]["issues"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|i| i["code"] == "RequiredFieldMissing"))
+    );
+
+    let out = hl7(&["validate", "-"], b"  \n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty input"));
+}
+
+#[test]
+fn parse_names_fields_and_get_decodes_the_declared_charset() {
+    let out = hl7(&["parse", "-"], &adt("N1"));
+    assert!(stdout(&out).contains("Patient Name"), "{}", stdout(&out));
+    let dir = format!("{CORPUS}/ssmix2-jp/999/901/9999013/-/ADT-00");
+    let file = std::fs::read_dir(&dir)
+        .expect("ssmix2 dir")
+        .flatten()
+        .next()
+        .expect("a file")
+        .path();
+    let bytes = std::fs::read(file).expect("read");
+    // ISO-2022-JP, read raw: the parser follows the shift state, get decodes MSH-18.
+    let out = hl7(&["get", "-", "PID-5(1).1", "PID-5(2).2"], &bytes);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "1\tPID-5(1).1\t患者\n1\tPID-5(2).2\tタロウ\n");
+}
+
 #[test]
 fn json_round_trip_through_the_binary_is_byte_exact() {
     let mut file = adt("A");

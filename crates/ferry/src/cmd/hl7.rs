@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use ferry_hl7::dictionary::{self, Version};
+use ferry_hl7::validate::Severity;
 use ferry_hl7::{Message, Value, json, split_messages};
 
 /// Arguments of `ferry hl7`.
@@ -75,15 +77,21 @@ pub fn run(args: Hl7Args) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The input's bytes; an input without any HL7 message in it is an error (exit 2).
 fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
-    if path.as_os_str() == "-" {
+    let bytes = if path.as_os_str() == "-" {
         let mut bytes = Vec::new();
         std::io::stdin()
             .read_to_end(&mut bytes)
             .context("reading standard input")?;
-        return Ok(bytes);
+        bytes
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        anyhow::bail!("{}: empty input, no message to read", path.display());
     }
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    Ok(bytes)
 }
 
 /// Each message of the input: its 1-based number and its parse.
@@ -95,14 +103,22 @@ fn messages(bytes: &[u8]) -> Vec<(usize, Result<Message<'_>, ferry_hl7::ParseErr
         .collect()
 }
 
-/// Decoded text of a raw value, in the message's character set.
+/// Decoded text of a raw value, in the message's character set (MSH-18).
 fn text(message: &Message<'_>, raw: &[u8]) -> String {
-    ferry_hl7::escape::decode(raw, message.delimiters()).into_owned()
+    message.text(raw).into_owned()
+}
+
+/// The dictionary version for a message: its MSH-12, or 2.5.1 when that is missing or unknown
+/// (the same rule as validation).
+fn version(message: &Message<'_>) -> Version {
+    message
+        .version()
+        .and_then(Version::parse)
+        .unwrap_or(Version::V2_5_1)
 }
 
 fn field_name(message: &Message<'_>, segment: &str, field: usize) -> Option<&'static str> {
-    let _ = (message, segment, field);
-    None
+    dictionary::field_name(version(message), segment, field)
 }
 
 fn summary(message: &Message<'_>) -> String {
@@ -116,27 +132,68 @@ fn summary(message: &Message<'_>) -> String {
     )
 }
 
+/// What a subcommand prints for a file of messages: text as it goes, or one JSON array at
+/// the end; the exit status is 1 when any message failed.
+struct Report {
+    json: bool,
+    failed: bool,
+    items: Vec<serde_json::Value>,
+}
+
+impl Report {
+    fn new(json: bool) -> Report {
+        Report {
+            json,
+            failed: false,
+            items: Vec::new(),
+        }
+    }
+
+    /// The message, or `None` after reporting why it does not parse.
+    fn parsed<'m, 'a>(
+        &mut self,
+        n: usize,
+        total: usize,
+        parsed: &'m Result<Message<'a>, ferry_hl7::ParseError>,
+    ) -> Option<&'m Message<'a>> {
+        match parsed {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.failed = true;
+                if self.json {
+                    self.items
+                        .push(serde_json::json!({ "message": n, "error": e.to_string() }));
+                } else {
+                    println!("message {n} of {total}: error: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<ExitCode> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&self.items)?);
+        }
+        Ok(if self.failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
+}
+
 fn parse(args: &FileArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_input(&args.file)?;
     let all = messages(&bytes);
     let total = all.len();
-    let mut failed = false;
-    let mut out_json = Vec::new();
+    let mut report = Report::new(args.json);
     for (n, parsed) in &all {
-        let message = match parsed {
-            Ok(m) => m,
-            Err(e) => {
-                failed = true;
-                if args.json {
-                    out_json.push(serde_json::json!({ "message": n, "error": e.to_string() }));
-                } else {
-                    println!("message {n} of {total}: error: {e}");
-                }
-                continue;
-            }
+        let Some(message) = report.parsed(*n, total, parsed) else {
+            continue;
         };
         if args.json {
-            out_json.push(parse_json(*n, message));
+            report.items.push(parse_json(*n, message));
             continue;
         }
         println!("message {n} of {total}: {}", summary(message));
@@ -162,24 +219,17 @@ fn parse(args: &FileArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out_json)?);
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    report.finish()
 }
 
 /// Components (and repetitions) of a field that has any, one line each.
 fn print_parts(message: &Message<'_>, label: &str, raw: &[u8]) {
     let d = message.delimiters();
     let reps: Vec<&[u8]> = match d.repetition {
-        Some(r) => raw.split(|b| *b == r).collect(),
+        Some(r) => message.parts(raw, r).collect(),
         None => vec![raw],
     };
-    let has_parts = reps.len() > 1 || raw.contains(&d.component);
+    let has_parts = reps.len() > 1 || message.parts(raw, d.component).nth(1).is_some();
     if !has_parts {
         return;
     }
@@ -189,7 +239,7 @@ fn print_parts(message: &Message<'_>, label: &str, raw: &[u8]) {
         } else {
             label.to_owned()
         };
-        let comps: Vec<&[u8]> = rep.split(|b| *b == d.component).collect();
+        let comps: Vec<&[u8]> = message.parts(rep, d.component).collect();
         if comps.len() == 1 {
             if !rep.is_empty() {
                 println!("    {rep_label:<14} {}", text(message, rep));
@@ -252,16 +302,11 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
     let bytes = read_input(&args.file)?;
     let all = messages(&bytes);
     let several = all.len() > 1 || paths.len() > 1;
-    let mut failed = false;
-    let mut out_json = Vec::new();
+    let total = all.len();
+    let mut report = Report::new(args.json);
     for (n, parsed) in &all {
-        let message = match parsed {
-            Ok(m) => m,
-            Err(e) => {
-                failed = true;
-                eprintln!("message {n}: {e}");
-                continue;
-            }
+        let Some(message) = report.parsed(*n, total, parsed) else {
+            continue;
         };
         for (text_path, path) in args.paths.iter().zip(&paths) {
             let value = Value::from_raw(message.get_path(path));
@@ -277,7 +322,7 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
                 Value::Present(_) => "present",
             };
             if args.json {
-                out_json.push(serde_json::json!({
+                report.items.push(serde_json::json!({
                     "message": n, "path": text_path, "state": state, "value": shown,
                 }));
             } else if several {
@@ -292,19 +337,64 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&out_json)?);
-    }
-    Ok(if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    report.finish()
 }
 
 fn validate(args: &FileArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("validation needs the HL7 dictionary")
+    let bytes = read_input(&args.file)?;
+    let all = messages(&bytes);
+    let total = all.len();
+    let mut report = Report::new(args.json);
+    for (n, parsed) in &all {
+        let Some(message) = report.parsed(*n, total, parsed) else {
+            continue;
+        };
+        let issues = ferry_hl7::validate::validate(message);
+        let errors = issues
+            .iter()
+            .filter(|i| i.severity == Severity::Error)
+            .count();
+        report.failed |= errors > 0;
+        if args.json {
+            let list: Vec<serde_json::Value> = issues
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "severity": match i.severity {
+                            Severity::Error => "error",
+                            Severity::Warning => "warning",
+                        },
+                        "code": i.code.as_str(),
+                        "segment_index": i.location.segment_index,
+                        "segment": i.location.segment_id,
+                        "field": i.location.field,
+                        "repetition": i.location.repetition,
+                        "message": i.message,
+                    })
+                })
+                .collect();
+            report.items.push(serde_json::json!({
+                "message": n,
+                "valid": errors == 0,
+                "version": version(message).as_str(),
+                "issues": list,
+            }));
+            continue;
+        }
+        let warnings = issues.len() - errors;
+        let verdict = if errors == 0 { "valid" } else { "invalid" };
+        println!(
+            "message {n} of {total}: {verdict} as v{} ({errors} error{}, {warnings} warning{}) — {}",
+            version(message),
+            if errors == 1 { "" } else { "s" },
+            if warnings == 1 { "" } else { "s" },
+            summary(message)
+        );
+        for issue in &issues {
+            println!("  {issue}");
+        }
+    }
+    report.finish()
 }
 
 fn to_json(args: &ToJsonArgs) -> anyhow::Result<ExitCode> {
