@@ -384,7 +384,13 @@ pub(crate) fn index(bytes: &[u8]) -> Result<Index, ParseError> {
         .segment(bytes, 0)
         .and_then(|msh| msh.field(18))
         .unwrap_or_default();
-    let charset = Charset::from_msh18_field(msh18, &d).ok();
+    // The common codes without the general lookup (which normalises text and allocates).
+    let charset = match msh18 {
+        b"" | b"ASCII" => Some(Charset::Ascii),
+        b"UNICODE UTF-8" => Some(Charset::Utf8),
+        b"8859/1" => Some(Charset::Iso8859_1),
+        other => Charset::from_msh18_field(other, &d).ok(),
+    };
     let mut scan = charset.map_or(Scan::Plain, Charset::scan);
     // ISO-2022 escapes in a message that declares no charset: the bytes say what they are.
     if scan == Scan::Plain && msh18.is_empty() && memchr::memmem::find(bytes, b"\x1b$").is_some() {
@@ -962,6 +968,19 @@ mod tests {
         let undeclared = text.replace("ISO IR87", "");
         let u = Message::parse(undeclared.as_bytes()).expect("parse");
         assert_eq!(u.segment("PID", 1).map(|s| s.field_count()), Some(4));
+    }
+
+    #[test]
+    fn the_msh18_fast_path_agrees_with_the_charset_table() {
+        for code in ["", "ASCII", "UNICODE UTF-8", "8859/1"] {
+            let m = Message::parse(header(code).as_bytes()).expect("parse");
+            let general = Charset::from_msh18_field(code.as_bytes(), m.delimiters()).ok();
+            assert_eq!(m.declared_charset(), general, "{code}");
+        }
+        let m = Message::parse(header("8859/15").as_bytes()).expect("parse");
+        assert_eq!(m.declared_charset(), Some(Charset::Iso8859_15));
+        let m = Message::parse(header("NOT A CHARSET").as_bytes()).expect("parse");
+        assert_eq!(m.declared_charset(), None);
     }
 
     #[test]
