@@ -29,6 +29,11 @@
 //!   differs (a mixed file, blank lines, a message without a final terminator) carries
 //!   `"end"`. Bytes before MSH (a byte-order mark, whitespace) are in `"prefix"`.
 //!
+//! [`to_json_annotated`] adds, from the [dictionary](crate::dictionary) of the message's
+//! version, each segment's `"name"` and a `"field_names"` list beside `"fields"` (`null` where
+//! the dictionary has no name, as for Z-segments). They are for people and tools reading the
+//! JSON; [`from_json`] accepts and ignores them.
+//!
 //! [`from_json`] refuses JSON that does not describe a message exactly: a leaf holding a
 //! separator of its level, a segment id that is not one, text hidden in `end` or `prefix`.
 
@@ -169,6 +174,48 @@ pub fn to_json(message: &Message<'_>) -> Value {
     Value::Object(top)
 }
 
+/// [`to_json`] with segment and field names from the dictionary of the message's version
+/// (MSH-12; 2.5.1 when missing or unknown, as validation does).
+pub fn to_json_annotated(message: &Message<'_>) -> Value {
+    use crate::dictionary::{self, Version};
+    let version = message
+        .version()
+        .and_then(Version::parse)
+        .unwrap_or(Version::V2_5_1);
+    let mut value = to_json(message);
+    if let Some(segments) = value.get_mut("segments").and_then(Value::as_array_mut) {
+        for segment in segments.iter_mut() {
+            let Some(object) = segment.as_object_mut() else {
+                continue;
+            };
+            let id = object
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let count = object
+                .get("fields")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            let def = dictionary::segment(version, &id);
+            let names: Vec<Value> = (1..=count)
+                .map(|n| {
+                    def.and_then(|d| d.field(n))
+                        .map_or(Value::Null, |f| Value::String(f.name.to_owned()))
+                })
+                .collect();
+            if let Some(d) = def {
+                object.insert("name".into(), Value::String(d.name.to_owned()));
+            }
+            object.insert("field_names".into(), Value::Array(names));
+        }
+    }
+    if let Some(top) = value.as_object_mut() {
+        top.insert("version".into(), Value::String(version.as_str().to_owned()));
+    }
+    value
+}
+
 /// The JSON form as pretty-printed text.
 pub fn to_json_string(message: &Message<'_>) -> String {
     serde_json::to_string_pretty(&to_json(message)).unwrap_or_default()
@@ -265,7 +312,7 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
     for key in top.keys() {
         if !matches!(
             key.as_str(),
-            "format" | "encoding" | "prefix" | "terminator" | "segments"
+            "format" | "encoding" | "prefix" | "terminator" | "segments" | "version"
         ) {
             return Err(err(key.as_str(), "unknown key"));
         }
@@ -317,7 +364,10 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
             .as_object()
             .ok_or_else(|| err(&at, "expected an object"))?;
         for key in object.keys() {
-            if !matches!(key.as_str(), "id" | "fields" | "end") {
+            if !matches!(
+                key.as_str(),
+                "id" | "fields" | "end" | "name" | "field_names"
+            ) {
                 return Err(err(format!("{at}.{key}"), "unknown key"));
             }
         }
@@ -448,6 +498,20 @@ mod tests {
         );
         assert_eq!(j["segments"][1]["fields"][4], json!(["A", "B"]));
         assert_eq!(j["segments"][1]["fields"][5], "\\F\\");
+        assert_eq!(from_json(&j).expect("back"), raw);
+    }
+
+    #[test]
+    fn annotated_form_names_fields_and_still_round_trips() {
+        let raw = b"MSH|^~\\&|HIS|GH|||20261125||ADT^A01^ADT_A01|MSG1|P|2.5.1\rPID|1||42||DOE^JOHN\rZPI|x\r";
+        let m = Message::parse(raw).expect("parse");
+        let j = to_json_annotated(&m);
+        assert_eq!(j["version"], "2.5.1");
+        assert_eq!(j["segments"][1]["name"], "Patient Identification");
+        assert_eq!(j["segments"][1]["field_names"][4], "Patient Name");
+        assert_eq!(j["segments"][0]["field_names"][9], "Message Control ID");
+        assert_eq!(j["segments"][2]["field_names"][0], Value::Null);
+        assert!(j["segments"][2].get("name").is_none());
         assert_eq!(from_json(&j).expect("back"), raw);
     }
 

@@ -64,6 +64,9 @@ struct GetArgs {
 struct ToJsonArgs {
     /// Input file (`-` reads standard input).
     file: PathBuf,
+    /// Add segment and field names from the dictionary (`to-json`; ignored by `from-json`).
+    #[arg(long)]
+    names: bool,
 }
 
 /// Run `ferry hl7 …`.
@@ -402,6 +405,7 @@ fn to_json(args: &ToJsonArgs) -> anyhow::Result<ExitCode> {
     let mut docs = Vec::new();
     for (n, parsed) in messages(&bytes) {
         match parsed {
+            Ok(m) if args.names => docs.push(json::to_json_annotated(&m)),
             Ok(m) => docs.push(json::to_json(&m)),
             Err(e) => {
                 eprintln!("message {n}: {e}");
