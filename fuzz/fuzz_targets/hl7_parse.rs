@@ -21,7 +21,14 @@ fuzz_target!(|data: &[u8]| {
             message.accept_ack_type(),
             message.charset(),
         );
-        for path in ["MSH-10", "PID-5.1", "PID-3(2).1", "OBX[2]-5.1.2", "MSH-2", "MSH-1"] {
+        for path in [
+            "MSH-10",
+            "PID-5.1",
+            "PID-3(2).1",
+            "OBX[2]-5.1.2",
+            "MSH-2",
+            "MSH-1",
+        ] {
             let _ = message.get_str(path);
         }
         for segment in message.segments() {
@@ -45,7 +52,12 @@ fuzz_target!(|data: &[u8]| {
         let mut buf = MessageBuf::from_message(&message);
         for (path, value) in [("PID-5.1", "X|Y"), ("OBX[2]-5(2).3.1", "v"), ("ZZZ-3", "z")] {
             if buf.set(path, value).is_ok() {
-                let got = buf.message().get_str(path).ok().flatten().map(|t| t.into_owned());
+                let got = buf
+                    .message()
+                    .get_str(path)
+                    .ok()
+                    .flatten()
+                    .map(|t| t.into_owned());
                 assert_eq!(got.as_deref(), Some(value), "{path}");
                 assert!(MessageBuf::parse(buf.as_bytes().to_vec()).is_ok());
             }
@@ -53,9 +65,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = buf.delete("PID-3(2)");
         let _ = ferry_hl7::validate::validate(&message);
         let _ = ferry_hl7::validate::groups(&message);
-        let _ = ferry_hl7::charset::message_to_utf8(data, &ferry_hl7::charset::CharsetPolicy::default());
+        let _ = ferry_hl7::charset::message_to_utf8(
+            data,
+            &ferry_hl7::charset::CharsetPolicy::default(),
+        );
         for path in ["PID-5", "PID-3", "OBX-3", "MSH-7"] {
-            let _ = (message.xpn(path), message.cx(path), message.cwe(path), message.dtm(path));
+            let _ = (
+                message.xpn(path),
+                message.cx(path),
+                message.cwe(path),
+                message.dtm(path),
+            );
         }
         let _ = buf.remove_segment("OBX", 1);
         assert!(Message::parse(buf.as_bytes()).is_ok());

@@ -40,7 +40,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::escape::Scan;
-use crate::message::{Delimiters, Message, index, positions, split_parts};
+use crate::message::{Delimiters, Message, index, positions, scan_for, split_parts};
 
 /// The `format` marker of the JSON form.
 pub const FORMAT: &str = "ferry-hl7/1";
@@ -253,6 +253,16 @@ impl Writer {
     }
 }
 
+/// Whether any string of the document holds an ISO-2022 escape (`ESC $`).
+fn any_iso2022_escape(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("\u{1b}$"),
+        Value::Array(items) => items.iter().any(any_iso2022_escape),
+        Value::Object(map) => map.values().any(any_iso2022_escape),
+        _ => false,
+    }
+}
+
 fn str_at<'v>(v: &'v Value, at: &str) -> Result<&'v str, JsonError> {
     v.as_str().ok_or_else(|| err(at, "expected a string"))
 }
@@ -436,9 +446,16 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
         }
         w.put(&format!("{at}.end"), end)?;
         if i == 0 {
-            // MSH-18 (read as the parser reads it) says how the other segments' delimiters
-            // are told from bytes of multi-byte characters.
-            scan = index(&w.out).map_or(Scan::Plain, |ix| ix.scan);
+            // How the other segments' delimiters are told from bytes of multi-byte
+            // characters: the parser's own rule, from MSH-18 and, when that is empty, from
+            // whether the message holds an ISO-2022 escape anywhere.
+            if let Ok(ix) = index(&w.out) {
+                let msh18 = ix
+                    .segment(&w.out, 0)
+                    .and_then(|msh| msh.field(18))
+                    .unwrap_or_default();
+                scan = scan_for(msh18, ix.charset, any_iso2022_escape(value));
+            }
         }
     }
     // The bytes must read back as exactly these segments (a line break inside a leaf could
@@ -513,6 +530,21 @@ mod tests {
         assert_eq!(j["segments"][2]["field_names"][0], Value::Null);
         assert!(j["segments"][2].get("name").is_none());
         assert_eq!(from_json(&j).expect("back"), raw);
+    }
+
+    #[test]
+    fn undeclared_iso_2022_text_round_trips() {
+        // Fuzz finding (hl7_parse): MSH-18 empty, ISO-2022-JP text in PID with `&` inside a
+        // two-byte run (ウ = `%&`). The parser scans the message shift-aware (the escape says
+        // what the bytes are); from_json used to decide from the MSH segment alone, saw no
+        // escape there, and refused its own output.
+        let raw = b"MSH|^~\\&|A|B|||||ADT^A01|1|P|2.5\rPID|1||9||\x1b$B%?%m%&\x1b(B^X\r";
+        let m = Message::parse(raw).expect("parse");
+        assert_eq!(
+            m.get("PID-5.1").expect("path"),
+            Some(&b"\x1b$B%?%m%&\x1b(B"[..])
+        );
+        assert_eq!(from_json(&to_json(&m)).expect("back"), raw);
     }
 
     #[test]

@@ -391,16 +391,26 @@ pub(crate) fn index(bytes: &[u8]) -> Result<Index, ParseError> {
         b"8859/1" => Some(Charset::Iso8859_1),
         other => Charset::from_msh18_field(other, &d).ok(),
     };
-    let mut scan = charset.map_or(Scan::Plain, Charset::scan);
-    // ISO-2022 escapes in a message that declares no charset: the bytes say what they are.
-    if scan == Scan::Plain && msh18.is_empty() && memchr::memmem::find(bytes, b"\x1b$").is_some() {
-        scan = Scan::Iso2022;
-    }
+    let scan = scan_for(
+        msh18,
+        charset,
+        memchr::memmem::find(bytes, b"\x1b$").is_some(),
+    );
     if scan != Scan::Plain {
         index = index_with(bytes, scan)?;
     }
     index.charset = charset;
     Ok(index)
+}
+
+/// How a message's bytes are scanned for delimiters: by the charset MSH-18 declares; and
+/// when it declares none, ISO-2022 if the message holds an ISO-2022 escape (`ESC $`), because
+/// then the bytes say what they are.
+pub(crate) fn scan_for(msh18: &[u8], charset: Option<Charset>, has_iso2022_escape: bool) -> Scan {
+    match charset.map_or(Scan::Plain, Charset::scan) {
+        Scan::Plain if msh18.is_empty() && has_iso2022_escape => Scan::Iso2022,
+        scan => scan,
+    }
 }
 
 /// Index `bytes`, telling delimiters from multi-byte characters as `scan` says.
