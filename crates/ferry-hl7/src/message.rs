@@ -71,6 +71,19 @@ pub enum ParseError {
         /// The bytes found, printable.
         found: String,
     },
+    /// A line without a segment id follows a segment that has no field yet, so it cannot be
+    /// the continuation of a field's text.
+    #[error(
+        "segment {index} (`{id}`) has no fields, so the line after it cannot continue it, and it does not start with a segment id (found `{found}`)"
+    )]
+    OrphanLine {
+        /// 1-based number of the segment before the line.
+        index: usize,
+        /// That segment's id.
+        id: String,
+        /// The line's first bytes, printable.
+        found: String,
+    },
     /// The input is larger than a message can be (4 GiB).
     #[error("message of {len} bytes is larger than the 4 GiB a message can be")]
     TooLarge {
@@ -472,7 +485,18 @@ fn index_with(bytes: &[u8], scan: Scan) -> Result<Index, ParseError> {
             }
             // A line without a segment id continues the previous segment: senders put raw
             // line breaks inside free-text fields.
-            AfterBreak::Continuation(next) => pos = next,
+            AfterBreak::Continuation(next) => {
+                // Only a field's text can go on over a line break: bytes between a segment
+                // id and its first field separator would belong to no field.
+                if seps.len() as u32 == sep_start {
+                    return Err(ParseError::OrphanLine {
+                        index: segments.len() + 1,
+                        id: printable(bytes.get(seg_start..seg_start + 3).unwrap_or_default(), 3),
+                        found: printable(bytes.get(next..).unwrap_or_default(), 8),
+                    });
+                }
+                pos = next;
+            }
             AfterBreak::End => {
                 close(&seps, seg_start, at, sep_start);
                 break;
@@ -995,6 +1019,35 @@ mod tests {
         }
         assert_eq!(declared("8859/15"), Some(Charset::Iso8859_15));
         assert_eq!(declared("NOT A CHARSET"), None);
+    }
+
+    #[test]
+    fn a_line_after_a_segment_without_fields_is_refused() {
+        // Fuzz finding (hl7_parse): `AL1` alone on its line, then `CTgree|||||F`. Taken as a
+        // continuation, the bytes between the id and the first `|` belonged to no field, and
+        // the JSON form (rightly) could not reproduce them.
+        for bad in [
+            &b"MSH|^~\\&|A\rAL1\rCTgree|||||F\r"[..],
+            b"MSH|^~\\&|A\rPID\r|1|2\r",
+        ] {
+            assert!(
+                matches!(
+                    Message::parse(bad),
+                    Err(ParseError::OrphanLine { index: 2, .. })
+                ),
+                "{:?}",
+                Message::parse(bad)
+            );
+        }
+        // A segment with fields still takes continuation lines into its last field.
+        let ok = Message::parse(b"MSH|^~\\&|A\rNTE|1||line one\rline two\r").expect("parse");
+        assert_eq!(
+            ok.get("NTE-3").expect("path"),
+            Some(&b"line one\rline two"[..])
+        );
+        // A segment id alone on its line is still a segment.
+        let bare = Message::parse(b"MSH|^~\\&|A\rPID\rPV1|1\r").expect("parse");
+        assert_eq!(bare.segment_count(), 3);
     }
 
     #[test]
