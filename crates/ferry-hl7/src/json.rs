@@ -40,7 +40,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::escape::Scan;
-use crate::message::{Delimiters, Message, index, positions, scan_for, split_parts};
+use crate::message::{Delimiters, Message, index, positions, split_parts};
 
 /// The `format` marker of the JSON form.
 pub const FORMAT: &str = "ferry-hl7/1";
@@ -253,16 +253,6 @@ impl Writer {
     }
 }
 
-/// Whether any string of the document holds an ISO-2022 escape (`ESC $`).
-fn any_iso2022_escape(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.contains("\u{1b}$"),
-        Value::Array(items) => items.iter().any(any_iso2022_escape),
-        Value::Object(map) => map.values().any(any_iso2022_escape),
-        _ => false,
-    }
-}
-
 fn str_at<'v>(v: &'v Value, at: &str) -> Result<&'v str, JsonError> {
     v.as_str().ok_or_else(|| err(at, "expected a string"))
 }
@@ -316,6 +306,17 @@ fn write_level(
 
 /// Rebuild the message bytes from the JSON form (see the module docs).
 pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
+    // Which bytes are delimiters depends on the charset and, when MSH-18 is empty, on whether
+    // the message holds an ISO-2022 escape anywhere: let the parser decide on a draft of the
+    // bytes, then write them again checking every leaf under that rule.
+    let draft = write_message(value, None)?;
+    let scan = index(&draft).map_or(Scan::Plain, |ix| ix.scan);
+    write_message(value, Some(scan))
+}
+
+/// Write the message bytes; with `checked`, refuse leaves holding a separator (found under
+/// that scan) and check that the bytes read back as the segments and fields given.
+fn write_message(value: &Value, checked: Option<Scan>) -> Result<Vec<u8>, JsonError> {
     let top = value
         .as_object()
         .ok_or_else(|| err("(document)", "expected an object"))?;
@@ -367,7 +368,7 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
         }
     }
     let mut delimiters = Delimiters::default();
-    let mut scan = Scan::Plain;
+    let scan = checked.unwrap_or_default();
     for (i, segment) in segments.iter().enumerate() {
         let at = format!("segments[{i}]");
         let object = segment
@@ -427,8 +428,11 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
             w.out.push(d.field);
             // Every separator is refused in a leaf: each level's own separator is written
             // between list items, never inside a string.
-            let mut forbidden = vec![d.field];
-            forbidden.extend(seps.iter().flatten());
+            let mut forbidden = Vec::new();
+            if checked.is_some() {
+                forbidden.push(d.field);
+                forbidden.extend(seps.iter().flatten());
+            }
             write_level(&mut w, field, &seps, &forbidden, scan, &fat)?;
         }
         let end = match object.get("end") {
@@ -445,18 +449,9 @@ pub fn from_json(value: &Value) -> Result<Vec<u8>, JsonError> {
             ));
         }
         w.put(&format!("{at}.end"), end)?;
-        if i == 0 {
-            // How the other segments' delimiters are told from bytes of multi-byte
-            // characters: the parser's own rule, from MSH-18 and, when that is empty, from
-            // whether the message holds an ISO-2022 escape anywhere.
-            if let Ok(ix) = index(&w.out) {
-                let msh18 = ix
-                    .segment(&w.out, 0)
-                    .and_then(|msh| msh.field(18))
-                    .unwrap_or_default();
-                scan = scan_for(msh18, ix.charset, any_iso2022_escape(value));
-            }
-        }
+    }
+    if checked.is_none() {
+        return Ok(w.out);
     }
     // The bytes must read back as exactly these segments (a line break inside a leaf could
     // otherwise start a new one).
@@ -543,6 +538,20 @@ mod tests {
         assert_eq!(
             m.get("PID-5.1").expect("path"),
             Some(&b"\x1b$B%?%m%&\x1b(B"[..])
+        );
+        assert_eq!(from_json(&to_json(&m)).expect("back"), raw);
+    }
+
+    #[test]
+    fn iso_2022_text_inside_msh_round_trips() {
+        // Fuzz finding (hl7_parse): MSH-18 empty, ISO-2022-JP text with a `~` byte inside a
+        // two-byte run in MSH itself (MSH-20). Its leaves were checked before the scan rule
+        // was known.
+        let raw = b"MSH|^~\\&|A|B|||||ADT^A01|1|P|2.5||||||||I^\x1b$BF~1!\x1b(B^HL7\rPID|1\r";
+        let m = Message::parse(raw).expect("parse");
+        assert_eq!(
+            m.get("MSH-20.2").expect("path"),
+            Some(&b"\x1b$BF~1!\x1b(B"[..])
         );
         assert_eq!(from_json(&to_json(&m)).expect("back"), raw);
     }
