@@ -8,7 +8,7 @@
 //! In charsets whose multi-byte characters reuse ASCII byte values (ISO-2022-JP, as MSH-18
 //! `ISO IR87`; Shift_JIS, Big5, GB 18030), a `|` or `^` byte may be half of a Japanese or
 //! Chinese character. The parser reads MSH-18 and, for those charsets, walks the bytes with
-//! their shift state (see [`Chars`]) so that only real delimiters split fields, repetitions,
+//! their shift state (see `Chars`) so that only real delimiters split fields, repetitions,
 //! components and subcomponents.
 
 use std::borrow::Cow;

@@ -1,4 +1,4 @@
-//! Validation of a message against the [`dictionary`](crate::dictionary), and the segment
+//! Validation of a message against the [`crate::dictionary`], and the segment
 //! groups of its structure.
 //!
 //! A parser accepts anything shaped like HL7; whether a message is what its MSH-9 and MSH-12
