@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use crate::charset::Charset;
 use crate::escape;
-use crate::message::{Index, Message, ParseError, index, nth_part, part_count};
+use crate::message::{Index, Message, ParseError, index, nth_part, part_count, shifted_at_end};
 use crate::path::{Path, PathError};
 
 /// An owned, editable HL7 v2 message.
@@ -82,6 +82,15 @@ pub enum EditError {
     /// A segment given as bytes is not a segment.
     #[error("not a segment: {0}")]
     InvalidSegment(String),
+    /// The value could not be placed so that it reads back: the text before it ends inside a
+    /// multi-byte character, which would take the separators that reach the value.
+    #[error(
+        "{path}: the text before it ends inside a multi-byte character, so a value there would not read back"
+    )]
+    Unreachable {
+        /// The path being set.
+        path: String,
+    },
     /// The message's charset has no way to write a character of the text.
     #[error("{path}: `{found}` cannot be written in the message's charset ({charset})")]
     Unencodable {
@@ -216,10 +225,44 @@ impl MessageBuf {
         if path.segment_id() == b"MSH" && path.field <= 2 {
             return Err(EditError::Delimiters);
         }
+        let before = self.clone();
         let seg = self.segment_for_write(path)?;
-        let (range, mut insert) = self.target(seg, path)?;
+        let (range, pad) = self.target(seg, path)?;
+        let mut insert = Vec::with_capacity(pad.len() + raw.len() + 3);
+        // Separators added after text that leaves an ISO-2022 run open would be inside the
+        // run: shift back to ASCII first (the text before stays as it was).
+        let segment_start = self.index.segments[seg].start as usize;
+        if !pad.is_empty()
+            && self.index.scan == crate::escape::Scan::Iso2022
+            && shifted_at_end(
+                self.bytes
+                    .get(segment_start..range.start)
+                    .unwrap_or_default(),
+                self.index.scan,
+            )
+        {
+            insert.extend_from_slice(b"\x1b(B");
+        }
+        insert.extend_from_slice(&pad);
         insert.extend_from_slice(raw);
-        self.splice(range, &insert)
+        self.splice(range, &insert)?;
+        // The value must read back as set; text before it that ends inside a multi-byte
+        // character could swallow the separators that reach it.
+        let placed = match level(path) {
+            // Reading `PID-3` gives the first repetition; a whole-field set wrote them all.
+            Level::Field => self
+                .index
+                .segment(&self.bytes, seg)
+                .and_then(|s| s.field(path.field)),
+            _ => self.message().get_path(path),
+        };
+        if placed != Some(raw) {
+            *self = before;
+            return Err(EditError::Unreachable {
+                path: path_text(path),
+            });
+        }
+        Ok(())
     }
 
     /// Empty the value at a path. `PID-3` empties the whole field, `PID-5.2` one component;
@@ -829,6 +872,27 @@ OBX|2|ST|B||two\n";
             latin.set("PID-5.1", "患者"),
             Err(EditError::Unencodable { found: '患', .. })
         ));
+    }
+
+    #[test]
+    fn values_added_after_an_open_iso_2022_run_read_back() {
+        // Fuzz finding (hl7_parse): PID-3 ends inside an ISO-2022 run that never shifts back
+        // to ASCII; separators appended after it were inside the run, so PID-5.1 was set but
+        // could not be read. The edit now shifts back first; the old bytes stay as they were.
+        let raw = b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||ISO IR87\rPID|1||\x1b$B%+%s\r";
+        let mut m = MessageBuf::parse(&raw[..]).expect("parse");
+        m.set("PID-5.1", "X").expect("set");
+        assert_eq!(m.get("PID-5.1").expect("path"), Some(&b"X"[..]));
+        assert!(m.as_bytes().ends_with(b"PID|1||\x1b$B%+%s\x1b(B||X\r"));
+        // A Shift_JIS lead byte at the end of a field would take the next separator as its
+        // trail byte: refused, message unchanged.
+        let sjis = b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||SHIFT JIS\rPID|1||A\x83\r";
+        let mut m = MessageBuf::parse(&sjis[..]).expect("parse");
+        assert!(matches!(
+            m.set("PID-5.1", "X"),
+            Err(EditError::Unreachable { .. })
+        ));
+        assert_eq!(m.as_bytes(), sjis);
     }
 
     #[test]

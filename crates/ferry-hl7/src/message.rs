@@ -224,6 +224,14 @@ impl Iterator for Chars<'_> {
     }
 }
 
+/// Whether an ISO-2022 run is still shifted (not back to ASCII) at the end of `bytes`, which
+/// must start at a character boundary in the initial state (a segment start).
+pub(crate) fn shifted_at_end(bytes: &[u8], scan: Scan) -> bool {
+    let mut chars = Chars::new(bytes, scan);
+    while chars.next().is_some() {}
+    chars.shifted
+}
+
 /// The next field separator or line end at or after `from`.
 fn next_boundary(bytes: &[u8], from: usize, field: u8, scan: Scan) -> Option<usize> {
     let rest = bytes.get(from..)?;
