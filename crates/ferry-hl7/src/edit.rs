@@ -228,21 +228,13 @@ impl MessageBuf {
         let before = self.clone();
         let seg = self.segment_for_write(path)?;
         let (range, pad) = self.target(seg, path)?;
-        let mut insert = Vec::with_capacity(pad.len() + raw.len() + 3);
         // Separators added after text that leaves an ISO-2022 run open would be inside the
         // run: shift back to ASCII first (the text before stays as it was).
-        let segment_start = self.index.segments[seg].start as usize;
-        if !pad.is_empty()
-            && self.index.scan == crate::escape::Scan::Iso2022
-            && shifted_at_end(
-                self.bytes
-                    .get(segment_start..range.start)
-                    .unwrap_or_default(),
-                self.index.scan,
-            )
-        {
-            insert.extend_from_slice(b"\x1b(B");
-        }
+        let mut insert = if pad.is_empty() {
+            Vec::with_capacity(raw.len())
+        } else {
+            self.shift_back_before(seg, range.start)
+        };
         insert.extend_from_slice(&pad);
         insert.extend_from_slice(raw);
         self.splice(range, &insert)?;
@@ -331,29 +323,62 @@ impl MessageBuf {
             return Err(EditError::Delimiters);
         }
         let raw = self.encode(&path, text)?;
-        let seg = self.segment_for_write(&path)?;
+        let before = self.clone();
+        let inserted = self.insert_repetition_raw(&path, sep, &raw);
+        // The repetition must read back as inserted (see `set_raw_path`).
+        let mut rep = path.clone();
+        rep.component = None;
+        rep.subcomponent = None;
+        if inserted.is_ok() && self.message().get_path(&rep) != Some(&raw[..]) {
+            *self = before;
+            return Err(EditError::Unreachable {
+                path: path_text(&path),
+            });
+        }
+        inserted
+    }
+
+    fn insert_repetition_raw(&mut self, path: &Path, sep: u8, raw: &[u8]) -> Result<(), EditError> {
+        let seg = self.segment_for_write(path)?;
         let segment = self.message_segment(seg)?;
         let Some(field) = segment.field_range(path.field) else {
             // No such field yet: inserting is setting.
             let mut whole = path.clone();
             whole.component = None;
             whole.subcomponent = None;
-            return self.set_raw_path(&whole, &raw);
+            return self.set_raw_path(&whole, raw);
         };
         let scan = self.index.scan;
         let count = part_count(&self.bytes, field.clone(), sep, scan);
         if field.is_empty() && path.repetition == 1 {
-            return self.splice(field, &raw);
+            return self.splice(field, raw);
         }
         if path.repetition > count {
-            let mut insert = vec![sep; path.repetition - count];
-            insert.extend_from_slice(&raw);
+            let mut insert = self.shift_back_before(seg, field.end);
+            insert.extend(std::iter::repeat_n(sep, path.repetition - count));
+            insert.extend_from_slice(raw);
             return self.splice(field.end..field.end, &insert);
         }
         let at = nth_part(&self.bytes, field, sep, path.repetition, scan).map_or(0, |r| r.start);
-        let mut insert = raw;
+        let mut insert = raw.to_vec();
         insert.push(sep);
         self.splice(at..at, &insert)
+    }
+
+    /// `ESC ( B` when the text of segment `seg` up to `at` leaves an ISO-2022 run open, so
+    /// that separators written at `at` are read as separators; otherwise nothing.
+    fn shift_back_before(&self, seg: usize, at: usize) -> Vec<u8> {
+        let start = self
+            .index
+            .segments
+            .get(seg)
+            .map_or(at, |s| s.start as usize);
+        let open = self.index.scan == crate::escape::Scan::Iso2022
+            && shifted_at_end(
+                self.bytes.get(start..at).unwrap_or_default(),
+                self.index.scan,
+            );
+        if open { b"\x1b(B".to_vec() } else { Vec::new() }
     }
 
     /// Insert a segment (its ER7 bytes, without terminator) at a 0-based position; position
@@ -884,6 +909,9 @@ OBX|2|ST|B||two\n";
         m.set("PID-5.1", "X").expect("set");
         assert_eq!(m.get("PID-5.1").expect("path"), Some(&b"X"[..]));
         assert!(m.as_bytes().ends_with(b"PID|1||\x1b$B%+%s\x1b(B||X\r"));
+        let mut m = MessageBuf::parse(&raw[..]).expect("parse");
+        m.insert_repetition("PID-3(2)", "Y").expect("insert");
+        assert_eq!(m.get("PID-3(2)").expect("path"), Some(&b"Y"[..]));
         // A Shift_JIS lead byte at the end of a field would take the next separator as its
         // trail byte: refused, message unchanged.
         let sjis = b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||SHIFT JIS\rPID|1||A\x83\r";
