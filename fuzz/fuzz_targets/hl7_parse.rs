@@ -62,6 +62,18 @@ fuzz_target!(|data: &[u8]| {
                 assert!(MessageBuf::parse(buf.as_bytes().to_vec()).is_ok());
             }
         }
+        if buf.insert_repetition("PID-3(2)", "r").is_ok() {
+            let got = buf
+                .message()
+                .get_str("PID-3(2)")
+                .ok()
+                .flatten()
+                .map(|t| t.into_owned());
+            assert_eq!(got.as_deref(), Some("r"), "inserted repetition");
+        }
+        if buf.set_raw("PV1-3", b"A^B&C~D").is_ok() {
+            assert!(MessageBuf::parse(buf.as_bytes().to_vec()).is_ok());
+        }
         let _ = buf.delete("PID-3(2)");
         let _ = ferry_hl7::validate::validate(&message);
         let _ = ferry_hl7::validate::groups(&message);
