@@ -25,9 +25,8 @@
 //! Run with `cargo bench -p ferry-hl7 --bench parse`; `scripts/hl7-bench-table.py` then turns
 //! the estimates criterion saved under `target/criterion` into the table of BENCHMARKS.md.
 
-use std::collections::HashSet;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use criterion::measurement::WallTime;
 use criterion::{
@@ -35,7 +34,10 @@ use criterion::{
 };
 use ferry_hl7::{Message, MessageBuf, split_messages};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/corpus");
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{CORPUS, files, malformed, not_messages, strip_comments};
 
 /// The typical ADT^A01 (1,413 bytes, v2.3, CR-separated, 9 segments: MSH PID PV1 DG1 and
 /// three insurance IN1/IN2 pairs, repetitions in PID-3/PID-4).
@@ -68,44 +70,6 @@ impl Input {
             bytes: self.bytes,
         }
     }
-}
-
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
-
-/// First column of a corpus TSV, for the rows `keep` accepts.
-fn tsv_files(name: &str, keep: impl Fn(&[&str]) -> bool) -> HashSet<String> {
-    let text = std::fs::read_to_string(format!("{CORPUS}/{name}"))
-        .unwrap_or_else(|e| panic!("{CORPUS}/{name}: {e}"));
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split('\t').collect();
-            keep(&cols).then(|| cols[0].to_owned())
-        })
-        .collect()
-}
-
-/// HAPI's `messages.txt` has C-style comment lines between messages; they are removed, as in
-/// `tests/corpus.rs`.
-fn strip_comments(text: &str) -> String {
-    text.split_inclusive('\n')
-        .filter(|line| {
-            let t = line.trim_start();
-            !(t.starts_with("//") || t.starts_with("/*") || t.starts_with('*'))
-        })
-        .collect()
 }
 
 /// The bytes both parsers are given for one message: `split_messages` output without a
@@ -157,8 +121,8 @@ fn both_accept(m: &str) -> Result<(), Refusal> {
 /// valid UTF-8 (`hl7-parser` takes `&str`), and messages that not both parsers accept.
 fn load_corpus() -> Input {
     let root = PathBuf::from(CORPUS);
-    let malformed = tsv_files("MALFORMED.tsv", |_| true);
-    let no_msh = tsv_files("INDEX.tsv", |cols| cols.get(5) == Some(&"0"));
+    let malformed = malformed();
+    let no_msh = not_messages();
     let mut all = Vec::new();
     files(&root.join("messages"), &mut all);
     all.sort();
@@ -173,15 +137,13 @@ fn load_corpus() -> Input {
         if rel.contains("/nhapi/") || malformed.contains(&rel) || no_msh.contains(&rel) {
             continue;
         }
-        let bytes = std::fs::read(path).expect("read corpus file");
+        let mut bytes = std::fs::read(path).expect("read corpus file");
+        if rel.ends_with("hapi-hl7v2/messages.txt") {
+            bytes = strip_comments(&bytes);
+        }
         let Ok(text) = String::from_utf8(bytes) else {
             non_utf8 += 1;
             continue;
-        };
-        let text = if rel.ends_with("hapi-hl7v2/messages.txt") {
-            strip_comments(&text)
-        } else {
-            text
         };
         files_used += 1;
         for chunk in split_messages(text.as_bytes()) {

@@ -186,18 +186,30 @@ impl Report {
     }
 }
 
-fn parse(args: &FileArgs) -> anyhow::Result<ExitCode> {
-    let bytes = read_input(&args.file)?;
+/// Read the input and run `each` on every message that parses (the others are reported as
+/// errors); the report decides the output form and the exit status.
+fn for_each_message(
+    file: &PathBuf,
+    json: bool,
+    mut each: impl FnMut(&mut Report, usize, usize, &Message<'_>),
+) -> anyhow::Result<ExitCode> {
+    let bytes = read_input(file)?;
     let all = messages(&bytes);
     let total = all.len();
-    let mut report = Report::new(args.json);
+    let mut report = Report::new(json);
     for (n, parsed) in &all {
-        let Some(message) = report.parsed(*n, total, parsed) else {
-            continue;
-        };
+        if let Some(message) = report.parsed(*n, total, parsed) {
+            each(&mut report, *n, total, message);
+        }
+    }
+    report.finish()
+}
+
+fn parse(args: &FileArgs) -> anyhow::Result<ExitCode> {
+    for_each_message(&args.file, args.json, |report, n, total, message| {
         if args.json {
-            report.items.push(parse_json(*n, message));
-            continue;
+            report.items.push(parse_json(n, message));
+            return;
         }
         println!("message {n} of {total}: {}", summary(message));
         for segment in message.segments() {
@@ -221,8 +233,7 @@ fn parse(args: &FileArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-    }
-    report.finish()
+    })
 }
 
 /// Components (and repetitions) of a field that has any, one line each.
@@ -302,15 +313,8 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|p| ferry_hl7::Path::parse(p))
         .collect::<Result<_, _>>()?;
-    let bytes = read_input(&args.file)?;
-    let all = messages(&bytes);
-    let several = all.len() > 1 || paths.len() > 1;
-    let total = all.len();
-    let mut report = Report::new(args.json);
-    for (n, parsed) in &all {
-        let Some(message) = report.parsed(*n, total, parsed) else {
-            continue;
-        };
+    for_each_message(&args.file, args.json, |report, n, total, message| {
+        let several = total > 1 || paths.len() > 1;
         for (text_path, path) in args.paths.iter().zip(&paths) {
             let value = Value::from_raw(message.get_path(path));
             let shown = match value {
@@ -339,19 +343,11 @@ fn get(args: &GetArgs) -> anyhow::Result<ExitCode> {
                 println!("{shown}");
             }
         }
-    }
-    report.finish()
+    })
 }
 
 fn validate(args: &FileArgs) -> anyhow::Result<ExitCode> {
-    let bytes = read_input(&args.file)?;
-    let all = messages(&bytes);
-    let total = all.len();
-    let mut report = Report::new(args.json);
-    for (n, parsed) in &all {
-        let Some(message) = report.parsed(*n, total, parsed) else {
-            continue;
-        };
+    for_each_message(&args.file, args.json, |report, n, total, message| {
         let issues = ferry_hl7::validate::validate(message);
         let errors = issues
             .iter()
@@ -382,7 +378,7 @@ fn validate(args: &FileArgs) -> anyhow::Result<ExitCode> {
                 "version": version(message).as_str(),
                 "issues": list,
             }));
-            continue;
+            return;
         }
         let warnings = issues.len() - errors;
         let verdict = if errors == 0 { "valid" } else { "invalid" };
@@ -396,8 +392,7 @@ fn validate(args: &FileArgs) -> anyhow::Result<ExitCode> {
         for issue in &issues {
             println!("  {issue}");
         }
-    }
-    report.finish()
+    })
 }
 
 fn to_json(args: &ToJsonArgs) -> anyhow::Result<ExitCode> {
