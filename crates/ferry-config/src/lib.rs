@@ -17,7 +17,7 @@ pub mod values;
 
 pub use load::ConfigError;
 pub use schema::{
-    AdminConfig, ChannelConfig, Config, DestinationConfig, FileDestinationConfig,
+    AdminConfig, ChannelConfig, Config, DestinationConfig, FileDestinationConfig, FilterConfig,
     HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MllpDestinationConfig,
     MllpSourceConfig, NakAction, ResponseMode, RetryConfig, SourceConfig, StoreConfig, TlsConfig,
 };

@@ -123,9 +123,50 @@ pub struct ChannelConfig {
     /// When the sender gets its acknowledgement. Default `"on-receive"`.
     #[serde(default)]
     pub response: ResponseMode,
+    /// `[[channel.filter]]`: rules on HL7 paths. Every one must pass, else the message is
+    /// stored as `FILTERED`, acknowledged `AA`, and sent to no destination.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FilterConfig>,
     /// `[[channel.destination]]`: where messages go, each with its own durable queue.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
+}
+
+/// One `[[channel.filter]]` rule: a `field` (an HL7 path such as `MSH-9.2` or `PID-3(2).1`)
+/// and exactly one test of its value, or `any` (a list of rules of which one must pass).
+/// Values are read with escapes decoded; a path without a repetition reads the first one; an
+/// absent value is the empty text.
+///
+/// ```toml
+/// [[channel.filter]]
+/// field = "MSH-9.2"
+/// in = ["A01", "A04", "A08"]
+///
+/// [[channel.filter]]
+/// any = [{ field = "PV1-2", equals = "I" }, { field = "PV1-2", equals = "E" }]
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The HL7 path whose value is tested. Required with every test but `any`.
+    pub field: Option<String>,
+    /// Passes when the value equals this text.
+    pub equals: Option<String>,
+    /// Passes when the value is one of these texts.
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<String>>,
+    /// Passes when the value contains this text.
+    pub contains: Option<String>,
+    /// Passes when the value matches this regular expression (Rust `regex` syntax,
+    /// unanchored: use `^…$` to match the whole value).
+    pub regex: Option<String>,
+    /// `true`: passes when the path holds a non-empty value; `false`: when it does not.
+    pub exists: Option<bool>,
+    /// Passes when at least one of these rules passes.
+    pub any: Option<Vec<FilterConfig>>,
+    /// `true` inverts the rule. Default `false`.
+    #[serde(default)]
+    pub not: bool,
 }
 
 fn yes() -> bool {

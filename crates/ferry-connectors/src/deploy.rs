@@ -8,10 +8,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferry_config::{ChannelConfig, Config, DestinationConfig, RetryConfig, SourceConfig};
-use ferry_engine::{
-    ChannelSpec, Destination, DestinationSpec, Engine, EngineError, RetryPolicy, Shutdown,
+use ferry_config::{
+    ChannelConfig, Config, DestinationConfig, FilterConfig, RetryConfig, SourceConfig,
 };
+use ferry_engine::{
+    ChannelSpec, Destination, DestinationSpec, Engine, EngineError, FilterRule, RetryPolicy,
+    Shutdown,
+};
+use ferry_hl7::Path;
 use ferry_store::Store;
 use ferry_tls::TlsError;
 use tokio::task::JoinSet;
@@ -261,6 +265,65 @@ fn retry_policy(retry: &RetryConfig) -> RetryPolicy {
     }
 }
 
+/// A `[[channel.filter]]` as an engine rule: exactly one test, a valid path, a valid regex.
+fn filter_rule(f: &FilterConfig) -> Result<FilterRule, String> {
+    let tests = [
+        f.equals.is_some(),
+        f.one_of.is_some(),
+        f.contains.is_some(),
+        f.regex.is_some(),
+        f.exists.is_some(),
+        f.any.is_some(),
+    ]
+    .iter()
+    .filter(|t| **t)
+    .count();
+    if tests != 1 {
+        return Err(format!(
+            "a filter has exactly one of `equals`, `in`, `contains`, `regex`, `exists`, `any` ({tests} given)"
+        ));
+    }
+    let path = || -> Result<Path, String> {
+        let field = f
+            .field
+            .as_deref()
+            .ok_or("`field` (an HL7 path such as \"MSH-9.2\") is required")?;
+        Path::parse(field).map_err(|e| e.to_string())
+    };
+    let rule = if let Some(v) = &f.equals {
+        FilterRule::Equals(path()?, v.clone())
+    } else if let Some(v) = &f.one_of {
+        FilterRule::OneOf(path()?, v.clone())
+    } else if let Some(v) = &f.contains {
+        FilterRule::Contains(path()?, v.clone())
+    } else if let Some(v) = &f.regex {
+        let regex = regex::Regex::new(v).map_err(|e| format!("`regex`: {e}"))?;
+        FilterRule::Regex(path()?, regex)
+    } else if let Some(v) = f.exists {
+        FilterRule::Exists(path()?, v)
+    } else {
+        if f.field.is_some() {
+            return Err("`any` takes its fields in its own rules, not `field`".to_owned());
+        }
+        let rules = f.any.as_deref().unwrap_or_default();
+        if rules.is_empty() {
+            return Err("`any` needs at least one rule".to_owned());
+        }
+        FilterRule::Any(
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| filter_rule(r).map_err(|e| format!("any[{i}]: {e}")))
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    Ok(if f.not {
+        FilterRule::Not(Box::new(rule))
+    } else {
+        rule
+    })
+}
+
 fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
     let name = channel.name.clone();
     let tls_error = |connector: String| {
@@ -395,10 +458,23 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
             retry: retry_policy(dest.retry()),
         });
     }
+    let filters = channel
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            filter_rule(f).map_err(|message| DeployError::Invalid {
+                channel: channel.name.clone(),
+                connector: format!("filter {}", i + 1),
+                message,
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(ChannelPlan {
         spec: ChannelSpec {
             name: channel.name.clone(),
             destinations,
+            filters,
         },
         source,
     })

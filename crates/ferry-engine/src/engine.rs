@@ -30,6 +30,8 @@ pub struct ChannelSpec {
     pub name: String,
     /// Destinations in order.
     pub destinations: Vec<DestinationSpec>,
+    /// Source filters: every one must pass, else the message is stored `FILTERED`.
+    pub filters: Vec<crate::FilterRule>,
 }
 
 /// Errors starting or stopping the engine.
@@ -152,6 +154,7 @@ impl Engine {
                     wakes,
                     stats,
                     store_failed: store_failed.clone(),
+                    filters: spec.filters,
                 }),
             });
         }

@@ -39,6 +39,7 @@ pub(crate) struct ChannelShared {
     pub wakes: Vec<Arc<Notify>>,
     pub stats: Arc<ChannelStats>,
     pub store_failed: Arc<AtomicBool>,
+    pub filters: Vec<crate::FilterRule>,
 }
 
 /// The handle a source uses to submit messages to its channel. Cheap to clone.
@@ -120,6 +121,9 @@ impl ChannelIngest {
         let enhanced = message.accept_ack_type().is_some_and(|t| !t.is_empty());
         let code = if enhanced { AckCode::CA } else { AckCode::AA };
         let ack = ack::build_ack(&message, code, None, None);
+        if let Some(rule) = crate::filter::first_failing(&shared.filters, &message) {
+            return self.filtered(raw, &message, rule, code, ack).await;
+        }
         let record = NewMessage {
             channel: shared.name.clone(),
             received_at_ms: now_ms(),
@@ -152,6 +156,42 @@ impl ChannelIngest {
                 }
                 self.store_failure(&message, enhanced, &error)
             }
+        }
+    }
+
+    /// Store a message a source filter refused (status `FILTERED`, no destination) and answer
+    /// it positively: the sender did nothing wrong.
+    async fn filtered(
+        &self,
+        raw: &[u8],
+        message: &Message<'_>,
+        rule: usize,
+        code: AckCode,
+        ack: Vec<u8>,
+    ) -> IngestReply {
+        let shared = &self.shared;
+        let record = NewMessage {
+            channel: shared.name.clone(),
+            received_at_ms: now_ms(),
+            control_id: text(message.control_id()),
+            message_type: text(message.message_type()),
+            raw: raw.to_vec(),
+            source_status: Status::Filtered,
+            source_error: Some(format!("filtered out by filter {rule}")),
+            source_response: Some(ack.clone()),
+            destinations: Vec::new(),
+        };
+        match shared.store.ingest(record).await {
+            Ok(id) => {
+                shared.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                IngestReply {
+                    requested: ack_requested(message, code),
+                    ack,
+                    code,
+                    message_id: Some(id),
+                }
+            }
+            Err(error) => self.store_failure(message, code == AckCode::CA, &error),
         }
     }
 

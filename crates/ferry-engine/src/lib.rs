@@ -10,7 +10,9 @@
 //! 1. A source hands the bytes to [`ChannelIngest::receive`]. The HL7 header is parsed, the raw
 //!    message and one `QUEUED` row per destination are committed to the [`ferry_store::Store`]
 //!    (group commit, fsync'd), and only then is the positive ACK returned to the source. Input
-//!    that cannot be parsed is stored too, with status `ERROR`, and answered with `AR`.
+//!    that cannot be parsed is stored too, with status `ERROR`, and answered with `AR`. A
+//!    message that fails one of the channel's [`FilterRule`]s is stored as `FILTERED`,
+//!    answered `AA`, and queued for no destination.
 //! 2. Each destination has one [`worker`](destination) that streams its queue from the store in
 //!    batches, in message-id order, and hands each message to a [`Destination`] implementation.
 //!    A retryable failure is retried with exponential backoff ([`RetryPolicy`]) while the queue
@@ -23,12 +25,14 @@
 
 mod destination;
 mod engine;
+mod filter;
 mod ingest;
 mod retry;
 mod stats;
 
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
 pub use engine::{ChannelSpec, DestinationSpec, Engine, EngineError, Health, HealthProbe};
+pub use filter::FilterRule;
 pub use ingest::{ChannelIngest, IngestReply};
 pub use retry::RetryPolicy;
 pub use stats::{ChannelStats, DestinationStats, Stats};
