@@ -278,6 +278,15 @@ impl DestinationConfig {
             DestinationConfig::File(d) => &d.retry,
         }
     }
+
+    /// The destination's filters.
+    pub fn filters(&self) -> &[FilterConfig] {
+        match self {
+            DestinationConfig::Http(d) => &d.filters,
+            DestinationConfig::Mllp(d) => &d.filters,
+            DestinationConfig::File(d) => &d.filters,
+        }
+    }
 }
 
 /// `type = "http"` destination.
@@ -286,6 +295,10 @@ impl DestinationConfig {
 pub struct HttpDestinationConfig {
     /// Unique within the channel; names the destination's queue.
     pub name: String,
+    /// `[[channel.destination.filter]]`: rules (as for `[[channel.filter]]`) that must all
+    /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FilterConfig>,
     /// Target URL, `https://…` (or `http://…`, with a warning).
     pub url: Text,
     /// HTTP method: `POST` (default), `PUT` or `PATCH`.
@@ -321,6 +334,10 @@ pub enum NakAction {
 pub struct MllpDestinationConfig {
     /// Unique within the channel; names the destination's queue.
     pub name: String,
+    /// `[[channel.destination.filter]]`: rules (as for `[[channel.filter]]`) that must all
+    /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FilterConfig>,
     /// `host:port` of the receiver.
     pub address: Text,
     /// Use TLS: trust (`ca`) and client identity (`cert`, `key`). Absent: plain TCP.
@@ -353,6 +370,10 @@ pub struct MllpDestinationConfig {
 pub struct FileDestinationConfig {
     /// Unique within the channel; names the destination's queue.
     pub name: String,
+    /// `[[channel.destination.filter]]`: rules (as for `[[channel.filter]]`) that must all
+    /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FilterConfig>,
     /// Directory to write into (created if missing), relative to the configuration file.
     pub directory: PathBuf,
     /// File name pattern; `{channel}`, `{id}` and `{control_id}` are replaced. Default

@@ -265,6 +265,25 @@ fn retry_policy(retry: &RetryConfig) -> RetryPolicy {
     }
 }
 
+/// A list of filters as engine rules; errors name the channel and `{prefix}filter N`.
+fn filter_rules(
+    channel: &str,
+    prefix: &str,
+    filters: &[FilterConfig],
+) -> Result<Vec<FilterRule>, DeployError> {
+    filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            filter_rule(f).map_err(|message| DeployError::Invalid {
+                channel: channel.to_owned(),
+                connector: format!("{prefix}filter {}", i + 1),
+                message,
+            })
+        })
+        .collect()
+}
+
 /// A `[[channel.filter]]` as an engine rule: exactly one test, a valid path, a valid regex.
 fn filter_rule(f: &FilterConfig) -> Result<FilterRule, String> {
     let tests = [
@@ -456,20 +475,14 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
             name: dest.name().to_owned(),
             sender,
             retry: retry_policy(dest.retry()),
+            filters: filter_rules(
+                &channel.name,
+                &format!("destination {}, ", dest.name()),
+                dest.filters(),
+            )?,
         });
     }
-    let filters = channel
-        .filters
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            filter_rule(f).map_err(|message| DeployError::Invalid {
-                channel: channel.name.clone(),
-                connector: format!("filter {}", i + 1),
-                message,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let filters = filter_rules(&channel.name, "", &channel.filters)?;
     Ok(ChannelPlan {
         spec: ChannelSpec {
             name: channel.name.clone(),

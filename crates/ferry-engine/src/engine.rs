@@ -21,6 +21,9 @@ pub struct DestinationSpec {
     pub sender: Arc<dyn Destination>,
     /// Retry policy for retryable failures.
     pub retry: RetryPolicy,
+    /// The destination's filters: every one must pass for it to get a message; otherwise
+    /// its row is `FILTERED` and the message never enters its queue.
+    pub filters: Vec<crate::FilterRule>,
 }
 
 /// One channel, ready to run. The source is started separately by its connector with the
@@ -109,7 +112,9 @@ impl Engine {
             let names: Vec<String> = spec.destinations.iter().map(|d| d.name.clone()).collect();
             let stats = Arc::new(ChannelStats::new(&spec.name, &names));
             let mut wakes = Vec::with_capacity(spec.destinations.len());
+            let mut destination_filters = Vec::with_capacity(spec.destinations.len());
             for dest in spec.destinations {
+                destination_filters.push(dest.filters);
                 let depth = store.queue_depth(&spec.name, &dest.name).await?;
                 let dest_stats = stats.destination(&dest.name).cloned().unwrap_or_default();
                 dest_stats
@@ -155,6 +160,7 @@ impl Engine {
                     stats,
                     store_failed: store_failed.clone(),
                     filters: spec.filters,
+                    destination_filters,
                 }),
             });
         }

@@ -40,6 +40,8 @@ pub(crate) struct ChannelShared {
     pub stats: Arc<ChannelStats>,
     pub store_failed: Arc<AtomicBool>,
     pub filters: Vec<crate::FilterRule>,
+    /// Each destination's filters, in the order of `destinations`.
+    pub destination_filters: Vec<Vec<crate::FilterRule>>,
 }
 
 /// The handle a source uses to submit messages to its channel. Cheap to clone.
@@ -124,6 +126,22 @@ impl ChannelIngest {
         if let Some(rule) = crate::filter::first_failing(&shared.filters, &message) {
             return self.filtered(raw, &message, rule, code, ack).await;
         }
+        // Each destination's own filters decide whether it gets the message.
+        let mut taken = Vec::with_capacity(shared.destinations.len());
+        let (mut queued, mut filtered) = (Vec::new(), Vec::new());
+        for (i, name) in shared.destinations.iter().enumerate() {
+            let rules = shared
+                .destination_filters
+                .get(i)
+                .map_or(&[][..], Vec::as_slice);
+            let takes = crate::filter::first_failing(rules, &message).is_none();
+            taken.push(takes);
+            if takes {
+                queued.push(name.clone());
+            } else {
+                filtered.push(name.clone());
+            }
+        }
         let record = NewMessage {
             channel: shared.name.clone(),
             received_at_ms: now_ms(),
@@ -133,13 +151,29 @@ impl ChannelIngest {
             source_status: Status::Transformed,
             source_error: None,
             source_response: Some(ack.clone()),
-            destinations: shared.destinations.clone(),
+            destinations: queued,
+            filtered_destinations: filtered,
         };
-        for (_, d) in &shared.stats.destinations {
-            d.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let destination_stats = || {
+            shared
+                .stats
+                .destinations
+                .iter()
+                .zip(&taken)
+                .map(|((_, d), takes)| (d, *takes))
+        };
+        for (d, takes) in destination_stats() {
+            if takes {
+                d.queue_depth.fetch_add(1, Ordering::Relaxed);
+            }
         }
         match shared.store.ingest(record).await {
             Ok(id) => {
+                for (d, takes) in destination_stats() {
+                    if !takes {
+                        d.filtered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 for wake in &shared.wakes {
                     wake.notify_one();
                 }
@@ -151,8 +185,10 @@ impl ChannelIngest {
                 }
             }
             Err(error) => {
-                for (_, d) in &shared.stats.destinations {
-                    d.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                for (d, takes) in destination_stats() {
+                    if takes {
+                        d.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 self.store_failure(&message, enhanced, &error)
             }
@@ -180,6 +216,7 @@ impl ChannelIngest {
             source_error: Some(format!("filtered out by filter {rule}")),
             source_response: Some(ack.clone()),
             destinations: Vec::new(),
+            filtered_destinations: Vec::new(),
         };
         match shared.store.ingest(record).await {
             Ok(id) => {
@@ -235,6 +272,7 @@ impl ChannelIngest {
             source_error: Some(reason),
             source_response: Some(ack.clone()),
             destinations: Vec::new(),
+            filtered_destinations: Vec::new(),
         };
         match shared.store.ingest(record).await {
             Ok(id) => IngestReply {

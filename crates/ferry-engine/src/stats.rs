@@ -19,6 +19,8 @@ pub struct DestinationStats {
     pub retries: AtomicU64,
     /// Messages waiting in this destination's durable queue.
     pub queue_depth: AtomicI64,
+    /// Messages this destination's filter refused (status `FILTERED` at this destination).
+    pub filtered: AtomicU64,
 }
 
 /// Counters of one channel.
@@ -149,6 +151,12 @@ impl Stats {
                 "counter",
                 "Failed delivery attempts that are retried.",
                 |d| d.retries.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "ferry_destination_filtered_total",
+                "counter",
+                "Messages a destination's filter refused (status FILTERED at that destination).",
+                |d| d.filtered.load(Ordering::Relaxed) as i64,
             ),
             (
                 "ferry_queue_depth",

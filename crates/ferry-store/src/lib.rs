@@ -117,7 +117,7 @@ impl Store {
         match self
             .inner
             .writer
-            .submit(writer::Op::Ingest(message))
+            .submit(writer::Op::Ingest(Box::new(message)))
             .await?
         {
             writer::Reply::Id(id) => Ok(id),

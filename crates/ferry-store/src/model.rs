@@ -118,6 +118,8 @@ pub struct NewMessage {
     pub source_response: Option<Vec<u8>>,
     /// Destinations that get a `QUEUED` row.
     pub destinations: Vec<String>,
+    /// Destinations whose filter refused the message: a `FILTERED` row each, never queued.
+    pub filtered_destinations: Vec<String>,
 }
 
 /// The outcome of a delivery attempt.

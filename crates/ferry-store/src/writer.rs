@@ -23,7 +23,8 @@ const GATHER_STEP: Duration = Duration::from_micros(20);
 const QUEUE_CAPACITY: usize = 8192;
 
 pub(crate) enum Op {
-    Ingest(NewMessage),
+    /// Boxed: the message is large next to the other commands queued to the writer.
+    Ingest(Box<NewMessage>),
     Delivery(DeliveryUpdate),
 }
 
@@ -397,6 +398,18 @@ impl Writer {
                     now
                 ])
                 .map_err(StoreError::sqlite("queueing for a destination"))?;
+        }
+        for destination in &m.filtered_destinations {
+            status
+                .execute(params![
+                    channel,
+                    id,
+                    destination,
+                    "FILTERED",
+                    Option::<String>::None,
+                    now
+                ])
+                .map_err(StoreError::sqlite("recording a destination's filter"))?;
         }
         Ok(id)
     }

@@ -13,6 +13,7 @@ fn message(channel: &str, control_id: &str, destinations: &[&str]) -> NewMessage
         source_error: None,
         source_response: Some(b"ACK".to_vec()),
         destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
+        filtered_destinations: Vec::new(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Source filters (`[[channel.filter]]`): a message that fails a rule is acknowledged AA,
-//! stored as FILTERED and sent nowhere; the others flow as before. Bad rules are refused by
-//! `ferry check` with the channel and the filter's number.
+//! stored as FILTERED and sent nowhere; the others flow as before. Destination filters
+//! (`[[channel.destination.filter]]`) keep a message out of one destination's queue only.
+//! Bad rules are refused by `ferry check` with the channel and the filter's number.
 
 mod common;
 
@@ -76,22 +77,101 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
         ferry.wait_metric(sent, 2, Duration::from_secs(5)).await,
         Some(2)
     );
-    let mut delivered: Vec<String> = std::fs::read_dir(&out)
+    assert_eq!(delivered_ids(&out), ["KEEP1", "KEEP2"]);
+    let received = "ferry_messages_received_total{channel=\"adt\"}";
+    assert_eq!(ferry.metric(received).await, Some(4));
+}
+
+/// MSH-10 of every message a file destination wrote, sorted.
+fn delivered_ids(dir: &std::path::Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir)
         .expect("out dir")
         .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).expect("read"))
+        .map(|e| std::fs::read(e.path()).expect("read"))
         .map(|m| {
-            ferry_hl7::Message::parse(m.as_bytes())
+            ferry_hl7::Message::parse(&m)
                 .expect("parse")
                 .control_id()
                 .unwrap_or_default()
                 .to_owned()
         })
         .collect();
-    delivered.sort();
-    assert_eq!(delivered, ["KEEP1", "KEEP2"]);
-    let received = "ferry_messages_received_total{channel=\"adt\"}";
-    assert_eq!(ferry.metric(received).await, Some(4));
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destination_filters_keep_a_message_out_of_one_queue_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (all, inpatients) = (dir.path().join("all"), dir.path().join("inpatients"));
+    let config = config_with_channels(
+        dir.path(),
+        &format!(
+            r#"
+[[channel]]
+name = "adt"
+source = {{ type = "mllp", listen = "127.0.0.1:0" }}
+
+  [[channel.destination]]
+  name = "all"
+  type = "file"
+  directory = {}
+
+  [[channel.destination]]
+  name = "inpatients"
+  type = "file"
+  directory = {}
+
+    [[channel.destination.filter]]
+    field = "PV1-2"
+    equals = "I"
+"#,
+            toml_path(&all),
+            toml_path(&inpatients)
+        ),
+    );
+    let ferry = Ferry::start(&config, &[]);
+    let mut conn = MllpConnection::connect(&plain(ferry.listener("adt")))
+        .await
+        .expect("connect");
+    for (id, class) in [("IN1", "I"), ("OUT1", "O"), ("IN2", "I")] {
+        assert_eq!(
+            send(&mut conn, &adt_event(id, "A01", class))
+                .await
+                .code
+                .as_str(),
+            "AA"
+        );
+    }
+    let labels = |d: &str| format!("{{channel=\"adt\",destination=\"{d}\"}}");
+    let sent = |d: &str| format!("ferry_messages_sent_total{}", labels(d));
+    assert_eq!(
+        ferry
+            .wait_metric(&sent("all"), 3, Duration::from_secs(5))
+            .await,
+        Some(3)
+    );
+    assert_eq!(
+        ferry
+            .wait_metric(&sent("inpatients"), 2, Duration::from_secs(5))
+            .await,
+        Some(2),
+        "{}",
+        ferry.output()
+    );
+    let filtered = format!("ferry_destination_filtered_total{}", labels("inpatients"));
+    assert_eq!(ferry.metric(&filtered).await, Some(1));
+    // The filtered message never entered the queue: nothing waits there.
+    let depth = format!("ferry_queue_depth{}", labels("inpatients"));
+    assert_eq!(ferry.metric(&depth).await, Some(0));
+    assert_eq!(
+        ferry
+            .metric("ferry_messages_filtered_total{channel=\"adt\"}")
+            .await,
+        Some(0)
+    );
+    assert_eq!(delivered_ids(&all), ["IN1", "IN2", "OUT1"]);
+    assert_eq!(delivered_ids(&inpatients), ["IN1", "IN2"]);
 }
 
 const DESTINATION: &str =
@@ -132,6 +212,25 @@ fn check_refuses_bad_rules_naming_channel_and_filter() {
         assert!(stderr.contains("channel `c`"), "{rule}: {stderr}");
         assert!(stderr.contains(expected), "{rule}: {stderr}");
     }
+    // A destination's bad rule names the destination.
+    let config = config_with_channels(
+        dir.path(),
+        &format!(
+            "[[channel]]\nname = \"c\"\nsource = {{ type = \"mllp\", listen = \"127.0.0.1:0\" }}\n{DESTINATION}\n    [[channel.destination.filter]]\n    field = \"PID\"\n    exists = true\n"
+        ),
+    );
+    let out = Command::new(ferry_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("ferry check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("destination files, filter 1: invalid HL7 path `PID`"),
+        "{stderr}"
+    );
+
     // A typo in a rule's key is a config error with a position, like every other key.
     let config = config_with_channels(
         dir.path(),
