@@ -238,3 +238,27 @@ async fn bad_operations_mixed_into_busy_batches_fail_alone() {
     assert_eq!(listed.len(), 32);
     assert!(listed.windows(2).all(|w| w[0].id < w[1].id));
 }
+
+#[tokio::test]
+async fn filtered_destinations_get_a_filtered_row_and_no_queue_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let mut m = message("c", "M1", &["a"]);
+    m.filtered_destinations = vec!["b".to_owned()];
+    let id = store.ingest(m).await.expect("ingest");
+    assert_eq!(store.queue_depth("c", "a").await.expect("depth"), 1);
+    assert_eq!(store.queue_depth("c", "b").await.expect("depth"), 0);
+    assert!(
+        store
+            .queue_batch("c", "b", 0, 10)
+            .await
+            .expect("batch")
+            .is_empty()
+    );
+    let record = store
+        .connector("c", id, "b")
+        .await
+        .expect("read")
+        .expect("a row for the filtered destination");
+    assert_eq!(record.status, Status::Filtered);
+}
