@@ -103,8 +103,10 @@ impl ChannelIngest {
 
     /// Receive one message: store it durably and return the acknowledgement to send back.
     ///
-    /// Never fails: every outcome is expressed as an ACK code (`AA`/`CA` stored, `AR`/`CR`
-    /// rejected and stored as `ERROR`, `AE`/`CE` not stored because the store failed).
+    /// Never fails: every outcome is expressed as an ACK code (`AA`/`CA` stored, also when a
+    /// source filter refused it and it is stored as `FILTERED`; `AR`/`CR` rejected and stored
+    /// as `ERROR`; `AE`/`CE` not stored because the store failed). Destinations whose filters
+    /// refuse the message get a `FILTERED` row instead of a place in their queue.
     pub async fn receive(&self, raw: &[u8]) -> IngestReply {
         let shared = &self.shared;
         shared.stats.received.fetch_add(1, Ordering::Relaxed);
