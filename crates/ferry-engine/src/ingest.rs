@@ -145,16 +145,9 @@ impl ChannelIngest {
             }
         }
         let record = NewMessage {
-            channel: shared.name.clone(),
-            received_at_ms: now_ms(),
-            control_id: text(message.control_id()),
-            message_type: text(message.message_type()),
-            raw: raw.to_vec(),
-            source_status: Status::Transformed,
-            source_error: None,
-            source_response: Some(ack.clone()),
             destinations: queued,
             filtered_destinations: filtered,
+            ..self.record(raw, Some(&message), Status::Transformed, None, &ack)
         };
         let destination_stats = || {
             shared
@@ -197,6 +190,30 @@ impl ChannelIngest {
         }
     }
 
+    /// The store record of a message with the source's outcome; no destination rows (the
+    /// caller adds them for an accepted message).
+    fn record(
+        &self,
+        raw: &[u8],
+        message: Option<&Message<'_>>,
+        source_status: Status,
+        source_error: Option<String>,
+        ack: &[u8],
+    ) -> NewMessage {
+        NewMessage {
+            channel: self.shared.name.clone(),
+            received_at_ms: now_ms(),
+            control_id: text(message.and_then(|m| m.control_id())),
+            message_type: text(message.and_then(|m| m.message_type())),
+            raw: raw.to_vec(),
+            source_status,
+            source_error,
+            source_response: Some(ack.to_vec()),
+            destinations: Vec::new(),
+            filtered_destinations: Vec::new(),
+        }
+    }
+
     /// Store a message a source filter refused (status `FILTERED`, no destination) and answer
     /// it positively: the sender did nothing wrong.
     async fn filtered(
@@ -208,18 +225,8 @@ impl ChannelIngest {
         ack: Vec<u8>,
     ) -> IngestReply {
         let shared = &self.shared;
-        let record = NewMessage {
-            channel: shared.name.clone(),
-            received_at_ms: now_ms(),
-            control_id: text(message.control_id()),
-            message_type: text(message.message_type()),
-            raw: raw.to_vec(),
-            source_status: Status::Filtered,
-            source_error: Some(format!("filtered out by filter {rule}")),
-            source_response: Some(ack.clone()),
-            destinations: Vec::new(),
-            filtered_destinations: Vec::new(),
-        };
+        let reason = format!("filtered out by filter {rule}");
+        let record = self.record(raw, Some(message), Status::Filtered, Some(reason), &ack);
         match shared.store.ingest(record).await {
             Ok(id) => {
                 shared.stats.filtered.fetch_add(1, Ordering::Relaxed);
@@ -264,18 +271,7 @@ impl ChannelIngest {
             Some(m) => ack::build_ack(m, code, Some(&reason), Some(&detail)),
             None => ack::build_nak_without_header(code, &reason),
         };
-        let record = NewMessage {
-            channel: shared.name.clone(),
-            received_at_ms: now_ms(),
-            control_id: text(message.and_then(|m| m.control_id())),
-            message_type: text(message.and_then(|m| m.message_type())),
-            raw: raw.to_vec(),
-            source_status: Status::Error,
-            source_error: Some(reason),
-            source_response: Some(ack.clone()),
-            destinations: Vec::new(),
-            filtered_destinations: Vec::new(),
-        };
+        let record = self.record(raw, message, Status::Error, Some(reason), &ack);
         match shared.store.ingest(record).await {
             Ok(id) => IngestReply {
                 requested: message.is_none_or(|m| ack_requested(m, code)),

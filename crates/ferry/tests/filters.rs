@@ -174,6 +174,18 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
     assert_eq!(delivered_ids(&inpatients), ["IN1", "IN2"]);
 }
 
+/// Run `ferry check`, which must fail with status 1; its standard error.
+fn check_fails(config: &std::path::Path) -> String {
+    let out = Command::new(ferry_bin())
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("ferry check");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 const DESTINATION: &str =
     "\n  [[channel.destination]]\n  name = \"files\"\n  type = \"file\"\n  directory = \"out\"\n";
 
@@ -202,13 +214,7 @@ fn check_refuses_bad_rules_naming_channel_and_filter() {
                 "[[channel]]\nname = \"c\"\nsource = {{ type = \"mllp\", listen = \"127.0.0.1:0\" }}\n\n  [[channel.filter]]\n  {rule}\n{DESTINATION}"
             ),
         );
-        let out = Command::new(ferry_bin())
-            .args(["check", "--config"])
-            .arg(&config)
-            .output()
-            .expect("ferry check");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{rule}: {stderr}");
+        let stderr = check_fails(&config);
         assert!(stderr.contains("channel `c`"), "{rule}: {stderr}");
         assert!(stderr.contains(expected), "{rule}: {stderr}");
     }
@@ -219,13 +225,7 @@ fn check_refuses_bad_rules_naming_channel_and_filter() {
             "[[channel]]\nname = \"c\"\nsource = {{ type = \"mllp\", listen = \"127.0.0.1:0\" }}\n{DESTINATION}\n    [[channel.destination.filter]]\n    field = \"PID\"\n    exists = true\n"
         ),
     );
-    let out = Command::new(ferry_bin())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("ferry check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = check_fails(&config);
     assert!(
         stderr.contains("destination files, filter 1: invalid HL7 path `PID`"),
         "{stderr}"
@@ -238,12 +238,6 @@ fn check_refuses_bad_rules_naming_channel_and_filter() {
             "[[channel]]\nname = \"c\"\nsource = {{ type = \"mllp\", listen = \"127.0.0.1:0\" }}\n\n  [[channel.filter]]\n  field = \"PID-5\"\n  equal = \"x\"\n{DESTINATION}"
         ),
     );
-    let out = Command::new(ferry_bin())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .expect("ferry check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = check_fails(&config);
     assert!(stderr.contains("equal"), "{stderr}");
 }
