@@ -27,7 +27,7 @@
 
 use std::borrow::Cow;
 
-use crate::message::Delimiters;
+use crate::message::{Chars, Delimiters};
 
 /// How to find escape characters in raw bytes: in some charsets the escape or delimiter byte
 /// values also occur inside multi-byte characters, and those must not be read as escapes.
@@ -65,58 +65,31 @@ pub(crate) fn decode_bytes_scan<'a>(raw: &'a [u8], d: &Delimiters, scan: Scan) -
     if scan == Scan::Plain {
         return Cow::Owned(decode_from(raw, first, d, esc));
     }
-    // Charsets where the escape byte may be half of a character: walk from the start.
+    // Charsets where the escape byte may be half of a character: only the bytes that stand
+    // for themselves (`Chars`, the parser's own rule) can start or end an escape sequence.
     let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    let mut double = false; // inside an ISO 2022 two-byte run
-    while let Some(&b) = raw.get(i) {
-        match scan {
-            Scan::Iso2022 if b == 0x1B => {
-                let seq = raw.get(i + 1..(i + 4).min(raw.len())).unwrap_or_default();
-                if seq.starts_with(b"$@")
-                    || seq.starts_with(b"$B")
-                    || seq.starts_with(b"$(D")
-                    || seq.starts_with(b"(I")
-                {
-                    // Two-byte JIS, or 7-bit JIS X 0201 katakana: bytes that look like
-                    // ASCII are halves (or whole) of other characters.
-                    double = true;
-                } else if seq.starts_with(b"(B") || seq.starts_with(b"(J") {
-                    double = false;
-                }
-                out.push(b);
-                i += 1;
-                continue;
-            }
-            Scan::Iso2022 if double => {
-                out.push(b);
-                i += 1;
-                continue;
-            }
-            Scan::ShiftJis | Scan::Big5Gb18030 if is_lead(scan, b) => {
-                out.extend_from_slice(raw.get(i..(i + 2).min(raw.len())).unwrap_or_default());
-                i += 2;
-                continue;
-            }
-            _ => {}
+    let mut copied = 0; // raw[..copied] is already in `out`
+    for (i, b) in Chars::new(raw, scan) {
+        if b != esc || i < copied {
+            continue;
         }
-        if b == esc {
-            // The name must be plain ASCII: a sequence never spans a charset switch.
-            let rest = raw.get(i + 1..).unwrap_or_default();
-            let end = rest
-                .iter()
-                .position(|c| *c == esc || *c == 0x1B || *c >= 0x80);
-            if let Some(end) = end.filter(|e| rest.get(*e) == Some(&esc)) {
-                let name = rest.get(..end).unwrap_or_default();
-                if let Some(consumed) = apply(name, d, esc, &mut out) {
-                    i += consumed;
-                    continue;
-                }
+        // The name must be plain ASCII: a sequence never spans a charset switch.
+        let rest = raw.get(i + 1..).unwrap_or_default();
+        let end = rest
+            .iter()
+            .position(|c| *c == esc || *c == 0x1B || *c >= 0x80)
+            .filter(|e| rest.get(*e) == Some(&esc));
+        if let Some(end) = end {
+            let name = rest.get(..end).unwrap_or_default();
+            let before = out.len();
+            out.extend_from_slice(raw.get(copied..i).unwrap_or_default());
+            match apply(name, d, esc, &mut out) {
+                Some(consumed) => copied = i + consumed,
+                None => out.truncate(before),
             }
         }
-        out.push(b);
-        i += 1;
     }
+    out.extend_from_slice(raw.get(copied..).unwrap_or_default());
     Cow::Owned(out)
 }
 
