@@ -225,8 +225,18 @@ impl MessageBuf {
         if path.segment_id() == b"MSH" && path.field <= 2 {
             return Err(EditError::Delimiters);
         }
-        let before = self.clone();
-        let seg = self.segment_for_write(path)?;
+        let (seg, appended) = self.segment_for_write(path)?;
+        let placed = self.place(seg, path, raw);
+        // Refused after appending the segment: the message goes back to what it was.
+        if let (Err(_), Some(previous)) = (&placed, appended) {
+            self.restore(previous);
+        }
+        placed
+    }
+
+    /// Write `raw` at `path` in segment `seg`, adding the separators needed to reach it. On
+    /// failure the message is as it was before this call.
+    fn place(&mut self, seg: usize, path: &Path, raw: &[u8]) -> Result<(), EditError> {
         let (range, pad) = self.target(seg, path)?;
         // Separators added after text that leaves an ISO-2022 run open would be inside the
         // run: shift back to ASCII first (the text before stays as it was).
@@ -237,7 +247,7 @@ impl MessageBuf {
         };
         insert.extend_from_slice(&pad);
         insert.extend_from_slice(raw);
-        self.splice(range, &insert)?;
+        let previous = self.splice_keeping(range, &insert)?;
         // The value must read back as set; text before it that ends inside a multi-byte
         // character could swallow the separators that reach it.
         let placed = match level(path) {
@@ -249,7 +259,7 @@ impl MessageBuf {
             _ => self.message().get_path(path),
         };
         if placed != Some(raw) {
-            *self = before;
+            self.restore(previous);
             return Err(EditError::Unreachable {
                 path: path_text(path),
             });
@@ -323,46 +333,58 @@ impl MessageBuf {
             return Err(EditError::Delimiters);
         }
         let raw = self.encode(&path, text)?;
-        let before = self.clone();
-        let inserted = self.insert_repetition_raw(&path, sep, &raw);
-        // The repetition must read back as inserted (see `set_raw_path`).
-        let mut rep = path.clone();
-        rep.component = None;
-        rep.subcomponent = None;
-        if inserted.is_ok() && self.message().get_path(&rep) != Some(&raw[..]) {
-            *self = before;
-            return Err(EditError::Unreachable {
-                path: path_text(&path),
-            });
+        let (seg, appended) = self.segment_for_write(&path)?;
+        let inserted = self.insert_repetition_at(seg, &path, sep, &raw);
+        if let (Err(_), Some(previous)) = (&inserted, appended) {
+            self.restore(previous);
         }
         inserted
     }
 
-    fn insert_repetition_raw(&mut self, path: &Path, sep: u8, raw: &[u8]) -> Result<(), EditError> {
-        let seg = self.segment_for_write(path)?;
+    /// Insert a repetition into segment `seg`; on failure the message is as it was before.
+    fn insert_repetition_at(
+        &mut self,
+        seg: usize,
+        path: &Path,
+        sep: u8,
+        raw: &[u8],
+    ) -> Result<(), EditError> {
         let segment = self.message_segment(seg)?;
         let Some(field) = segment.field_range(path.field) else {
-            // No such field yet: inserting is setting.
+            // No such field yet: inserting is setting (which checks the value reads back).
             let mut whole = path.clone();
             whole.component = None;
             whole.subcomponent = None;
-            return self.set_raw_path(&whole, raw);
+            return self.place(seg, &whole, raw);
         };
         let scan = self.index.scan;
         let count = part_count(&self.bytes, field.clone(), sep, scan);
-        if field.is_empty() && path.repetition == 1 {
-            return self.splice(field, raw);
-        }
-        if path.repetition > count {
+        let (range, insert) = if field.is_empty() && path.repetition == 1 {
+            (field, raw.to_vec())
+        } else if path.repetition > count {
             let mut insert = self.shift_back_before(seg, field.end);
             insert.extend(std::iter::repeat_n(sep, path.repetition - count));
             insert.extend_from_slice(raw);
-            return self.splice(field.end..field.end, &insert);
+            (field.end..field.end, insert)
+        } else {
+            let at =
+                nth_part(&self.bytes, field, sep, path.repetition, scan).map_or(0, |r| r.start);
+            let mut insert = raw.to_vec();
+            insert.push(sep);
+            (at..at, insert)
+        };
+        let previous = self.splice_keeping(range, &insert)?;
+        // The repetition must read back as inserted (see `place`).
+        let mut rep = path.clone();
+        rep.component = None;
+        rep.subcomponent = None;
+        if self.message().get_path(&rep) != Some(raw) {
+            self.restore(previous);
+            return Err(EditError::Unreachable {
+                path: path_text(path),
+            });
         }
-        let at = nth_part(&self.bytes, field, sep, path.repetition, scan).map_or(0, |r| r.start);
-        let mut insert = raw.to_vec();
-        insert.push(sep);
-        self.splice(at..at, &insert)
+        Ok(())
     }
 
     /// `ESC ( B` when the text of segment `seg` up to `at` leaves an ISO-2022 run open, so
@@ -406,6 +428,11 @@ impl MessageBuf {
 
     /// Append a segment (ER7 bytes, without terminator) after the last one.
     pub fn append_segment(&mut self, segment: &[u8]) -> Result<(), EditError> {
+        self.append_segment_keeping(segment).map(drop)
+    }
+
+    /// [`append_segment`](Self::append_segment), handing back the message as it was.
+    fn append_segment_keeping(&mut self, segment: &[u8]) -> Result<Previous, EditError> {
         self.check_segment(segment)?;
         let term = self.terminator().to_vec();
         let last_end = self
@@ -422,11 +449,11 @@ impl MessageBuf {
             insert.extend_from_slice(segment);
             insert.extend_from_slice(&term);
             let at = last_end + term.len();
-            self.splice(at..at, &insert)
+            self.splice_keeping(at..at, &insert)
         } else {
             insert.extend_from_slice(&term);
             insert.extend_from_slice(segment);
-            self.splice(last_end..last_end, &insert)
+            self.splice_keeping(last_end..last_end, &insert)
         }
     }
 
@@ -527,11 +554,11 @@ impl MessageBuf {
     }
 
     /// The 0-based position of the path's segment, appended first when it is the next
-    /// occurrence of a segment that is not there yet.
-    fn segment_for_write(&mut self, path: &Path) -> Result<usize, EditError> {
+    /// occurrence of a segment that is not there yet (then with the message as it was).
+    fn segment_for_write(&mut self, path: &Path) -> Result<(usize, Option<Previous>), EditError> {
         let message = self.message();
         if let Some(i) = message.segment_position(path.segment_id(), path.occurrence) {
-            return Ok(i);
+            return Ok((i, None));
         }
         let present = message
             .segments()
@@ -544,8 +571,8 @@ impl MessageBuf {
                 next: present + 1,
             });
         }
-        self.append_segment(path.segment_id())?;
-        Ok(self.index.segments.len() - 1)
+        let previous = self.append_segment_keeping(path.segment_id())?;
+        Ok((self.index.segments.len() - 1, Some(previous)))
     }
 
     /// The range a path's value occupies (empty, at the insertion point, when it is not
@@ -698,6 +725,16 @@ impl MessageBuf {
 
     /// Replace `range` with `insert` and re-index; on failure nothing changes.
     fn splice(&mut self, range: Range<usize>, insert: &[u8]) -> Result<(), EditError> {
+        self.splice_keeping(range, insert).map(drop)
+    }
+
+    /// [`splice`](Self::splice), handing back the message as it was, so that a caller that
+    /// finds the result wrong can put it back without having copied it beforehand.
+    fn splice_keeping(
+        &mut self,
+        range: Range<usize>,
+        insert: &[u8],
+    ) -> Result<Previous, EditError> {
         let (Some(before), Some(after)) =
             (self.bytes.get(..range.start), self.bytes.get(range.end..))
         else {
@@ -711,10 +748,22 @@ impl MessageBuf {
         out.extend_from_slice(insert);
         out.extend_from_slice(after);
         let index = index(&out)?;
-        self.bytes = out;
-        self.index = index;
-        Ok(())
+        Ok(Previous {
+            bytes: std::mem::replace(&mut self.bytes, out),
+            index: std::mem::replace(&mut self.index, index),
+        })
     }
+
+    fn restore(&mut self, previous: Previous) {
+        self.bytes = previous.bytes;
+        self.index = previous.index;
+    }
+}
+
+/// A message as it was before an edit, kept to put back when the edit is refused.
+struct Previous {
+    bytes: Vec<u8>,
+    index: Index,
 }
 
 /// The path as text for error messages.
@@ -921,6 +970,23 @@ OBX|2|ST|B||two\n";
             Err(EditError::Unreachable { .. })
         ));
         assert_eq!(m.as_bytes(), sjis);
+    }
+
+    #[test]
+    fn a_refused_edit_does_not_leave_an_appended_segment_behind() {
+        // No subcomponent separator declared: `ZZZ-1.1.2` needs one. The segment is appended
+        // to reach the path, then the edit is refused: the append must be undone too.
+        let raw = b"MSH|^~\\|A\rPID|1\r";
+        let mut m = MessageBuf::parse(&raw[..]).expect("parse");
+        assert!(matches!(
+            m.set("ZZZ-1.1.2", "x"),
+            Err(EditError::NoSeparator {
+                what: "subcomponent",
+                ..
+            })
+        ));
+        assert_eq!(m.as_bytes(), raw);
+        assert_eq!(m.message().segment_count(), 2);
     }
 
     #[test]
