@@ -187,9 +187,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
         ),
     );
     let ferry = Ferry::start(&config, &[]);
-    let mut conn = MllpConnection::connect(&plain(ferry.listener("adt")))
-        .await
-        .expect("connect");
+    let mut conn = ferry.connect("adt").await;
     const N: usize = 60;
     for i in 0..N {
         let ack = send(&mut conn, &adt(&format!("Q{i:04}"))).await;
@@ -297,9 +295,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
         ),
     );
     let mut ferry = Ferry::start(&config, &[]);
-    let mut conn = MllpConnection::connect(&plain(ferry.listener("c")))
-        .await
-        .expect("connect");
+    let mut conn = ferry.connect("c").await;
     assert_eq!(send(&mut conn, &adt("T1")).await.code.as_str(), "AA");
     his.wait_for(1, Duration::from_secs(10)).await;
     assert!(ferry.terminate(), "{}", ferry.output());

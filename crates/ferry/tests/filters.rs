@@ -8,8 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Ferry, adt, config_with_channels, ferry_bin, plain, send, toml_path};
-use ferry_connectors::mllp::MllpConnection;
+use common::{Ferry, adt, config_with_channels, ferry_bin, send, toml_path};
 
 /// An ADT with a chosen trigger event and patient class (PV1-2).
 fn adt_event(control_id: &str, event: &str, class: &str) -> Vec<u8> {
@@ -51,9 +50,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
         ),
     );
     let ferry = Ferry::start(&config, &[]);
-    let mut conn = MllpConnection::connect(&plain(ferry.listener("adt")))
-        .await
-        .expect("connect");
+    let mut conn = ferry.connect("adt").await;
     let cases = [
         ("KEEP1", "A01", "I"),
         ("DROP-EVENT", "A08", "I"),
@@ -131,9 +128,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
         ),
     );
     let ferry = Ferry::start(&config, &[]);
-    let mut conn = MllpConnection::connect(&plain(ferry.listener("adt")))
-        .await
-        .expect("connect");
+    let mut conn = ferry.connect("adt").await;
     for (id, class) in [("IN1", "I"), ("OUT1", "O"), ("IN2", "I")] {
         assert_eq!(
             send(&mut conn, &adt_event(id, "A01", class))

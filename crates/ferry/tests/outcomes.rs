@@ -5,8 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Ferry, adt, config_with_channels, plain, send};
-use ferry_connectors::mllp::MllpConnection;
+use common::{Ferry, adt, config_with_channels, send};
 use ferry_testkit::http_peer::HttpPeer;
 use ferry_testkit::mllp_peer::{AckBehavior, MllpPeer, control_id};
 
@@ -33,9 +32,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
         ),
     );
     let ferry = Ferry::start(&config, &[]);
-    let mut conn = MllpConnection::connect(&plain(ferry.listener("c")))
-        .await
-        .expect("connect");
+    let mut conn = ferry.connect("c").await;
     assert_eq!(send(&mut conn, &adt("FIRST")).await.code.as_str(), "AA");
     assert_eq!(send(&mut conn, &adt("SECOND")).await.code.as_str(), "AA");
     let posts = api.wait_for("POST", 3, Duration::from_secs(10)).await;
@@ -91,9 +88,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:0" }}
         ),
     );
     let ferry = Ferry::start(&config, &[]);
-    let mut conn = MllpConnection::connect(&plain(ferry.listener("c")))
-        .await
-        .expect("connect");
+    let mut conn = ferry.connect("c").await;
     assert_eq!(send(&mut conn, &adt("N1")).await.code.as_str(), "AA");
     assert_eq!(send(&mut conn, &adt("N2")).await.code.as_str(), "AA");
     let received = his.wait_for(2, Duration::from_secs(10)).await;

@@ -111,6 +111,13 @@ impl Ferry {
         *self.listeners.get(channel).expect("channel listener")
     }
 
+    /// A plain MLLP connection to a channel's listener.
+    pub async fn connect(&self, channel: &str) -> MllpConnection {
+        MllpConnection::connect(&plain(self.listener(channel)))
+            .await
+            .expect("connect")
+    }
+
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
         self.output.lock().expect("lock").join("\n")
