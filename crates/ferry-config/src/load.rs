@@ -362,9 +362,23 @@ impl Config {
             if !names.insert(channel.name.clone()) {
                 return Err(err("defined twice (channel names must be unique)".into()));
             }
-            if channel.response != ResponseMode::OnReceive {
+            if channel.response == ResponseMode::AfterDelivery {
+                if let Some(from) = &channel.response_from
+                    && !channel.destinations.iter().any(|d| d.name() == from)
+                {
+                    return Err(err(format!(
+                        "response_from `{from}` is not a destination of this channel"
+                    )));
+                }
+                positive(&[("response_timeout", channel.response_timeout)]).map_err(err)?;
+            } else if channel.response_from.is_some() {
                 return Err(err(
-                    "response modes other than \"on-receive\" are not supported yet".into(),
+                    "response_from only applies to response = \"after-delivery\"".into(),
+                ));
+            }
+            if channel.reject_filtered && channel.response != ResponseMode::AfterTransform {
+                return Err(err(
+                    "reject_filtered only applies to response = \"after-transform\"".into(),
                 ));
             }
             let listen = match &channel.source {

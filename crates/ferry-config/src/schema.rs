@@ -103,9 +103,12 @@ pub enum ResponseMode {
     /// Answer once the message is durably stored (store and forward). The default.
     #[default]
     OnReceive,
-    /// Answer after the source filter and transformer ran. Not supported yet.
+    /// Answer with the outcome of the source filter and transformer: `AE` when a step failed,
+    /// `AR` for a filtered message when `reject_filtered = true` (else `AA`).
     AfterTransform,
-    /// Wait for the destinations and relay a destination's response. Not supported yet.
+    /// Wait until the destination named by `response_from` (default: the first) has finished
+    /// the message and relay its response: a downstream HL7 ACK as received, otherwise `AA`
+    /// when delivered and `AE` when it failed or `response_timeout` passed.
     AfterDelivery,
 }
 
@@ -120,9 +123,23 @@ pub struct ChannelConfig {
     pub enabled: bool,
     /// Where messages come from: `{ type = "mllp" | "http" | "http-poll", … }`.
     pub source: SourceConfig,
-    /// When the sender gets its acknowledgement. Default `"on-receive"`.
+    /// When the sender gets its acknowledgement: `"on-receive"` (the default: positive once
+    /// durably stored), `"after-transform"` or `"after-delivery"`. In enhanced mode (MSH-15
+    /// set) the first answer is always the commit ACK `CA`, followed by the application ACK
+    /// with this outcome when MSH-16 asks for it (`AL`, `ER`, `SU`).
     #[serde(default)]
     pub response: ResponseMode,
+    /// `response = "after-delivery"`: the destination whose response is relayed. Default: the
+    /// channel's first destination.
+    pub response_from: Option<String>,
+    /// `response = "after-delivery"`: longest wait for the destination; then the answer is
+    /// `AE` and the message stays stored and queued. Default `"30s"`.
+    #[serde(default = "thirty_seconds")]
+    pub response_timeout: Duration,
+    /// `response = "after-transform"`: answer a message a source filter refused with `AR`
+    /// instead of `AA`. Default `false`.
+    #[serde(default)]
+    pub reject_filtered: bool,
     /// `[[channel.filter]]`: rules on HL7 paths. Every one must pass, else the message is
     /// stored as `FILTERED`, acknowledged `AA`, and sent to no destination.
     #[serde(default, rename = "filter")]

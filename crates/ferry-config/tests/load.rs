@@ -214,7 +214,20 @@ fn semantic_errors_name_channel_and_destination() {
         "name = \"a\"\n",
         "name = \"a\"\nresponse = \"after-delivery\"\n",
     );
-    assert!(load(&mode).expect_err("mode").contains("not supported yet"));
+    load(&mode).expect("after-delivery relays the first destination by default");
+    let unknown = MINIMAL_CHANNEL.replace(
+        "name = \"a\"\n",
+        "name = \"a\"\nresponse = \"after-delivery\"\nresponse_from = \"nope\"\n",
+    );
+    let err = load(&unknown).expect_err("unknown response_from");
+    assert!(
+        err.contains("response_from `nope` is not a destination"),
+        "{err}"
+    );
+    let misplaced =
+        MINIMAL_CHANNEL.replace("name = \"a\"\n", "name = \"a\"\nreject_filtered = true\n");
+    let err = load(&misplaced).expect_err("reject_filtered without after-transform");
+    assert!(err.contains("reject_filtered only applies"), "{err}");
 }
 
 #[test]

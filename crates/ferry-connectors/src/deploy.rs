@@ -12,8 +12,8 @@ use ferry_config::{
     ChannelConfig, Config, DestinationConfig, FilterConfig, RetryConfig, SourceConfig,
 };
 use ferry_engine::{
-    ChannelSpec, Destination, DestinationSpec, Engine, EngineError, FilterRule, RetryPolicy,
-    Shutdown,
+    ChannelSpec, Destination, DestinationProcessing, DestinationSpec, Engine, EngineError, Filter,
+    FilterRule, Pipeline, ResponseMode, RetryPolicy, Shutdown,
 };
 use ferry_hl7::Path;
 use ferry_store::Store;
@@ -265,21 +265,23 @@ fn retry_policy(retry: &RetryConfig) -> RetryPolicy {
     }
 }
 
-/// A list of filters as engine rules; errors name the channel and `{prefix}filter N`.
+/// A list of filters as engine filters; errors name the channel and `{prefix}filter N`.
 fn filter_rules(
     channel: &str,
     prefix: &str,
     filters: &[FilterConfig],
-) -> Result<Vec<FilterRule>, DeployError> {
+) -> Result<Vec<Filter>, DeployError> {
     filters
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            filter_rule(f).map_err(|message| DeployError::Invalid {
-                channel: channel.to_owned(),
-                connector: format!("{prefix}filter {}", i + 1),
-                message,
-            })
+            filter_rule(f)
+                .map(Filter::Rule)
+                .map_err(|message| DeployError::Invalid {
+                    channel: channel.to_owned(),
+                    connector: format!("{prefix}filter {}", i + 1),
+                    message,
+                })
         })
         .collect()
 }
@@ -475,19 +477,54 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
             name: dest.name().to_owned(),
             sender,
             retry: retry_policy(dest.retry()),
-            filters: filter_rules(
-                &channel.name,
-                &format!("destination {}, ", dest.name()),
-                dest.filters(),
-            )?,
+            processing: DestinationProcessing {
+                name: dest.name().to_owned(),
+                wait_for_previous: true,
+                filters: filter_rules(
+                    &channel.name,
+                    &format!("destination {}, ", dest.name()),
+                    dest.filters(),
+                )?,
+                ..DestinationProcessing::default()
+            },
         });
     }
     let filters = filter_rules(&channel.name, "", &channel.filters)?;
+    let response = match channel.response {
+        ferry_config::ResponseMode::OnReceive => ResponseMode::OnReceive,
+        ferry_config::ResponseMode::AfterTransform => ResponseMode::AfterTransform {
+            reject_filtered: channel.reject_filtered,
+        },
+        ferry_config::ResponseMode::AfterDelivery => {
+            let destination = match &channel.response_from {
+                None => 0,
+                Some(from) => channel
+                    .destinations
+                    .iter()
+                    .position(|d| d.name() == from)
+                    .ok_or_else(|| {
+                        invalid(
+                            "response_from",
+                            format!("`{from}` is not a destination of this channel"),
+                        )
+                    })?,
+            };
+            ResponseMode::AfterDelivery {
+                destination,
+                timeout: channel.response_timeout.get(),
+            }
+        }
+    };
     Ok(ChannelPlan {
         spec: ChannelSpec {
             name: channel.name.clone(),
             destinations,
-            filters,
+            source: Pipeline {
+                channel: channel.name.clone(),
+                filters,
+                ..Pipeline::default()
+            },
+            response,
         },
         source,
     })

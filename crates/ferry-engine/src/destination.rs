@@ -13,7 +13,9 @@ use std::sync::atomic::Ordering;
 
 use ferry_store::{DeliveryUpdate, MessageId, Status, Store, StoreError};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
+
+use crate::ingest::DeliveryOutcome;
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::RetryPolicy;
@@ -85,6 +87,9 @@ pub(crate) struct Worker {
     pub wake: Arc<Notify>,
     pub stats: Arc<DestinationStats>,
     pub shutdown: CancellationToken,
+    /// Where final outcomes are reported, when the channel relays this destination's
+    /// response (after-delivery response mode).
+    pub outcomes: Option<broadcast::Sender<Arc<DeliveryOutcome>>>,
 }
 
 impl Worker {
@@ -116,10 +121,15 @@ impl Worker {
             }
             for queued in batch {
                 let message_id = queued.message_id;
+                // A transformer may have changed MSH-10: ACKs answer what was sent.
+                let control_id = ferry_hl7::Message::parse(&queued.payload)
+                    .ok()
+                    .and_then(|m| m.control_id().map(str::to_owned))
+                    .or(queued.control_id);
                 let mut outbound = Outbound {
                     channel: self.channel.clone(),
                     message_id,
-                    control_id: queued.control_id,
+                    control_id,
                     payload: queued.payload,
                     attempt: queued.attempts,
                 };
@@ -127,7 +137,25 @@ impl Worker {
                     // Shut down while retrying: the message stays QUEUED for the next start.
                     break;
                 };
-                pending.push(self.store.update_delivery(update));
+                let outcome = self.outcomes.as_ref().map(|tx| {
+                    (
+                        tx.clone(),
+                        Arc::new(DeliveryOutcome {
+                            message_id,
+                            sent: update.status == Status::Sent,
+                            response: update.response.clone(),
+                            error: update.error.clone(),
+                        }),
+                    )
+                });
+                match outcome {
+                    // The waiting source answers once the outcome is durable.
+                    Some((tx, outcome)) => {
+                        self.store.update_delivery(update).await?;
+                        let _ = tx.send(outcome);
+                    }
+                    None => pending.push(self.store.update_delivery(update)),
+                }
                 while pending.len() >= MAX_PENDING_UPDATES {
                     if let Some(done) = pending.next().await {
                         done?;

@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferry_store::{Store, StoreError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::destination::{Destination, Worker};
-use crate::ingest::{ChannelIngest, ChannelShared};
+use crate::ingest::{ChannelIngest, ChannelShared, ResponseMode};
+use crate::pipeline::{DestinationProcessing, Pipeline};
 use crate::retry::RetryPolicy;
 use crate::stats::{ChannelStats, Stats};
 
@@ -21,9 +22,10 @@ pub struct DestinationSpec {
     pub sender: Arc<dyn Destination>,
     /// Retry policy for retryable failures.
     pub retry: RetryPolicy,
-    /// The destination's filters: every one must pass for it to get a message; otherwise
-    /// its row is `FILTERED` and the message never enters its queue.
-    pub filters: Vec<crate::FilterRule>,
+    /// The destination's filters, transformer and encoder (`processing.name` is ignored:
+    /// `name` is used). A message its filters refuse gets a `FILTERED` row and never enters
+    /// its queue.
+    pub processing: DestinationProcessing,
 }
 
 /// One channel, ready to run. The source is started separately by its connector with the
@@ -33,8 +35,30 @@ pub struct ChannelSpec {
     pub name: String,
     /// Destinations in order.
     pub destinations: Vec<DestinationSpec>,
-    /// Source filters: every one must pass, else the message is stored `FILTERED`.
-    pub filters: Vec<crate::FilterRule>,
+    /// The source side of processing: preprocessor, inbound conversion, source filters and
+    /// transformer. Its `destinations` are ignored: each [`DestinationSpec`] brings its own.
+    pub source: Pipeline,
+    /// When the sender is answered.
+    pub response: ResponseMode,
+}
+
+impl ChannelSpec {
+    /// The channel's whole processing pipeline, source and destinations (what `ferry test`
+    /// runs offline).
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline {
+            channel: self.name.clone(),
+            destinations: self
+                .destinations
+                .iter()
+                .map(|d| DestinationProcessing {
+                    name: d.name.clone(),
+                    ..d.processing.clone()
+                })
+                .collect(),
+            ..self.source.clone()
+        }
+    }
 }
 
 /// Errors starting or stopping the engine.
@@ -111,10 +135,14 @@ impl Engine {
             }
             let names: Vec<String> = spec.destinations.iter().map(|d| d.name.clone()).collect();
             let stats = Arc::new(ChannelStats::new(&spec.name, &names));
+            let pipeline = Arc::new(spec.pipeline());
             let mut wakes = Vec::with_capacity(spec.destinations.len());
-            let mut destination_filters = Vec::with_capacity(spec.destinations.len());
-            for dest in spec.destinations {
-                destination_filters.push(dest.filters);
+            let mut outcomes = Vec::with_capacity(spec.destinations.len());
+            for (index, dest) in spec.destinations.into_iter().enumerate() {
+                let relayed = matches!(spec.response,
+                    ResponseMode::AfterDelivery { destination, .. } if destination == index);
+                let outcome = relayed.then(|| broadcast::channel(1024).0);
+                outcomes.push(outcome.clone());
                 let depth = store.queue_depth(&spec.name, &dest.name).await?;
                 let dest_stats = stats.destination(&dest.name).cloned().unwrap_or_default();
                 dest_stats
@@ -135,6 +163,7 @@ impl Engine {
                     wake,
                     stats: dest_stats,
                     shutdown: shutdown.child_token(),
+                    outcomes: outcome,
                 };
                 let (c, d) = (spec.name.clone(), dest.name);
                 let failed = store_failed.clone();
@@ -159,8 +188,9 @@ impl Engine {
                     wakes,
                     stats,
                     store_failed: store_failed.clone(),
-                    filters: spec.filters,
-                    destination_filters,
+                    pipeline,
+                    response: spec.response,
+                    outcomes,
                 }),
             });
         }

@@ -8,14 +8,89 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_hl7::Message;
 use ferry_hl7::ack::{self, AckCode, ErrorDetail};
-use ferry_store::{MessageId, NewMessage, Status, Store, StoreError};
-use tokio::sync::Notify;
+use ferry_hl7::{Message, MessageBuf};
+use ferry_store::{ContentStage, MessageId, NewMessage, Status, Store, StoreError};
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, broadcast};
 
+use crate::pipeline::{Accepted, DestinationResult, Pipeline, Processed};
 use crate::stats::ChannelStats;
+
+/// When a channel's source answers the sender (PRODUCT.md §3.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ResponseMode {
+    /// Answer positively once the message is durably stored, whatever the filters and
+    /// transformers decided (store and forward). The default.
+    #[default]
+    OnReceive,
+    /// Answer with the outcome of the source filter and transformer: `AE` when a transformer
+    /// step failed, and `AR` for a filtered message when `reject_filtered` is set (else `AA`).
+    AfterTransform {
+        /// Answer a filtered message `AR` instead of `AA`.
+        reject_filtered: bool,
+    },
+    /// Wait until the destination at this index has finished the message and relay its
+    /// response (an HL7 ACK as received; otherwise `AA` when sent, `AE` when it failed).
+    AfterDelivery {
+        /// Index of the destination whose response is relayed.
+        destination: usize,
+        /// Longest wait; then the answer is `AE` (the message stays stored and queued).
+        timeout: Duration,
+    },
+}
+
+/// The final outcome of one message at one destination, as a worker reports it.
+#[derive(Debug, Clone)]
+pub(crate) struct DeliveryOutcome {
+    /// The message.
+    pub message_id: MessageId,
+    /// Delivered (`SENT`) rather than failed for good (`ERROR`).
+    pub sent: bool,
+    /// The response received, if any.
+    pub response: Option<Vec<u8>>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// What processing decided about a stored message.
+enum Verdict {
+    /// Accepted (or delivered, without a response to relay).
+    Accepted,
+    /// A source filter refused it.
+    Filtered(String),
+    /// A step failed, or delivery did not happen in time.
+    Failed(String),
+    /// The relayed destination finished it.
+    Relayed(Arc<DeliveryOutcome>),
+}
+
+/// The acknowledgement(s) decided for a message, before it is stored.
+struct Answer {
+    enhanced: bool,
+    code: AckCode,
+    ack: Vec<u8>,
+    application_ack: Option<Vec<u8>>,
+}
+
+impl Answer {
+    /// The response stored with the message: the last one the sender gets.
+    fn stored(&self) -> &[u8] {
+        self.application_ack.as_deref().unwrap_or(&self.ack)
+    }
+
+    fn into_reply(self, message: &Message<'_>, id: MessageId) -> IngestReply {
+        IngestReply {
+            requested: ack_requested(message, self.code),
+            ack: self.ack,
+            code: self.code,
+            message_id: Some(id),
+            application_ack: self.application_ack,
+        }
+    }
+}
 
 /// What a source should send back for one received message.
 #[derive(Debug, Clone)]
@@ -30,6 +105,9 @@ pub struct IngestReply {
     /// `NE`, or `ER`/`SU` not matching the outcome). Sources that must always answer (HTTP)
     /// ignore it.
     pub requested: bool,
+    /// Enhanced mode: the application acknowledgement (MSH-16) to send after `ack` (the commit
+    /// acknowledgement), when the sender asked for it.
+    pub application_ack: Option<Vec<u8>>,
 }
 
 pub(crate) struct ChannelShared {
@@ -39,9 +117,13 @@ pub(crate) struct ChannelShared {
     pub wakes: Vec<Arc<Notify>>,
     pub stats: Arc<ChannelStats>,
     pub store_failed: Arc<AtomicBool>,
-    pub filters: Vec<crate::FilterRule>,
-    /// Each destination's filters, in the order of `destinations`.
-    pub destination_filters: Vec<Vec<crate::FilterRule>>,
+    /// Filters, transformers and encoders.
+    pub pipeline: Arc<Pipeline>,
+    /// When the sender is answered.
+    pub response: ResponseMode,
+    /// Per destination (in order), where its worker reports final outcomes, for the
+    /// destination whose response is relayed.
+    pub outcomes: Vec<Option<broadcast::Sender<Arc<DeliveryOutcome>>>>,
 }
 
 /// The handle a source uses to submit messages to its channel. Cheap to clone.
@@ -69,23 +151,6 @@ fn text(bytes: Option<&str>) -> Option<String> {
     bytes.filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
-/// Why a parsed message is refused before it is dispatched.
-fn validate(message: &Message<'_>) -> Result<(), (ErrorDetail, String)> {
-    if message.message_type().is_none_or(str::is_empty) {
-        return Err((
-            ErrorDetail::required_field_missing("MSH", 9),
-            "MSH-9 (message type) is required".to_owned(),
-        ));
-    }
-    if message.control_id().is_none_or(str::is_empty) {
-        return Err((
-            ErrorDetail::required_field_missing("MSH", 10),
-            "MSH-10 (message control id) is required".to_owned(),
-        ));
-    }
-    Ok(())
-}
-
 impl ChannelIngest {
     /// The channel's name.
     pub fn channel(&self) -> &str {
@@ -101,53 +166,174 @@ impl ChannelIngest {
             .store(deployed, Ordering::Relaxed);
     }
 
-    /// Receive one message: store it durably and return the acknowledgement to send back.
+    /// Receive one message: process it, store it durably, and return the acknowledgement.
     ///
-    /// Never fails: every outcome is expressed as an ACK code (`AA`/`CA` stored, also when a
-    /// source filter refused it and it is stored as `FILTERED`; `AR`/`CR` rejected and stored
-    /// as `ERROR`; `AE`/`CE` not stored because the store failed). Destinations whose filters
-    /// refuse the message get a `FILTERED` row instead of a place in their queue.
+    /// Never fails: every outcome is expressed as an ACK code. Stored messages are answered as
+    /// the channel's [`ResponseMode`] says (`AA`/`CA` once stored by default); `AR`/`CR` when
+    /// the input cannot be accepted (stored as `ERROR`); `AE`/`CE` when the store failed
+    /// (nothing stored). Destinations whose filters refuse the message get a `FILTERED` row,
+    /// those whose transformer fails an `ERROR` row, instead of a place in their queue.
     pub async fn receive(&self, raw: &[u8]) -> IngestReply {
+        self.receive_with(raw, Map::new()).await
+    }
+
+    /// [`receive`](Self::receive) with facts about the sender (the source map scripts read).
+    pub async fn receive_with(&self, raw: &[u8], source_map: Map<String, Value>) -> IngestReply {
         let shared = &self.shared;
         shared.stats.received.fetch_add(1, Ordering::Relaxed);
-        let message = match Message::parse(raw) {
-            Ok(message) => message,
-            Err(error) => {
-                let reason = format!("message rejected: {error}");
-                return self.reject_parsed(raw, None, None, reason).await;
+        let mut raw = raw.to_vec();
+        let processed = if shared.pipeline.blocks() {
+            // Scripts may run up to their time limit: keep them off the connection's task.
+            let pipeline = shared.pipeline.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                let processed = pipeline.process(&raw, source_map);
+                (raw, processed)
+            });
+            match job.await {
+                Ok((r, p)) => {
+                    raw = r;
+                    p
+                }
+                Err(join) => {
+                    tracing::error!(channel = %shared.name, error = %join, "message processing panicked");
+                    let reply = IngestReply {
+                        ack: ack::build_nak_without_header(
+                            AckCode::AE,
+                            "internal error; resend later",
+                        ),
+                        code: AckCode::AE,
+                        message_id: None,
+                        requested: true,
+                        application_ack: None,
+                    };
+                    return reply;
+                }
             }
+        } else {
+            shared.pipeline.process(&raw, source_map)
         };
-        if let Err((detail, reason)) = validate(&message) {
-            return self
-                .reject_parsed(raw, Some(&message), Some(detail), reason)
-                .await;
+        match processed {
+            Processed::Rejected {
+                message,
+                detail,
+                reason,
+            } => {
+                let parsed = message.as_ref().map(MessageBuf::message);
+                self.reject_parsed(&raw, parsed.as_ref(), detail, reason)
+                    .await
+            }
+            Processed::Filtered { message, rule } => {
+                let reason = format!("filtered out by filter {rule}");
+                self.store_verdict(&raw, &message.message(), Verdict::Filtered(reason))
+                    .await
+            }
+            Processed::Failed { message, reason } => {
+                shared.stats.errored.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(channel = %shared.name, %reason, "message processing failed; stored as ERROR");
+                self.store_verdict(&raw, &message.message(), Verdict::Failed(reason))
+                    .await
+            }
+            Processed::Accepted(accepted) => self.accepted(raw, *accepted).await,
         }
-        let enhanced = message.accept_ack_type().is_some_and(|t| !t.is_empty());
-        let code = if enhanced { AckCode::CA } else { AckCode::AA };
-        let ack = ack::build_ack(&message, code, None, None);
-        if let Some(rule) = crate::filter::first_failing(&shared.filters, &message) {
-            return self.filtered(raw, &message, rule, code, ack).await;
+    }
+
+    /// Store a message that stops at the source (filtered or failed) and answer it.
+    async fn store_verdict(
+        &self,
+        raw: &[u8],
+        message: &Message<'_>,
+        verdict: Verdict,
+    ) -> IngestReply {
+        let shared = &self.shared;
+        let (status, reason) = match &verdict {
+            Verdict::Filtered(r) => (Status::Filtered, r.clone()),
+            Verdict::Failed(r) => (Status::Error, r.clone()),
+            Verdict::Accepted | Verdict::Relayed(_) => (Status::Transformed, String::new()),
+        };
+        let answer = self.answer(message, &verdict);
+        let record = self.record(raw, Some(message), status, Some(reason), answer.stored());
+        match shared.store.ingest(record).await {
+            Ok(id) => {
+                if status == Status::Filtered {
+                    shared.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                }
+                answer.into_reply(message, id)
+            }
+            Err(error) => self.store_failure(message, answer.enhanced, &error),
         }
-        // Each destination's own filters decide whether it gets the message.
-        let mut taken = Vec::with_capacity(shared.destinations.len());
-        let (mut queued, mut filtered) = (Vec::new(), Vec::new());
-        for (i, name) in shared.destinations.iter().enumerate() {
-            let rules = shared
-                .destination_filters
-                .get(i)
-                .map_or(&[][..], Vec::as_slice);
-            let takes = crate::filter::first_failing(rules, &message).is_none();
-            taken.push(takes);
-            if takes {
-                queued.push(name.clone());
-            } else {
-                filtered.push(name.clone());
+    }
+
+    /// Store an accepted message with its destinations' rows and answer it.
+    async fn accepted(&self, raw: Vec<u8>, accepted: Accepted) -> IngestReply {
+        let shared = &self.shared;
+        let received = accepted.received;
+        let message = received.message();
+        let mut queued = Vec::new();
+        let mut filtered = Vec::new();
+        let mut errored = Vec::new();
+        let mut encoded = Vec::new();
+        let mut taken = Vec::with_capacity(accepted.destinations.len());
+        for (name, result) in shared.destinations.iter().zip(accepted.destinations) {
+            taken.push(matches!(result, DestinationResult::Queued { .. }));
+            match result {
+                DestinationResult::Queued { encoded: bytes } => {
+                    queued.push(name.clone());
+                    if let Some(bytes) = bytes {
+                        encoded.push((name.clone(), bytes));
+                    }
+                }
+                DestinationResult::Filtered { rule } => {
+                    let _ = rule;
+                    filtered.push(name.clone());
+                }
+                DestinationResult::Failed { reason } => {
+                    tracing::warn!(channel = %shared.name, destination = %name, %reason,
+                        "destination processing failed; stored as ERROR");
+                    errored.push((name.clone(), reason));
+                }
             }
         }
+        let relay = match &shared.response {
+            ResponseMode::AfterDelivery { destination, .. } => Some(*destination),
+            _ => None,
+        };
+        // What the relayed destination will do with this message, known before delivery when
+        // it does not queue it.
+        let relay_now = relay.and_then(|i| {
+            if filtered
+                .iter()
+                .any(|f| Some(f) == shared.destinations.get(i))
+            {
+                Some(Verdict::Accepted)
+            } else {
+                errored
+                    .iter()
+                    .find(|(n, _)| Some(n) == shared.destinations.get(i))
+                    .map(|(_, reason)| Verdict::Failed(reason.clone()))
+            }
+        });
+        let outcomes = relay
+            .filter(|_| relay_now.is_none())
+            .and_then(|i| shared.outcomes.get(i).and_then(Option::as_ref))
+            .map(broadcast::Sender::subscribe);
+        let answer = match (&relay_now, &outcomes) {
+            (Some(verdict), _) => self.answer(&message, verdict),
+            // The answer waits for the delivery; the stored response is replaced then.
+            _ => self.answer(&message, &Verdict::Accepted),
+        };
         let record = NewMessage {
             destinations: queued,
             filtered_destinations: filtered,
-            ..self.record(raw, Some(&message), Status::Transformed, None, &ack)
+            errored_destinations: errored,
+            transformed: accepted.transformed,
+            encoded,
+            ..self.record(
+                &raw,
+                Some(&message),
+                Status::Transformed,
+                None,
+                answer.stored(),
+            )
         };
         let destination_stats = || {
             shared
@@ -162,31 +348,170 @@ impl ChannelIngest {
                 d.queue_depth.fetch_add(1, Ordering::Relaxed);
             }
         }
-        match shared.store.ingest(record).await {
-            Ok(id) => {
-                for (d, takes) in destination_stats() {
-                    if !takes {
-                        d.filtered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                for wake in &shared.wakes {
-                    wake.notify_one();
-                }
-                IngestReply {
-                    requested: ack_requested(&message, code),
-                    ack,
-                    code,
-                    message_id: Some(id),
-                }
-            }
+        let filtered_names = record.filtered_destinations.clone();
+        let errored_names: Vec<String> = record
+            .errored_destinations
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let id = match shared.store.ingest(record).await {
+            Ok(id) => id,
             Err(error) => {
                 for (d, takes) in destination_stats() {
                     if takes {
                         d.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
-                self.store_failure(&message, enhanced, &error)
+                return self.store_failure(&message, answer.enhanced, &error);
             }
+        };
+        for (name, d) in &shared.stats.destinations {
+            if filtered_names.contains(name) {
+                d.filtered.fetch_add(1, Ordering::Relaxed);
+            }
+            if errored_names.contains(name) {
+                d.errored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for wake in &shared.wakes {
+            wake.notify_one();
+        }
+        match (relay, outcomes) {
+            (Some(index), Some(rx)) => {
+                let verdict = self.await_delivery(id, index, rx).await;
+                let answer = self.answer(&message, &verdict);
+                if let Err(error) = shared
+                    .store
+                    .set_source_response(&shared.name, id, answer.stored().to_vec())
+                    .await
+                {
+                    tracing::warn!(channel = %shared.name, %error, "could not record the relayed response");
+                }
+                answer.into_reply(&message, id)
+            }
+            _ => answer.into_reply(&message, id),
+        }
+    }
+
+    /// Wait for destination `index` to finish message `id` (after-delivery response mode).
+    async fn await_delivery(
+        &self,
+        id: MessageId,
+        index: usize,
+        mut rx: broadcast::Receiver<Arc<DeliveryOutcome>>,
+    ) -> Verdict {
+        let shared = &self.shared;
+        let timeout = match &shared.response {
+            ResponseMode::AfterDelivery { timeout, .. } => *timeout,
+            _ => Duration::from_secs(30),
+        };
+        let name = shared.destinations.get(index).cloned().unwrap_or_default();
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Ok(outcome) if outcome.message_id == id => return Some(outcome),
+                    Ok(_) => {}
+                    // Missed events: the store has the outcome (written before it is
+                    // broadcast), so read it from there.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return self.poll_delivery(id, &name).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Some(outcome)) => Verdict::Relayed(outcome),
+            Ok(None) => Verdict::Failed(format!(
+                "destination `{name}` stopped before delivering; the message stays queued"
+            )),
+            Err(_) => Verdict::Failed(format!(
+                "no response from destination `{name}` within {} ms; the message is stored and stays queued",
+                timeout.as_millis()
+            )),
+        }
+    }
+
+    /// Read a delivery outcome from the store, waiting until it is final.
+    async fn poll_delivery(
+        &self,
+        id: MessageId,
+        destination: &str,
+    ) -> Option<Arc<DeliveryOutcome>> {
+        let shared = &self.shared;
+        loop {
+            let record = shared
+                .store
+                .connector(&shared.name, id, destination)
+                .await
+                .ok()?;
+            if let Some(record) = record
+                && matches!(record.status, Status::Sent | Status::Error)
+            {
+                let response = shared
+                    .store
+                    .content(&shared.name, id, destination, ContentStage::Response)
+                    .await
+                    .ok()
+                    .flatten();
+                return Some(Arc::new(DeliveryOutcome {
+                    message_id: id,
+                    sent: record.status == Status::Sent,
+                    response,
+                    error: record.error,
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The answer to a stored message, as the response mode and MSH-15/16 say.
+    fn answer(&self, message: &Message<'_>, verdict: &Verdict) -> Answer {
+        let shared = &self.shared;
+        let enhanced = is_enhanced(message);
+        let (app_code, app_ack) = match verdict {
+            Verdict::Accepted => (AckCode::AA, None),
+            Verdict::Filtered(reason) => match &shared.response {
+                ResponseMode::AfterTransform {
+                    reject_filtered: true,
+                } => (AckCode::AR, Some(reason.clone())),
+                _ => (AckCode::AA, None),
+            },
+            Verdict::Failed(reason) => (AckCode::AE, Some(reason.clone())),
+            Verdict::Relayed(outcome) => relayed(outcome),
+        };
+        let application = match verdict {
+            Verdict::Relayed(outcome) => match (&outcome.response, app_code) {
+                // A downstream ACK is relayed as it came.
+                (Some(r), _) if ack::parse_ack(r).is_ok() => r.clone(),
+                (_, code) => build(message, code, app_ack.as_deref()),
+            },
+            _ => build(message, app_code, app_ack.as_deref()),
+        };
+        if enhanced {
+            let application_ack =
+                application_ack_requested(message, app_code).then_some(application);
+            return Answer {
+                enhanced,
+                code: AckCode::CA,
+                ack: ack::build_ack(message, AckCode::CA, None, None),
+                application_ack,
+            };
+        }
+        // Original mode: `on-receive` answers positively once stored, whatever processing found.
+        if matches!(shared.response, ResponseMode::OnReceive) {
+            return Answer {
+                enhanced,
+                code: AckCode::AA,
+                ack: ack::build_ack(message, AckCode::AA, None, None),
+                application_ack: None,
+            };
+        }
+        Answer {
+            enhanced,
+            code: app_code,
+            ack: application,
+            application_ack: None,
         }
     }
 
@@ -211,33 +536,9 @@ impl ChannelIngest {
             source_response: Some(ack.to_vec()),
             destinations: Vec::new(),
             filtered_destinations: Vec::new(),
-        }
-    }
-
-    /// Store a message a source filter refused (status `FILTERED`, no destination) and answer
-    /// it positively: the sender did nothing wrong.
-    async fn filtered(
-        &self,
-        raw: &[u8],
-        message: &Message<'_>,
-        rule: usize,
-        code: AckCode,
-        ack: Vec<u8>,
-    ) -> IngestReply {
-        let shared = &self.shared;
-        let reason = format!("filtered out by filter {rule}");
-        let record = self.record(raw, Some(message), Status::Filtered, Some(reason), &ack);
-        match shared.store.ingest(record).await {
-            Ok(id) => {
-                shared.stats.filtered.fetch_add(1, Ordering::Relaxed);
-                IngestReply {
-                    requested: ack_requested(message, code),
-                    ack,
-                    code,
-                    message_id: Some(id),
-                }
-            }
-            Err(error) => self.store_failure(message, code == AckCode::CA, &error),
+            errored_destinations: Vec::new(),
+            transformed: None,
+            encoded: Vec::new(),
         }
     }
 
@@ -278,6 +579,7 @@ impl ChannelIngest {
                 ack,
                 code,
                 message_id: Some(id),
+                application_ack: None,
             },
             Err(error) => match message {
                 Some(m) => self.store_failure(m, enhanced, &error),
@@ -291,6 +593,7 @@ impl ChannelIngest {
                         code: AckCode::AE,
                         message_id: None,
                         requested: true,
+                        application_ack: None,
                     }
                 }
             },
@@ -321,6 +624,7 @@ impl ChannelIngest {
         );
         IngestReply {
             requested: true,
+            application_ack: None,
             ack,
             code,
             message_id: None,
@@ -336,5 +640,59 @@ fn ack_requested(message: &Message<'_>, code: AckCode) -> bool {
         Some("ER") => !code.is_positive(),
         Some("SU") => code.is_positive(),
         Some(_) => true,
+    }
+}
+
+/// Enhanced acknowledgement mode: MSH-15 is present.
+fn is_enhanced(message: &Message<'_>) -> bool {
+    message.accept_ack_type().is_some_and(|t| !t.is_empty())
+}
+
+/// Whether the sender asked for an application acknowledgement with this code (MSH-16).
+fn application_ack_requested(message: &Message<'_>, code: AckCode) -> bool {
+    match message.application_ack_type() {
+        Some("AL") => true,
+        Some("ER") => !code.is_positive(),
+        Some("SU") => code.is_positive(),
+        _ => false,
+    }
+}
+
+/// An acknowledgement of `message` with `code` and, for errors, the reason.
+fn build(message: &Message<'_>, code: AckCode, reason: Option<&str>) -> Vec<u8> {
+    match reason {
+        Some(text) if !code.is_positive() => {
+            let detail = if code == AckCode::AR {
+                ErrorDetail::segment_sequence(text)
+            } else {
+                ErrorDetail::internal_error(text)
+            };
+            ack::build_ack(message, code, Some(text), Some(&detail))
+        }
+        _ => ack::build_ack(message, code, None, None),
+    }
+}
+
+/// The code (and error text) a relayed destination outcome stands for.
+fn relayed(outcome: &DeliveryOutcome) -> (AckCode, Option<String>) {
+    if let Some(summary) = outcome
+        .response
+        .as_deref()
+        .and_then(|r| ack::parse_ack(r).ok())
+    {
+        return (summary.code, summary.text.or(summary.error_text));
+    }
+    if outcome.sent {
+        (AckCode::AA, None)
+    } else {
+        (
+            AckCode::AE,
+            Some(
+                outcome
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "delivery failed".to_owned()),
+            ),
+        )
     }
 }

@@ -27,13 +27,18 @@ mod destination;
 mod engine;
 mod filter;
 mod ingest;
+mod pipeline;
 mod retry;
 mod stats;
 
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
 pub use engine::{ChannelSpec, DestinationSpec, Engine, EngineError, Health, HealthProbe};
 pub use filter::FilterRule;
-pub use ingest::{ChannelIngest, IngestReply};
+pub use ingest::{ChannelIngest, IngestReply, ResponseMode};
+pub use pipeline::{
+    Accepted, Context, Convert, DestinationProcessing, DestinationResult, Encode, Filter,
+    FilterStep, Pipeline, Preprocess, Processed, TransformStep,
+};
 pub use retry::RetryPolicy;
 pub use stats::{ChannelStats, DestinationStats, Stats};
 

@@ -134,6 +134,25 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Replace the response stored for a message's source: what the sender was finally
+    /// answered when it differs from what was known at ingest (a relayed downstream ACK).
+    pub async fn set_source_response(
+        &self,
+        channel: &str,
+        id: MessageId,
+        response: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .writer
+            .submit(writer::Op::SourceResponse {
+                channel: channel.to_owned(),
+                id,
+                response,
+            })
+            .await
+            .map(|_| ())
+    }
+
     /// The next `QUEUED` messages of a destination with an id above `after`, in id order.
     pub async fn queue_batch(
         &self,

@@ -120,6 +120,17 @@ pub struct NewMessage {
     pub destinations: Vec<String>,
     /// Destinations whose filter refused the message: a `FILTERED` row each, never queued.
     pub filtered_destinations: Vec<String>,
+    /// Destinations whose transformer or encoder failed: an `ERROR` row each with the reason,
+    /// never queued.
+    pub errored_destinations: Vec<(String, String)>,
+    /// The message after the source's preprocessor and transformers, when they changed it
+    /// (stored as the source's `transformed` content; queues send it unless a destination has
+    /// its own encoded content).
+    pub transformed: Option<Vec<u8>>,
+    /// Per queued destination, the bytes it is to send when they differ from `transformed`
+    /// (its transformers or encoder changed them): stored as that destination's `encoded`
+    /// content.
+    pub encoded: Vec<(String, Vec<u8>)>,
 }
 
 /// The outcome of a delivery attempt.

@@ -26,6 +26,12 @@ pub(crate) enum Op {
     /// Boxed: the message is large next to the other commands queued to the writer.
     Ingest(Box<NewMessage>),
     Delivery(DeliveryUpdate),
+    /// Replace the response stored for the source (a relayed downstream response).
+    SourceResponse {
+        channel: String,
+        id: MessageId,
+        response: Vec<u8>,
+    },
 }
 
 pub(crate) enum Reply {
@@ -118,10 +124,16 @@ fn now_ms() -> i64 {
 
 fn op_bytes(op: &Op) -> usize {
     match op {
-        Op::Ingest(m) => m.raw.len() + m.source_response.as_ref().map_or(0, Vec::len),
+        Op::Ingest(m) => {
+            m.raw.len()
+                + m.source_response.as_ref().map_or(0, Vec::len)
+                + m.transformed.as_ref().map_or(0, Vec::len)
+                + m.encoded.iter().map(|(_, e)| e.len()).sum::<usize>()
+        }
         Op::Delivery(d) => {
             d.response.as_ref().map_or(0, Vec::len) + d.encoded.as_ref().map_or(0, Vec::len)
         }
+        Op::SourceResponse { response, .. } => response.len(),
     }
 }
 
@@ -219,6 +231,7 @@ impl Writer {
             let name = match op {
                 Op::Ingest(m) => &m.channel,
                 Op::Delivery(d) => &d.channel,
+                Op::SourceResponse { channel, .. } => channel,
             };
             if !self.channel_ids.contains_key(name)
                 && let Err(e) = self.channel_id(name)
@@ -289,6 +302,13 @@ impl Writer {
         match op {
             Op::Ingest(m) => self.ingest(m).map(Reply::Id),
             Op::Delivery(d) => self.delivery(d).map(|()| Reply::Done),
+            Op::SourceResponse {
+                channel,
+                id,
+                response,
+            } => self
+                .source_response(channel, *id, response)
+                .map(|()| Reply::Done),
         }
     }
 
@@ -411,7 +431,65 @@ impl Writer {
                 ])
                 .map_err(StoreError::sqlite("recording a destination's filter"))?;
         }
+        for (destination, error) in &m.errored_destinations {
+            status
+                .execute(params![channel, id, destination, "ERROR", error, now])
+                .map_err(StoreError::sqlite("recording a destination's error"))?;
+        }
+        if m.transformed.is_none() && m.encoded.is_empty() {
+            return Ok(id);
+        }
+        let mut content = c
+            .prepare_cached(
+                "INSERT INTO content (channel, message_id, connector, stage, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(StoreError::sqlite("preparing content insert"))?;
+        if let Some(transformed) = &m.transformed {
+            content
+                .execute(params![
+                    channel,
+                    id,
+                    SOURCE,
+                    ContentStage::Transformed.as_str(),
+                    transformed
+                ])
+                .map_err(StoreError::sqlite("storing transformed content"))?;
+        }
+        for (destination, encoded) in &m.encoded {
+            content
+                .execute(params![
+                    channel,
+                    id,
+                    destination,
+                    ContentStage::Encoded.as_str(),
+                    encoded
+                ])
+                .map_err(StoreError::sqlite("storing encoded content"))?;
+        }
         Ok(id)
+    }
+
+    fn source_response(
+        &mut self,
+        channel: &str,
+        id: MessageId,
+        response: &[u8],
+    ) -> Result<(), StoreError> {
+        let channel_id = self.channel_id(channel)?;
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE messages SET source_response = ?1 WHERE channel = ?2 AND id = ?3",
+            )
+            .and_then(|mut s| s.execute(params![response, channel_id, id]))
+            .map_err(StoreError::sqlite("recording the source's response"))?;
+        if changed == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "no message {id} in channel `{channel}`"
+            )));
+        }
+        Ok(())
     }
 
     fn delivery(&mut self, d: &DeliveryUpdate) -> Result<(), StoreError> {

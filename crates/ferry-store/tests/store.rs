@@ -14,6 +14,9 @@ fn message(channel: &str, control_id: &str, destinations: &[&str]) -> NewMessage
         source_response: Some(b"ACK".to_vec()),
         destinations: destinations.iter().map(|d| (*d).to_owned()).collect(),
         filtered_destinations: Vec::new(),
+        errored_destinations: Vec::new(),
+        transformed: None,
+        encoded: Vec::new(),
     }
 }
 
@@ -261,4 +264,33 @@ async fn filtered_destinations_get_a_filtered_row_and_no_queue_entry() {
         .expect("read")
         .expect("a row for the filtered destination");
     assert_eq!(record.status, Status::Filtered);
+}
+
+#[tokio::test]
+async fn transformed_and_encoded_content_is_what_the_queues_send() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let mut m = message("c", "M1", &["plain", "own"]);
+    m.transformed = Some(b"TRANSFORMED".to_vec());
+    m.encoded = vec![("own".to_owned(), b"ENCODED".to_vec())];
+    m.errored_destinations = vec![("broken".to_owned(), "transform 2: bad path".to_owned())];
+    let id = store.ingest(m).await.expect("ingest");
+    let payload = |d: &'static str| {
+        let store = store.clone();
+        async move {
+            let batch = store.queue_batch("c", d, 0, 10).await.expect("batch");
+            batch.into_iter().map(|q| q.payload).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(payload("plain").await, vec![b"TRANSFORMED".to_vec()]);
+    assert_eq!(payload("own").await, vec![b"ENCODED".to_vec()]);
+    assert!(payload("broken").await.is_empty());
+    let record = store
+        .connector("c", id, "broken")
+        .await
+        .expect("read")
+        .expect("a row for the failed destination");
+    assert_eq!(record.status, Status::Error);
+    assert_eq!(record.error.as_deref(), Some("transform 2: bad path"));
+    assert_eq!(store.queue_depth("c", "broken").await.expect("depth"), 0);
 }

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferry_engine::ChannelIngest;
-use ferry_hl7::ack::AckCode;
+use ferry_hl7::ack::{self, AckCode};
 
 /// The media type of HL7 v2 (ER7) bodies.
 pub const HTTP_HL7_CONTENT_TYPE: &str = "application/hl7-v2";
@@ -63,7 +63,16 @@ async fn receive(State(state): State<SourceState>, method: Method, body: Body) -
         }
     };
     let reply = state.ingest.receive(&bytes).await;
-    let status = match reply.code {
+    // HTTP has one answer: in enhanced mode the application ACK, when asked for, replaces the
+    // commit ACK.
+    let (code, body) = match reply.application_ack {
+        Some(application) => (
+            ack::parse_ack(&application).map_or(reply.code, |s| s.code),
+            application,
+        ),
+        None => (reply.code, reply.ack),
+    };
+    let status = match code {
         AckCode::AA | AckCode::CA => StatusCode::OK,
         AckCode::AR | AckCode::CR => StatusCode::BAD_REQUEST,
         AckCode::AE | AckCode::CE => StatusCode::INTERNAL_SERVER_ERROR,
@@ -71,7 +80,7 @@ async fn receive(State(state): State<SourceState>, method: Method, body: Body) -
     (
         status,
         [(header::CONTENT_TYPE, HTTP_HL7_CONTENT_TYPE)],
-        reply.ack,
+        body,
     )
         .into_response()
 }

@@ -143,6 +143,9 @@ impl Connection {
         let mut codec = MllpCodec::new(self.settings.max_frame_bytes);
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let mut out = BytesMut::with_capacity(512);
+        let mut source_map = serde_json::Map::new();
+        source_map.insert("remote_address".into(), peer.to_string().into());
+        source_map.insert("client_identity".into(), identity.to_string().into());
         loop {
             // Decode whatever is buffered before reading more.
             let decoded = codec.decode(&mut buf);
@@ -152,14 +155,20 @@ impl Connection {
             }
             match decoded {
                 Ok(Some(frame)) => {
-                    let reply = self.ingest.receive(&frame).await;
+                    let reply = self.ingest.receive_with(&frame, source_map.clone()).await;
+                    out.clear();
                     if reply.requested {
-                        out.clear();
                         encode_frame(&reply.ack, &mut out);
-                        if let Err(error) = io.write_all(&out).await {
-                            tracing::warn!(%channel, %peer, %error, "could not write ACK");
-                            return;
-                        }
+                    }
+                    // Enhanced mode: the application ACK follows the commit ACK.
+                    if let Some(application) = &reply.application_ack {
+                        encode_frame(application, &mut out);
+                    }
+                    if !out.is_empty()
+                        && let Err(error) = io.write_all(&out).await
+                    {
+                        tracing::warn!(%channel, %peer, %error, "could not write ACK");
+                        return;
                     }
                     if self.shutdown.is_cancelled() {
                         break;
