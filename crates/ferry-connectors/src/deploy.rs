@@ -144,6 +144,17 @@ pub fn check(config: &Config) -> Result<(), DeployError> {
     Ok(())
 }
 
+/// The processing pipeline of every enabled channel, built exactly as `deploy` builds it but
+/// without binding or connecting anything: what `ferry test` runs offline.
+pub fn pipelines(config: &Config) -> Result<Vec<ferry_engine::Pipeline>, DeployError> {
+    config
+        .channels
+        .iter()
+        .filter(|c| c.enabled)
+        .map(|c| plan(c).map(|p| p.spec.pipeline()))
+        .collect()
+}
+
 /// The TLS configuration of a listener that is not a channel (the admin server).
 pub fn server_tls(tls: &ferry_config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     crate::tls::server(tls, &[b"http/1.1"])

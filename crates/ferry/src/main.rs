@@ -27,6 +27,9 @@ enum Command {
     Send(cmd::send::SendArgs),
     /// Load generator and reference servers for measuring throughput and latency.
     Bench(cmd::bench::BenchArgs),
+    /// Run channel test cases (input message, expected output per destination) offline and
+    /// show diffs; exits non-zero on any mismatch.
+    Test(cmd::test::TestArgs),
     /// Inspect HL7 v2 files: parse, get, validate, to-json, from-json.
     Hl7(cmd::hl7::Hl7Args),
 }
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
             Command::Check(args) => cmd::check::run(args).await,
             Command::Send(args) => cmd::send::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Test(args) => cmd::test::run(args).await,
             Command::Hl7(args) => cmd::hl7::run(args),
         }
     });

@@ -5,6 +5,7 @@ pub mod check;
 pub mod hl7;
 pub mod run;
 pub mod send;
+pub mod test;
 
 use std::path::PathBuf;
 
