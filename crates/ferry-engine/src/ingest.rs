@@ -42,6 +42,20 @@ pub enum ResponseMode {
     },
 }
 
+/// Why a stored message could not be reprocessed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReprocessError {
+    /// No such message in the channel.
+    #[error("no message {0} in this channel")]
+    UnknownMessage(MessageId),
+    /// A destination named in `only` is not one of the channel's.
+    #[error("the channel has no destination `{0}`")]
+    UnknownDestination(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
 /// The final outcome of one message at one destination, as a worker reports it.
 #[derive(Debug, Clone)]
 pub(crate) struct DeliveryOutcome {
@@ -179,39 +193,88 @@ impl ChannelIngest {
 
     /// [`receive`](Self::receive) with facts about the sender (the source map scripts read).
     pub async fn receive_with(&self, raw: &[u8], source_map: Map<String, Value>) -> IngestReply {
+        self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        match self.process(raw.to_vec(), source_map).await {
+            Ok((raw, processed)) => self.dispatch(raw, processed, None, None).await,
+            Err(reply) => reply,
+        }
+    }
+
+    /// Run a stored message again, from its raw content, through the channel as it is deployed
+    /// now. It becomes a new message (the original stays as it was, for audit) whose source map
+    /// holds `reprocessed_from` (stored as its `maps` content). `only` limits it to some
+    /// destinations: the others get no row for it. Returns the answer the new message got.
+    pub async fn reprocess(
+        &self,
+        original: MessageId,
+        only: Option<&[String]>,
+    ) -> Result<IngestReply, ReprocessError> {
         let shared = &self.shared;
-        shared.stats.received.fetch_add(1, Ordering::Relaxed);
-        let mut raw = raw.to_vec();
-        let processed = if shared.pipeline.blocks() {
-            // Scripts may run up to their time limit: keep them off the connection's task.
-            let pipeline = shared.pipeline.clone();
-            let job = tokio::task::spawn_blocking(move || {
-                let processed = pipeline.process(&raw, source_map);
-                (raw, processed)
-            });
-            match job.await {
-                Ok((r, p)) => {
-                    raw = r;
-                    p
-                }
-                Err(join) => {
-                    tracing::error!(channel = %shared.name, error = %join, "message processing panicked");
-                    let reply = IngestReply {
-                        ack: ack::build_nak_without_header(
-                            AckCode::AE,
-                            "internal error; resend later",
-                        ),
-                        code: AckCode::AE,
-                        message_id: None,
-                        requested: true,
-                        application_ack: None,
-                    };
-                    return reply;
-                }
+        if let Some(unknown) = only
+            .unwrap_or_default()
+            .iter()
+            .find(|d| !shared.destinations.contains(d))
+        {
+            return Err(ReprocessError::UnknownDestination(unknown.clone()));
+        }
+        let raw = shared
+            .store
+            .content(
+                &shared.name,
+                original,
+                ferry_store::SOURCE,
+                ContentStage::Raw,
+            )
+            .await?
+            .ok_or(ReprocessError::UnknownMessage(original))?;
+        let mut source_map = Map::new();
+        source_map.insert("reprocessed_from".into(), Value::from(original));
+        let maps = serde_json::to_vec(&serde_json::json!({ "source_map": &source_map })).ok();
+        tracing::info!(channel = %shared.name, original, "reprocessing a stored message");
+        Ok(match self.process(raw, source_map).await {
+            Ok((raw, processed)) => self.dispatch(raw, processed, only, maps).await,
+            Err(reply) => reply,
+        })
+    }
+
+    /// Run the pipeline, on the blocking pool when a step may block (scripts).
+    async fn process(
+        &self,
+        raw: Vec<u8>,
+        source_map: Map<String, Value>,
+    ) -> Result<(Vec<u8>, Processed), IngestReply> {
+        let shared = &self.shared;
+        if !shared.pipeline.blocks() {
+            let processed = shared.pipeline.process(&raw, source_map);
+            return Ok((raw, processed));
+        }
+        // Scripts may run up to their time limit: keep them off the connection's task.
+        let pipeline = shared.pipeline.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let processed = pipeline.process(&raw, source_map);
+            (raw, processed)
+        });
+        job.await.map_err(|join| {
+            tracing::error!(channel = %shared.name, error = %join, "message processing panicked");
+            IngestReply {
+                ack: ack::build_nak_without_header(AckCode::AE, "internal error; resend later"),
+                code: AckCode::AE,
+                message_id: None,
+                requested: true,
+                application_ack: None,
             }
-        } else {
-            shared.pipeline.process(&raw, source_map)
-        };
+        })
+    }
+
+    /// Store what processing decided and answer.
+    async fn dispatch(
+        &self,
+        raw: Vec<u8>,
+        processed: Processed,
+        only: Option<&[String]>,
+        maps: Option<Vec<u8>>,
+    ) -> IngestReply {
+        let shared = &self.shared;
         match processed {
             Processed::Rejected {
                 message,
@@ -224,16 +287,16 @@ impl ChannelIngest {
             }
             Processed::Filtered { message, rule } => {
                 let reason = format!("filtered out by filter {rule}");
-                self.store_verdict(&raw, &message.message(), Verdict::Filtered(reason))
+                self.store_verdict(&raw, &message.message(), Verdict::Filtered(reason), maps)
                     .await
             }
             Processed::Failed { message, reason } => {
                 shared.stats.errored.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(channel = %shared.name, %reason, "message processing failed; stored as ERROR");
-                self.store_verdict(&raw, &message.message(), Verdict::Failed(reason))
+                self.store_verdict(&raw, &message.message(), Verdict::Failed(reason), maps)
                     .await
             }
-            Processed::Accepted(accepted) => self.accepted(raw, *accepted).await,
+            Processed::Accepted(accepted) => self.accepted(raw, *accepted, only, maps).await,
         }
     }
 
@@ -243,6 +306,7 @@ impl ChannelIngest {
         raw: &[u8],
         message: &Message<'_>,
         verdict: Verdict,
+        maps: Option<Vec<u8>>,
     ) -> IngestReply {
         let shared = &self.shared;
         let (status, reason) = match &verdict {
@@ -251,7 +315,10 @@ impl ChannelIngest {
             Verdict::Accepted | Verdict::Relayed(_) => (Status::Transformed, String::new()),
         };
         let answer = self.answer(message, &verdict);
-        let record = self.record(raw, Some(message), status, Some(reason), answer.stored());
+        let record = NewMessage {
+            maps,
+            ..self.record(raw, Some(message), status, Some(reason), answer.stored())
+        };
         match shared.store.ingest(record).await {
             Ok(id) => {
                 if status == Status::Filtered {
@@ -264,7 +331,13 @@ impl ChannelIngest {
     }
 
     /// Store an accepted message with its destinations' rows and answer it.
-    async fn accepted(&self, raw: Vec<u8>, accepted: Accepted) -> IngestReply {
+    async fn accepted(
+        &self,
+        raw: Vec<u8>,
+        accepted: Accepted,
+        only: Option<&[String]>,
+        maps: Option<Vec<u8>>,
+    ) -> IngestReply {
         let shared = &self.shared;
         let received = accepted.received;
         let message = received.message();
@@ -274,6 +347,10 @@ impl ChannelIngest {
         let mut encoded = Vec::new();
         let mut taken = Vec::with_capacity(accepted.destinations.len());
         for (name, result) in shared.destinations.iter().zip(accepted.destinations) {
+            if only.is_some_and(|o| !o.contains(name)) {
+                taken.push(false);
+                continue;
+            }
             taken.push(matches!(result, DestinationResult::Queued { .. }));
             match result {
                 DestinationResult::Queued { encoded: bytes } => {
@@ -327,6 +404,7 @@ impl ChannelIngest {
             errored_destinations: errored,
             transformed: accepted.transformed,
             encoded,
+            maps,
             ..self.record(
                 &raw,
                 Some(&message),
@@ -539,6 +617,7 @@ impl ChannelIngest {
             errored_destinations: Vec::new(),
             transformed: None,
             encoded: Vec::new(),
+            maps: None,
         }
     }
 

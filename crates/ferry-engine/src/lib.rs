@@ -34,7 +34,7 @@ mod stats;
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
 pub use engine::{ChannelSpec, DestinationSpec, Engine, EngineError, Health, HealthProbe};
 pub use filter::FilterRule;
-pub use ingest::{ChannelIngest, IngestReply, ResponseMode};
+pub use ingest::{ChannelIngest, IngestReply, ReprocessError, ResponseMode};
 pub use pipeline::{
     Accepted, Context, Convert, DestinationProcessing, DestinationResult, Encode, Filter,
     FilterStep, Pipeline, Preprocess, Processed, TransformStep,

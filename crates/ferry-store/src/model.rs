@@ -131,6 +131,9 @@ pub struct NewMessage {
     /// (its transformers or encoder changed them): stored as that destination's `encoded`
     /// content.
     pub encoded: Vec<(String, Vec<u8>)>,
+    /// The message's maps as JSON (for example `{"source_map": {"reprocessed_from": 12}}`),
+    /// stored as the source's `maps` content when present.
+    pub maps: Option<Vec<u8>>,
 }
 
 /// The outcome of a delivery attempt.

@@ -436,7 +436,7 @@ impl Writer {
                 .execute(params![channel, id, destination, "ERROR", error, now])
                 .map_err(StoreError::sqlite("recording a destination's error"))?;
         }
-        if m.transformed.is_none() && m.encoded.is_empty() {
+        if m.transformed.is_none() && m.encoded.is_empty() && m.maps.is_none() {
             return Ok(id);
         }
         let mut content = c
@@ -455,6 +455,17 @@ impl Writer {
                     transformed
                 ])
                 .map_err(StoreError::sqlite("storing transformed content"))?;
+        }
+        if let Some(maps) = &m.maps {
+            content
+                .execute(params![
+                    channel,
+                    id,
+                    SOURCE,
+                    ContentStage::Maps.as_str(),
+                    maps
+                ])
+                .map_err(StoreError::sqlite("storing maps"))?;
         }
         for (destination, encoded) in &m.encoded {
             content

@@ -17,6 +17,7 @@ fn message(channel: &str, control_id: &str, destinations: &[&str]) -> NewMessage
         errored_destinations: Vec::new(),
         transformed: None,
         encoded: Vec::new(),
+        maps: None,
     }
 }
 
