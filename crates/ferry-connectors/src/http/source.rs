@@ -4,6 +4,10 @@
 //! body and the HL7-over-HTTP status convention: `AA`/`CA` → 200, `AR`/`CR` → 400,
 //! `AE`/`CE` → 500. The body size is limited before it is read into memory (413 beyond it).
 //! Other methods get 405 and other paths 404, without touching the body.
+//!
+//! A request sent as `Content-Type: application/json` (a channel whose first transformer step
+//! is a JSON → HL7 template) is answered in JSON with the same status:
+//! `{"code": "AA", "message_id": 12, "control_id": "…", "text": null}`.
 
 use axum::Router;
 use axum::body::Body;
@@ -34,7 +38,12 @@ pub fn router(ingest: ChannelIngest, path: &str, max_body_bytes: usize) -> Route
         .with_state(state)
 }
 
-async fn receive(State(state): State<SourceState>, method: Method, body: Body) -> Response {
+async fn receive(
+    State(state): State<SourceState>,
+    method: Method,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
     if method != Method::POST {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -77,6 +86,25 @@ async fn receive(State(state): State<SourceState>, method: Method, body: Body) -
         AckCode::AR | AckCode::CR => StatusCode::BAD_REQUEST,
         AckCode::AE | AckCode::CE => StatusCode::INTERNAL_SERVER_ERROR,
     };
+    let wants_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if wants_json {
+        let summary = ack::parse_ack(&body).ok();
+        let answer = serde_json::json!({
+            "code": code.as_str(),
+            "message_id": reply.message_id,
+            "control_id": summary.as_ref().map(|s| s.control_id.clone()).filter(|c| !c.is_empty()),
+            "text": summary.and_then(|s| s.text.or(s.error_text)),
+        });
+        return (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            answer.to_string(),
+        )
+            .into_response();
+    }
     (
         status,
         [(header::CONTENT_TYPE, HTTP_HL7_CONTENT_TYPE)],
