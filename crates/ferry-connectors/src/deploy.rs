@@ -498,6 +498,7 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
                 )?,
                 ..DestinationProcessing::default()
             },
+            response_transform: Vec::new(),
         });
     }
     let filters = filter_rules(&channel.name, "", &channel.filters)?;

@@ -16,6 +16,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{Notify, broadcast};
 
 use crate::ingest::DeliveryOutcome;
+use crate::pipeline::{Context, TransformStep};
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::RetryPolicy;
@@ -90,6 +91,20 @@ pub(crate) struct Worker {
     /// Where final outcomes are reported, when the channel relays this destination's
     /// response (after-delivery response mode).
     pub outcomes: Option<broadcast::Sender<Arc<DeliveryOutcome>>>,
+    /// Steps run on each final response before it is stored.
+    pub response_transform: Vec<Arc<dyn TransformStep>>,
+}
+
+fn rebuild(sent: bool, reason: Option<String>, response: Vec<u8>) -> SendOutcome {
+    match (sent, reason) {
+        (true, _) => SendOutcome::Sent {
+            response: Some(response),
+        },
+        (false, reason) => SendOutcome::Failed {
+            reason: reason.unwrap_or_default(),
+            response: Some(response),
+        },
+    }
 }
 
 impl Worker {
@@ -170,6 +185,64 @@ impl Worker {
         Ok(())
     }
 
+    /// Run the response transformer on a final outcome's HL7 response. The stored (and relayed)
+    /// response is the transformed one; a failing step makes a sent message `ERROR` with the
+    /// step named, keeping the response as received. Responses that are not HL7 pass as they are.
+    async fn transform_response(&self, outcome: SendOutcome) -> SendOutcome {
+        if self.response_transform.is_empty() {
+            return outcome;
+        }
+        let (sent, reason, response) = match outcome {
+            SendOutcome::Sent { response: Some(r) } => (true, None, r),
+            SendOutcome::Failed {
+                reason,
+                response: Some(r),
+            } => (false, Some(reason), r),
+            other => return other,
+        };
+        let Ok(message) = ferry_hl7::MessageBuf::parse(response.clone()) else {
+            return rebuild(sent, reason, response);
+        };
+        let steps = self.response_transform.clone();
+        let mut context = Context {
+            message,
+            channel: self.channel.clone(),
+            channel_map: serde_json::Map::new(),
+            source_map: serde_json::Map::new(),
+            routed: Vec::new(),
+        };
+        let run = move || -> (Result<(), String>, Context) {
+            for (i, step) in steps.iter().enumerate() {
+                if let Err(e) = step.apply(&mut context) {
+                    return (Err(format!("response transform {}: {e}", i + 1)), context);
+                }
+            }
+            (Ok(()), context)
+        };
+        let blocks = self.response_transform.iter().any(|s| s.blocks());
+        let result = if blocks {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| format!("response transform panicked: {e}"))
+        } else {
+            Ok(run())
+        };
+        match result {
+            Ok((Ok(()), context)) => rebuild(sent, reason, context.message.into_bytes()),
+            Ok((Err(e), _)) | Err(e) => {
+                tracing::warn!(channel = %self.channel, destination = %self.destination,
+                    error = %e, "response transformer failed; message marked ERROR");
+                SendOutcome::Failed {
+                    reason: match reason {
+                        Some(r) => format!("{r}; {e}"),
+                        None => e,
+                    },
+                    response: Some(response),
+                }
+            }
+        }
+    }
+
     /// Attempt delivery until it succeeds, fails for good, or shutdown is requested
     /// (then `None`). Failed attempts that will be retried are recorded durably on the way.
     async fn deliver<F>(
@@ -189,6 +262,7 @@ impl Worker {
                 outcome = self.sender.send(outbound) => outcome,
                 _ = self.shutdown.cancelled() => return Ok(None),
             };
+            let outcome = self.transform_response(outcome).await;
             let update =
                 |status: Status, error: Option<String>, response: Option<Vec<u8>>| DeliveryUpdate {
                     channel: self.channel.clone(),

@@ -26,6 +26,9 @@ pub struct DestinationSpec {
     /// `name` is used). A message its filters refuse gets a `FILTERED` row and never enters
     /// its queue.
     pub processing: DestinationProcessing,
+    /// Response transformer: steps run on each final HL7 response (an ACK) before it is
+    /// stored and, in after-delivery mode, relayed.
+    pub response_transform: Vec<Arc<dyn crate::TransformStep>>,
 }
 
 /// One channel, ready to run. The source is started separately by its connector with the
@@ -164,6 +167,7 @@ impl Engine {
                     stats: dest_stats,
                     shutdown: shutdown.child_token(),
                     outcomes: outcome,
+                    response_transform: dest.response_transform,
                 };
                 let (c, d) = (spec.name.clone(), dest.name);
                 let failed = store_failed.clone();

@@ -52,6 +52,7 @@ fn destination(name: &str, sender: Arc<Keep>) -> DestinationSpec {
             wait_for_previous: true,
             ..DestinationProcessing::default()
         },
+        response_transform: Vec::new(),
     }
 }
 
