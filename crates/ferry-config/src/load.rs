@@ -417,6 +417,9 @@ impl Config {
                 }
                 listens.push((addr, owner));
             }
+            if let Some(d) = &channel.dedupe {
+                positive(&[("dedupe window", d.window)]).map_err(err)?;
+            }
             if channel.destinations.is_empty() {
                 return Err(err(
                     "has no destination; add a [[channel.destination]]".into()

@@ -130,6 +130,25 @@ pub struct ChannelConfig {
     /// `[[channel.destination]]`: where messages go, each with its own durable queue.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
+    /// `dedupe = { window = "24h" }`: duplicate detection; absent means off, present means on.
+    /// An accepted message whose MSH-3, MSH-4 and MSH-10 (as received) equal those of a message
+    /// accepted on this channel within the window is answered with that message's ACK, byte
+    /// for byte, and not dispatched again. It is still stored (source status `FILTERED`, error
+    /// `duplicate of message N`, no destination rows) and counted in
+    /// `ferry_messages_duplicate_total`. The window is measured from the original (the first
+    /// dispatched message), not from later duplicates. Rejected and source-filtered messages
+    /// are never originals.
+    pub dedupe: Option<DedupeConfig>,
+}
+
+/// `dedupe = { … }` on a channel.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// How long a message stays an original that later copies are duplicates of. Default
+    /// `"24h"`; must be longer than zero.
+    #[serde(default = "one_day")]
+    pub window: Duration,
 }
 
 /// One `[[channel.filter]]` rule: a `field` (an HL7 path such as `MSH-9.2` or `PID-3(2).1`)
@@ -438,6 +457,9 @@ fn ten_seconds() -> Duration {
 }
 fn thirty_seconds() -> Duration {
     Duration::secs(30)
+}
+fn one_day() -> Duration {
+    Duration::secs(24 * 3600)
 }
 fn five_minutes() -> Duration {
     Duration::secs(300)

@@ -254,3 +254,25 @@ fn a_missing_file_says_so() {
         "{err}"
     );
 }
+
+#[test]
+fn dedupe_is_off_by_default_and_its_window_is_checked() {
+    let config = load(MINIMAL_CHANNEL).expect("loads");
+    assert_eq!(config.channels[0].dedupe, None);
+    let with = |table: &str| {
+        load(&MINIMAL_CHANNEL.replace("source = {", &format!("dedupe = {table}\nsource = {{")))
+    };
+    let config = with("{ window = \"2h\" }").expect("loads");
+    let window = config.channels[0].dedupe.as_ref().map(|d| d.window.get());
+    assert_eq!(window, Some(std::time::Duration::from_secs(7200)));
+    let config = with("{}").expect("loads");
+    let window = config.channels[0].dedupe.as_ref().map(|d| d.window.get());
+    assert_eq!(window, Some(std::time::Duration::from_secs(86_400)));
+    let error = with("{ window = \"0s\" }").expect_err("zero window");
+    assert!(
+        error.contains("channel `a`: dedupe window must be longer than zero"),
+        "{error}"
+    );
+    let error = with("{ windw = \"1h\" }").expect_err("typo");
+    assert!(error.contains("windw"), "{error}");
+}

@@ -488,6 +488,7 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
             name: channel.name.clone(),
             destinations,
             filters,
+            dedupe_window: channel.dedupe.as_ref().map(|d| d.window.get()),
         },
         source,
     })

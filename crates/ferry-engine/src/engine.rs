@@ -35,6 +35,10 @@ pub struct ChannelSpec {
     pub destinations: Vec<DestinationSpec>,
     /// Source filters: every one must pass, else the message is stored `FILTERED`.
     pub filters: Vec<crate::FilterRule>,
+    /// Duplicate detection: a message whose MSH-3, MSH-4 and MSH-10 were accepted on this
+    /// channel less than this long ago is answered with the original ACK and not dispatched.
+    /// `None`: off.
+    pub dedupe_window: Option<std::time::Duration>,
 }
 
 /// Errors starting or stopping the engine.
@@ -161,6 +165,7 @@ impl Engine {
                     store_failed: store_failed.clone(),
                     filters: spec.filters,
                     destination_filters,
+                    dedupe_window: spec.dedupe_window,
                 }),
             });
         }

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry_hl7::Message;
 use ferry_hl7::ack::{self, AckCode, ErrorDetail};
-use ferry_store::{MessageId, NewMessage, Status, Store, StoreError};
+use ferry_store::{Ingested, MessageId, NewMessage, Status, Store, StoreError};
 use tokio::sync::Notify;
 
 use crate::stats::ChannelStats;
@@ -42,6 +42,8 @@ pub(crate) struct ChannelShared {
     pub filters: Vec<crate::FilterRule>,
     /// Each destination's filters, in the order of `destinations`.
     pub destination_filters: Vec<Vec<crate::FilterRule>>,
+    /// Duplicate detection window (`None`: off); see `dedupe.rs`.
+    pub dedupe_window: Option<std::time::Duration>,
 }
 
 /// The handle a source uses to submit messages to its channel. Cheap to clone.
@@ -58,7 +60,7 @@ impl std::fmt::Debug for ChannelIngest {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -147,6 +149,7 @@ impl ChannelIngest {
         let record = NewMessage {
             destinations: queued,
             filtered_destinations: filtered,
+            dedupe: self.dedupe_key(&message),
             ..self.record(raw, Some(&message), Status::Transformed, None, &ack)
         };
         let destination_stats = || {
@@ -162,8 +165,13 @@ impl ChannelIngest {
                 d.queue_depth.fetch_add(1, Ordering::Relaxed);
             }
         }
-        match shared.store.ingest(record).await {
-            Ok(id) => {
+        match shared.store.ingest_checked(record).await {
+            Ok(Ingested::Duplicate {
+                id,
+                original,
+                response,
+            }) => self.duplicate(&message, &taken, id, original, response, ack),
+            Ok(Ingested::Stored(id)) => {
                 for (d, takes) in destination_stats() {
                     if !takes {
                         d.filtered.fetch_add(1, Ordering::Relaxed);
@@ -211,6 +219,7 @@ impl ChannelIngest {
             source_response: Some(ack.to_vec()),
             destinations: Vec::new(),
             filtered_destinations: Vec::new(),
+            dedupe: None,
         }
     }
 
@@ -329,7 +338,7 @@ impl ChannelIngest {
 }
 
 /// Whether the sender asked for this acknowledgement (HL7 v2 enhanced mode, MSH-15).
-fn ack_requested(message: &Message<'_>, code: AckCode) -> bool {
+pub(crate) fn ack_requested(message: &Message<'_>, code: AckCode) -> bool {
     match message.accept_ack_type() {
         None | Some("") | Some("AL") => true,
         Some("NE") => false,

@@ -21,8 +21,13 @@
 //! 3. After a crash nothing needs replaying: the queue *is* the set of `QUEUED` rows, so a
 //!    restarted worker simply starts again at the head.
 //!
+//! With a dedupe window ([`ChannelSpec::dedupe_window`]), a message whose MSH-3, MSH-4 and
+//! MSH-10 were already accepted on the channel within the window is answered with the original
+//! ACK, stored as `FILTERED` (`duplicate of message N`) and dispatched nowhere.
+//!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
 
+mod dedupe;
 mod destination;
 mod engine;
 mod filter;
