@@ -437,6 +437,12 @@ impl Config {
                 if !dest_names.insert(name.to_owned()) {
                     return Err(derr("defined twice in this channel".into()));
                 }
+                if !(1..=64).contains(&dest.workers()) {
+                    return Err(derr(format!(
+                        "workers must be between 1 and 64 ({} given)",
+                        dest.workers()
+                    )));
+                }
                 let retry = dest.retry();
                 if retry.multiplier < 1.0 || !retry.multiplier.is_finite() {
                     return Err(derr("retry multiplier must be at least 1.0".into()));

@@ -471,7 +471,13 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
                 d.file_name.clone(),
             )),
         };
+        let order_by = dest
+            .order_by()
+            .map(|p| Path::parse(p).map_err(|e| invalid(&connector, format!("order_by: {e}"))))
+            .transpose()?;
         destinations.push(DestinationSpec {
+            workers: dest.workers(),
+            order_by,
             name: dest.name().to_owned(),
             sender,
             retry: retry_policy(dest.retry()),

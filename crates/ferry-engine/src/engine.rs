@@ -24,7 +24,19 @@ pub struct DestinationSpec {
     /// The destination's filters: every one must pass for it to get a message; otherwise
     /// its row is `FILTERED` and the message never enters its queue.
     pub filters: Vec<crate::FilterRule>,
+    /// Delivery lanes. 1 (and 0): one message in flight, the whole queue in message-id order.
+    /// More: messages with the same [`order_by`](Self::order_by) value are delivered in order,
+    /// one at a time; different values concurrently on up to this many lanes; a message being
+    /// retried holds up only its lane.
+    pub workers: usize,
+    /// The HL7 path whose value keys the lanes when `workers > 1`; `None` means
+    /// [`DEFAULT_ORDER_BY`]. A payload that does not parse, or has no value there, goes to
+    /// lane 0.
+    pub order_by: Option<ferry_hl7::Path>,
 }
+
+/// The lane key of keyed destinations unless configured: the first identifier of the patient.
+pub const DEFAULT_ORDER_BY: &str = "PID-3.1";
 
 /// One channel, ready to run. The source is started separately by its connector with the
 /// [`ChannelIngest`] the engine hands out.
@@ -139,6 +151,10 @@ impl Engine {
                     wake,
                     stats: dest_stats,
                     shutdown: shutdown.child_token(),
+                    workers: dest.workers.max(1),
+                    order_by: dest
+                        .order_by
+                        .or_else(|| ferry_hl7::Path::parse(DEFAULT_ORDER_BY).ok()),
                 };
                 let (c, d) = (spec.name.clone(), dest.name);
                 let failed = store_failed.clone();

@@ -17,7 +17,9 @@
 //!    batches, in message-id order, and hands each message to a [`Destination`] implementation.
 //!    A retryable failure is retried with exponential backoff ([`RetryPolicy`]) while the queue
 //!    waits behind it, so order holds; a permanent failure marks the message `ERROR` and the
-//!    queue moves on.
+//!    queue moves on. With [`DestinationSpec::workers`] above 1, order is kept per key instead
+//!    (the `order_by` HL7 path, [`DEFAULT_ORDER_BY`] unless set): one lane per hash bucket of
+//!    keys, each lane in order, the lanes concurrently.
 //! 3. After a crash nothing needs replaying: the queue *is* the set of `QUEUED` rows, so a
 //!    restarted worker simply starts again at the head.
 //!
@@ -36,7 +38,9 @@ mod retry;
 mod stats;
 
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
-pub use engine::{ChannelSpec, DestinationSpec, Engine, EngineError, Health, HealthProbe};
+pub use engine::{
+    ChannelSpec, DEFAULT_ORDER_BY, DestinationSpec, Engine, EngineError, Health, HealthProbe,
+};
 pub use filter::FilterRule;
 pub use ingest::{ChannelIngest, IngestReply};
 pub use retry::RetryPolicy;
