@@ -267,6 +267,7 @@ impl Config {
                 SourceConfig::Mllp(s) => s.tls.as_mut(),
                 SourceConfig::Http(s) => s.tls.as_mut(),
                 SourceConfig::HttpPoll(s) => s.tls.as_mut(),
+                SourceConfig::Channel(_) => None,
             };
             if let Some(t) = tls {
                 fix_tls(t);
@@ -284,6 +285,7 @@ impl Config {
                         }
                     }
                     DestinationConfig::File(d) => fix(&mut d.directory),
+                    DestinationConfig::Channel(_) => {}
                 }
             }
         }
@@ -405,6 +407,7 @@ impl Config {
                         .map_err(|m| err(format!("source {m}")))?;
                     None
                 }
+                SourceConfig::Channel(_) => None,
             };
             if let Some(addr) = listen {
                 let owner = format!("channel `{}`", channel.name);
@@ -490,6 +493,28 @@ impl Config {
                             return Err(derr("file_name must be a file name, without `/`".into()));
                         }
                     }
+                    DestinationConfig::Channel(d) if channel.enabled => {
+                        let target = self.channels.iter().find(|c| c.name == d.channel);
+                        match target {
+                            _ if d.channel == channel.name => {
+                                return Err(derr(format!(
+                                    "routes to its own channel `{}` (a loop)",
+                                    d.channel
+                                )));
+                            }
+                            None => {
+                                return Err(derr(format!("unknown channel `{}`", d.channel)));
+                            }
+                            Some(t) if !t.enabled => {
+                                return Err(derr(format!(
+                                    "channel `{}` is disabled (`enabled = false`)",
+                                    d.channel
+                                )));
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    DestinationConfig::Channel(_) => {}
                 }
             }
         }

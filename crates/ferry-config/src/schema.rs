@@ -202,7 +202,15 @@ pub enum SourceConfig {
     Http(HttpSourceConfig),
     /// `type = "http-poll"`: GET a URL on an interval.
     HttpPoll(HttpPollSourceConfig),
+    /// `type = "channel"`: no listener; the channel receives only what other channels route to
+    /// it (`channel` destinations, scripts). It counts as deployed once the engine runs.
+    Channel(ChannelSourceConfig),
 }
+
+/// `source = { type = "channel" }`: takes no other keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSourceConfig {}
 
 /// `source = { type = "mllp", … }`.
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +285,8 @@ pub enum DestinationConfig {
     Mllp(MllpDestinationConfig),
     /// `type = "file"`: write each message to a file in a directory.
     File(FileDestinationConfig),
+    /// `type = "channel"`: hand each message to another channel of this engine.
+    Channel(ChannelDestinationConfig),
 }
 
 impl DestinationConfig {
@@ -286,6 +296,7 @@ impl DestinationConfig {
             DestinationConfig::Http(d) => &d.name,
             DestinationConfig::Mllp(d) => &d.name,
             DestinationConfig::File(d) => &d.name,
+            DestinationConfig::Channel(d) => &d.name,
         }
     }
 
@@ -295,6 +306,7 @@ impl DestinationConfig {
             DestinationConfig::Http(d) => &d.retry,
             DestinationConfig::Mllp(d) => &d.retry,
             DestinationConfig::File(d) => &d.retry,
+            DestinationConfig::Channel(d) => &d.retry,
         }
     }
 
@@ -304,6 +316,7 @@ impl DestinationConfig {
             DestinationConfig::Http(d) => &d.filters,
             DestinationConfig::Mllp(d) => &d.filters,
             DestinationConfig::File(d) => &d.filters,
+            DestinationConfig::Channel(d) => &d.filters,
         }
     }
 
@@ -313,6 +326,7 @@ impl DestinationConfig {
             DestinationConfig::Http(d) => d.workers,
             DestinationConfig::Mllp(d) => d.workers,
             DestinationConfig::File(d) => d.workers,
+            DestinationConfig::Channel(d) => d.workers,
         }
     }
 
@@ -322,6 +336,7 @@ impl DestinationConfig {
             DestinationConfig::Http(d) => d.order_by.as_deref(),
             DestinationConfig::Mllp(d) => d.order_by.as_deref(),
             DestinationConfig::File(d) => d.order_by.as_deref(),
+            DestinationConfig::Channel(d) => d.order_by.as_deref(),
         }
     }
 }
@@ -441,6 +456,39 @@ pub struct FileDestinationConfig {
     #[serde(default = "default_file_name")]
     pub file_name: String,
     /// Retry of failed writes. Default: forever, 1 s doubling to 5 min.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Delivery lanes, 1 to 64. Default 1: one message in flight and the whole queue in
+    /// message-id order (a retry holds up everything behind it). More: messages with the same
+    /// `order_by` value are delivered in order, one at a time; different values concurrently on
+    /// up to this many lanes (values are hashed to lanes, so two keys may share one); a message
+    /// being retried holds up only its lane. Delivery stays at-least-once across restarts.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// The HL7 path whose value keys the lanes when `workers` is above 1. Default `"PID-3.1"`
+    /// (the patient's first identifier). A message that does not parse, or has no value at the
+    /// path, goes to the first lane. Ignored with `workers = 1`.
+    pub order_by: Option<String>,
+}
+
+/// `type = "channel"` destination: route each message to another channel of the same engine.
+/// Delivering is receiving on the target channel, which stores the message durably before it
+/// answers; this destination is drained from the sending channel's durable queue, so routing
+/// survives a crash and is at-least-once. The target's positive ACK → `SENT` (the ACK is the
+/// stored response); `AE` (its store failed) → retry; `AR` (it rejected the message) → `ERROR`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelDestinationConfig {
+    /// Unique within the channel; names the destination's queue.
+    pub name: String,
+    /// `[[channel.destination.filter]]`: rules (as for `[[channel.filter]]`) that must all
+    /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FilterConfig>,
+    /// Name of the target channel: an enabled channel of this configuration other than this
+    /// one (any source type; usually `source = { type = "channel" }`).
+    pub channel: String,
+    /// Retry when the target cannot store the message. Default: forever, 1 s doubling to 5 min.
     #[serde(default)]
     pub retry: RetryConfig,
     /// Delivery lanes, 1 to 64. Default 1: one message in flight and the whole queue in

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::destination::{Destination, Worker};
 use crate::ingest::{ChannelIngest, ChannelShared};
 use crate::retry::RetryPolicy;
+use crate::router::Router;
 use crate::stats::{ChannelStats, Stats};
 
 /// One destination of a channel, ready to run.
@@ -62,6 +63,9 @@ pub enum EngineError {
     /// Two channels share a name.
     #[error("channel `{0}` is defined twice")]
     DuplicateChannel(String),
+    /// The router given to [`Engine::start_with_router`] already serves another engine.
+    #[error("the router is already in use by another engine")]
+    RouterInUse,
     /// A destination worker stopped abnormally.
     #[error("destination worker `{channel}/{destination}` stopped: {reason}")]
     Worker {
@@ -98,6 +102,7 @@ pub struct Engine {
     workers: JoinSet<(String, String, Result<(), StoreError>)>,
     shutdown: CancellationToken,
     store_failed: Arc<AtomicBool>,
+    router: Router,
 }
 
 impl std::fmt::Debug for Engine {
@@ -113,9 +118,21 @@ impl Engine {
     /// destination. Messages left queued by an earlier run (or a crash) are delivered first,
     /// in order.
     pub async fn start(store: Store, specs: Vec<ChannelSpec>) -> Result<Engine, EngineError> {
+        Engine::start_with_router(store, specs, Router::new()).await
+    }
+
+    /// [`start`](Self::start), filling `router` with the channels before any destination
+    /// worker runs, so connectors built with a clone of it (channel destinations) can route to
+    /// any channel of this engine from their first delivery on.
+    pub async fn start_with_router(
+        store: Store,
+        specs: Vec<ChannelSpec>,
+        router: Router,
+    ) -> Result<Engine, EngineError> {
         let shutdown = CancellationToken::new();
         let store_failed = Arc::new(AtomicBool::new(false));
         let mut workers = JoinSet::new();
+        let mut ready = Vec::new();
         let mut channels = Vec::with_capacity(specs.len());
         let mut all_stats = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -156,19 +173,7 @@ impl Engine {
                         .order_by
                         .or_else(|| ferry_hl7::Path::parse(DEFAULT_ORDER_BY).ok()),
                 };
-                let (c, d) = (spec.name.clone(), dest.name);
-                let failed = store_failed.clone();
-                workers.spawn(async move {
-                    let result = worker.run().await;
-                    if let Err(error) = &result {
-                        // The queue can no longer be worked: report unhealthy at once rather
-                        // than at shutdown.
-                        tracing::error!(channel = %c, destination = %d, %error,
-                            "destination worker stopped: the store failed");
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                    (c, d, result)
-                });
+                ready.push(worker);
             }
             all_stats.push(stats.clone());
             channels.push(ChannelIngest {
@@ -185,7 +190,26 @@ impl Engine {
                 }),
             });
         }
+        if !router.fill(channels.clone()) {
+            return Err(EngineError::RouterInUse);
+        }
+        for worker in ready {
+            let (c, d) = (worker.channel.clone(), worker.destination.clone());
+            let failed = store_failed.clone();
+            workers.spawn(async move {
+                let result = worker.run().await;
+                if let Err(error) = &result {
+                    // The queue can no longer be worked: report unhealthy at once rather
+                    // than at shutdown.
+                    tracing::error!(channel = %c, destination = %d, %error,
+                        "destination worker stopped: the store failed");
+                    failed.store(true, Ordering::Relaxed);
+                }
+                (c, d, result)
+            });
+        }
         Ok(Engine {
+            router,
             store,
             channels,
             stats: Arc::new(Stats::new(all_stats)),
@@ -201,6 +225,11 @@ impl Engine {
             .iter()
             .find(|c| c.channel() == channel)
             .cloned()
+    }
+
+    /// A handle that routes messages to this engine's channels (for scripts).
+    pub fn router(&self) -> Router {
+        self.router.clone()
     }
 
     /// Counters for `/metrics`.

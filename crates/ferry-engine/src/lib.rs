@@ -27,6 +27,9 @@
 //! MSH-10 were already accepted on the channel within the window is answered with the original
 //! ACK, stored as `FILTERED` (`duplicate of message N`) and dispatched nowhere.
 //!
+//! A [`Router`] hands messages from one channel to another inside the engine (`channel`
+//! destinations, scripts); it exists before the engine starts so connectors can hold it.
+//!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
 
 mod dedupe;
@@ -35,6 +38,7 @@ mod engine;
 mod filter;
 mod ingest;
 mod retry;
+mod router;
 mod stats;
 
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
@@ -44,6 +48,7 @@ pub use engine::{
 pub use filter::FilterRule;
 pub use ingest::{ChannelIngest, IngestReply};
 pub use retry::RetryPolicy;
+pub use router::{RouteError, Router};
 pub use stats::{ChannelStats, DestinationStats, Stats};
 
 /// Re-exported so connectors and the binary share one cancellation type for graceful shutdown.
