@@ -233,3 +233,65 @@ async fn one_worker_keeps_the_whole_queue_in_order() {
     );
     assert_eq!(recorder.max_in_flight(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_resumes_exactly_what_the_lanes_left_queued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Message 1 never succeeds in the first run.
+    let first = Recorder::new(1, u32::MAX);
+    let engine = start(dir.path(), first.clone(), 4).await;
+    let ingest = engine.ingest("c").expect("channel");
+    for i in 0..30 {
+        let key = format!("K{}", i % 5);
+        assert!(
+            ingest
+                .receive(&message(&format!("M{i}"), &key))
+                .await
+                .code
+                .is_positive()
+        );
+    }
+    // Message 1's key K0, and any key hashed to the same lane, is stuck behind it; the others
+    // get through.
+    let stuck_keys = |sent: &[Attempt]| -> Vec<String> {
+        (0..5)
+            .map(|k| format!("K{k}"))
+            .filter(|k| sent.iter().all(|a| &a.key != k))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stuck = stuck_keys(&first.sent());
+    // Done when every key not stuck has all six of its messages delivered.
+    while !(stuck.len() < 5 && first.sent().len() == 30 - 6 * stuck.len())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        stuck = stuck_keys(&first.sent());
+    }
+    assert!(
+        stuck.contains(&"K0".to_owned()) && stuck.len() < 5,
+        "{stuck:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(first.sent().len(), 30 - 6 * stuck.len());
+    engine.shutdown().await.expect("shutdown");
+
+    // The second run delivers the stuck keys' messages, each key in order, and nothing else.
+    let second = Recorder::new(0, 0);
+    let engine = start(dir.path(), second.clone(), 4).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while second.sent().len() < 6 * stuck.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut ids: Vec<i64> = second.sent().iter().map(|a| a.message_id).collect();
+    ids.sort_unstable();
+    // Message i+1 has key K(i % 5).
+    let expected: Vec<i64> = (0..30)
+        .filter(|i| stuck.contains(&format!("K{}", i % 5)))
+        .map(|i| i + 1)
+        .collect();
+    assert_eq!(ids, expected);
+    assert_per_key_order(&second);
+    engine.shutdown().await.expect("shutdown");
+}
