@@ -446,6 +446,12 @@ impl Config {
                         dest.workers()
                     )));
                 }
+                if dest.workers() == 1 && dest.order_by().is_some() {
+                    warnings.push(format!(
+                        "channel `{}` destination `{name}`: order_by has no effect with workers = 1",
+                        channel.name
+                    ));
+                }
                 let retry = dest.retry();
                 if retry.multiplier < 1.0 || !retry.multiplier.is_finite() {
                     return Err(derr("retry multiplier must be at least 1.0".into()));

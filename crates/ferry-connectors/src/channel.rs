@@ -26,8 +26,10 @@ impl ChannelDestination {
 
 impl Destination for ChannelDestination {
     /// Positive ACK (`AA`/`CA`, also for a message the target's filter removed) → `SENT` with
-    /// the target's ACK as response; `AE`/`CE` (the target's store failed) or a router that is
-    /// not ready → retry; `AR`/`CR` (the target rejected the message) → `ERROR`.
+    /// the target's ACK as response; `AE`/`CE` (the target's store failed) → retry; `AR`/`CR`
+    /// (the target rejected the message) → `ERROR`. A router that is not filled yet, or does
+    /// not know the target (`ferry check` prevents that), is retried too: the message stays
+    /// queued rather than being dropped.
     fn send<'a>(&'a self, message: &'a Outbound) -> SendFuture<'a> {
         Box::pin(async move {
             match self.router.route(&self.target, &message.payload).await {
