@@ -17,8 +17,9 @@ pub mod values;
 
 pub use load::ConfigError;
 pub use schema::{
-    AdminConfig, ChannelConfig, Config, DestinationConfig, FileDestinationConfig, FilterConfig,
-    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MllpDestinationConfig,
-    MllpSourceConfig, NakAction, ResponseMode, RetryConfig, SourceConfig, StoreConfig, TlsConfig,
+    AdminConfig, ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, Config,
+    DedupeConfig, DestinationConfig, FileDestinationConfig, FilterConfig, HttpDestinationConfig,
+    HttpPollSourceConfig, HttpSourceConfig, MllpDestinationConfig, MllpSourceConfig, NakAction,
+    ResponseMode, RetryConfig, SourceConfig, StoreConfig, TlsConfig,
 };
 pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};

@@ -267,6 +267,7 @@ impl Config {
                 SourceConfig::Mllp(s) => s.tls.as_mut(),
                 SourceConfig::Http(s) => s.tls.as_mut(),
                 SourceConfig::HttpPoll(s) => s.tls.as_mut(),
+                SourceConfig::Channel(_) => None,
             };
             if let Some(t) = tls {
                 fix_tls(t);
@@ -284,6 +285,7 @@ impl Config {
                         }
                     }
                     DestinationConfig::File(d) => fix(&mut d.directory),
+                    DestinationConfig::Channel(_) => {}
                 }
             }
         }
@@ -419,6 +421,7 @@ impl Config {
                         .map_err(|m| err(format!("source {m}")))?;
                     None
                 }
+                SourceConfig::Channel(_) => None,
             };
             if let Some(addr) = listen {
                 let owner = format!("channel `{}`", channel.name);
@@ -430,6 +433,9 @@ impl Config {
                     )));
                 }
                 listens.push((addr, owner));
+            }
+            if let Some(d) = &channel.dedupe {
+                positive(&[("dedupe window", d.window)]).map_err(err)?;
             }
             if channel.destinations.is_empty() {
                 return Err(err(
@@ -447,6 +453,18 @@ impl Config {
                 }
                 if !dest_names.insert(name.to_owned()) {
                     return Err(derr("defined twice in this channel".into()));
+                }
+                if !(1..=64).contains(&dest.workers()) {
+                    return Err(derr(format!(
+                        "workers must be between 1 and 64 ({} given)",
+                        dest.workers()
+                    )));
+                }
+                if dest.workers() == 1 && dest.order_by().is_some() {
+                    warnings.push(format!(
+                        "channel `{}` destination `{name}`: order_by has no effect with workers = 1",
+                        channel.name
+                    ));
                 }
                 let retry = dest.retry();
                 if retry.multiplier < 1.0 || !retry.multiplier.is_finite() {
@@ -495,6 +513,28 @@ impl Config {
                             return Err(derr("file_name must be a file name, without `/`".into()));
                         }
                     }
+                    DestinationConfig::Channel(d) if channel.enabled => {
+                        let target = self.channels.iter().find(|c| c.name == d.channel);
+                        match target {
+                            _ if d.channel == channel.name => {
+                                return Err(derr(format!(
+                                    "routes to its own channel `{}` (a loop)",
+                                    d.channel
+                                )));
+                            }
+                            None => {
+                                return Err(derr(format!("unknown channel `{}`", d.channel)));
+                            }
+                            Some(t) if !t.enabled => {
+                                return Err(derr(format!(
+                                    "channel `{}` is disabled (`enabled = false`)",
+                                    d.channel
+                                )));
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    DestinationConfig::Channel(_) => {}
                 }
             }
         }

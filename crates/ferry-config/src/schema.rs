@@ -147,6 +147,25 @@ pub struct ChannelConfig {
     /// `[[channel.destination]]`: where messages go, each with its own durable queue.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
+    /// `dedupe = { window = "24h" }`: duplicate detection; absent means off, present means on.
+    /// An accepted message whose MSH-3, MSH-4 and MSH-10 (as received) equal those of a message
+    /// accepted on this channel within the window is answered with that message's ACK, byte
+    /// for byte, and not dispatched again. It is still stored (source status `FILTERED`, error
+    /// `duplicate of message N`, no destination rows) and counted in
+    /// `ferry_messages_duplicate_total`. The window is measured from the original (the first
+    /// dispatched message), not from later duplicates. Rejected and source-filtered messages
+    /// are never originals.
+    pub dedupe: Option<DedupeConfig>,
+}
+
+/// `dedupe = { … }` on a channel.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// How long a message stays an original that later copies are duplicates of. Default
+    /// `"24h"`; must be longer than zero.
+    #[serde(default = "one_day")]
+    pub window: Duration,
 }
 
 /// One `[[channel.filter]]` rule: a `field` (an HL7 path such as `MSH-9.2` or `PID-3(2).1`)
@@ -200,7 +219,15 @@ pub enum SourceConfig {
     Http(HttpSourceConfig),
     /// `type = "http-poll"`: GET a URL on an interval.
     HttpPoll(HttpPollSourceConfig),
+    /// `type = "channel"`: no listener; the channel receives only what other channels route to
+    /// it (`channel` destinations, scripts). It counts as deployed once the engine runs.
+    Channel(ChannelSourceConfig),
 }
+
+/// `source = { type = "channel" }`: takes no other keys.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSourceConfig {}
 
 /// `source = { type = "mllp", … }`.
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +302,8 @@ pub enum DestinationConfig {
     Mllp(MllpDestinationConfig),
     /// `type = "file"`: write each message to a file in a directory.
     File(FileDestinationConfig),
+    /// `type = "channel"`: hand each message to another channel of this engine.
+    Channel(ChannelDestinationConfig),
 }
 
 impl DestinationConfig {
@@ -284,6 +313,7 @@ impl DestinationConfig {
             DestinationConfig::Http(d) => &d.name,
             DestinationConfig::Mllp(d) => &d.name,
             DestinationConfig::File(d) => &d.name,
+            DestinationConfig::Channel(d) => &d.name,
         }
     }
 
@@ -293,6 +323,7 @@ impl DestinationConfig {
             DestinationConfig::Http(d) => &d.retry,
             DestinationConfig::Mllp(d) => &d.retry,
             DestinationConfig::File(d) => &d.retry,
+            DestinationConfig::Channel(d) => &d.retry,
         }
     }
 
@@ -302,6 +333,27 @@ impl DestinationConfig {
             DestinationConfig::Http(d) => &d.filters,
             DestinationConfig::Mllp(d) => &d.filters,
             DestinationConfig::File(d) => &d.filters,
+            DestinationConfig::Channel(d) => &d.filters,
+        }
+    }
+
+    /// The destination's delivery lanes (`workers`).
+    pub fn workers(&self) -> usize {
+        match self {
+            DestinationConfig::Http(d) => d.workers,
+            DestinationConfig::Mllp(d) => d.workers,
+            DestinationConfig::File(d) => d.workers,
+            DestinationConfig::Channel(d) => d.workers,
+        }
+    }
+
+    /// The destination's lane key path (`order_by`), as written.
+    pub fn order_by(&self) -> Option<&str> {
+        match self {
+            DestinationConfig::Http(d) => d.order_by.as_deref(),
+            DestinationConfig::Mllp(d) => d.order_by.as_deref(),
+            DestinationConfig::File(d) => d.order_by.as_deref(),
+            DestinationConfig::Channel(d) => d.order_by.as_deref(),
         }
     }
 }
@@ -332,6 +384,17 @@ pub struct HttpDestinationConfig {
     /// Retry of failed deliveries. Default: forever, 1 s doubling to 5 min.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Delivery lanes, 1 to 64. Default 1: one message in flight and the whole queue in
+    /// message-id order (a retry holds up everything behind it). More: messages with the same
+    /// `order_by` value are delivered in order, one at a time; different values concurrently on
+    /// up to this many lanes (values are hashed to lanes, so two keys may share one); a message
+    /// being retried holds up only its lane. Delivery stays at-least-once across restarts.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// The HL7 path whose value keys the lanes when `workers` is above 1. Default `"PID-3.1"`
+    /// (the patient's first identifier). A message that does not parse, or has no value at the
+    /// path, goes to the first lane. Ignored with `workers = 1`.
+    pub order_by: Option<String>,
 }
 
 /// What an MLLP destination does with a negative ACK.
@@ -379,6 +442,17 @@ pub struct MllpDestinationConfig {
     /// Retry of failed deliveries. Default: forever, 1 s doubling to 5 min.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Delivery lanes, 1 to 64. Default 1: one message in flight and the whole queue in
+    /// message-id order (a retry holds up everything behind it). More: messages with the same
+    /// `order_by` value are delivered in order, one at a time; different values concurrently on
+    /// up to this many lanes (values are hashed to lanes, so two keys may share one); a message
+    /// being retried holds up only its lane. Delivery stays at-least-once across restarts.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// The HL7 path whose value keys the lanes when `workers` is above 1. Default `"PID-3.1"`
+    /// (the patient's first identifier). A message that does not parse, or has no value at the
+    /// path, goes to the first lane. Ignored with `workers = 1`.
+    pub order_by: Option<String>,
 }
 
 /// `type = "file"` destination.
@@ -401,6 +475,50 @@ pub struct FileDestinationConfig {
     /// Retry of failed writes. Default: forever, 1 s doubling to 5 min.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Delivery lanes, 1 to 64. Default 1: one message in flight and the whole queue in
+    /// message-id order (a retry holds up everything behind it). More: messages with the same
+    /// `order_by` value are delivered in order, one at a time; different values concurrently on
+    /// up to this many lanes (values are hashed to lanes, so two keys may share one); a message
+    /// being retried holds up only its lane. Delivery stays at-least-once across restarts.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// The HL7 path whose value keys the lanes when `workers` is above 1. Default `"PID-3.1"`
+    /// (the patient's first identifier). A message that does not parse, or has no value at the
+    /// path, goes to the first lane. Ignored with `workers = 1`.
+    pub order_by: Option<String>,
+}
+
+/// `type = "channel"` destination: route each message to another channel of the same engine.
+/// Delivering is receiving on the target channel, which stores the message durably before it
+/// answers; this destination is drained from the sending channel's durable queue, so routing
+/// survives a crash and is at-least-once. The target's positive ACK → `SENT` (the ACK is the
+/// stored response); `AE` (its store failed) → retry; `AR` (it rejected the message) → `ERROR`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelDestinationConfig {
+    /// Unique within the channel; names the destination's queue.
+    pub name: String,
+    /// `[[channel.destination.filter]]`: rules (as for `[[channel.filter]]`) that must all
+    /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
+    #[serde(default, rename = "filter")]
+    pub filters: Vec<FilterConfig>,
+    /// Name of the target channel: an enabled channel of this configuration other than this
+    /// one (any source type; usually `source = { type = "channel" }`).
+    pub channel: String,
+    /// Retry when the target cannot store the message. Default: forever, 1 s doubling to 5 min.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Delivery lanes, 1 to 64. Default 1: one message in flight and the whole queue in
+    /// message-id order (a retry holds up everything behind it). More: messages with the same
+    /// `order_by` value are delivered in order, one at a time; different values concurrently on
+    /// up to this many lanes (values are hashed to lanes, so two keys may share one); a message
+    /// being retried holds up only its lane. Delivery stays at-least-once across restarts.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// The HL7 path whose value keys the lanes when `workers` is above 1. Default `"PID-3.1"`
+    /// (the patient's first identifier). A message that does not parse, or has no value at the
+    /// path, goes to the first lane. Ignored with `workers = 1`.
+    pub order_by: Option<String>,
 }
 
 /// `retry = { … }`: exponential backoff of a destination.
@@ -432,6 +550,9 @@ impl Default for RetryConfig {
     }
 }
 
+fn one() -> usize {
+    1
+}
 fn default_frame_size() -> ByteSize {
     ByteSize::new(16 * 1024 * 1024)
 }
@@ -455,6 +576,9 @@ fn ten_seconds() -> Duration {
 }
 fn thirty_seconds() -> Duration {
     Duration::secs(30)
+}
+fn one_day() -> Duration {
+    Duration::secs(24 * 3600)
 }
 fn five_minutes() -> Duration {
     Duration::secs(300)

@@ -267,3 +267,52 @@ fn a_missing_file_says_so() {
         "{err}"
     );
 }
+
+#[test]
+fn dedupe_is_off_by_default_and_its_window_is_checked() {
+    let config = load(MINIMAL_CHANNEL).expect("loads");
+    assert_eq!(config.channels[0].dedupe, None);
+    let with = |table: &str| {
+        load(&MINIMAL_CHANNEL.replace("source = {", &format!("dedupe = {table}\nsource = {{")))
+    };
+    let config = with("{ window = \"2h\" }").expect("loads");
+    let window = config.channels[0].dedupe.as_ref().map(|d| d.window.get());
+    assert_eq!(window, Some(std::time::Duration::from_secs(7200)));
+    let config = with("{}").expect("loads");
+    let window = config.channels[0].dedupe.as_ref().map(|d| d.window.get());
+    assert_eq!(window, Some(std::time::Duration::from_secs(86_400)));
+    let error = with("{ window = \"0s\" }").expect_err("zero window");
+    assert!(
+        error.contains("channel `a`: dedupe window must be longer than zero"),
+        "{error}"
+    );
+    let error = with("{ windw = \"1h\" }").expect_err("typo");
+    assert!(error.contains("windw"), "{error}");
+}
+
+#[test]
+fn lanes_default_to_one_and_order_by_without_lanes_warns() {
+    let config = load(MINIMAL_CHANNEL).expect("loads");
+    let dest = &config.channels[0].destinations[0];
+    assert_eq!((dest.workers(), dest.order_by()), (1, None));
+    assert!(config.warnings().is_empty());
+    let lone = MINIMAL_CHANNEL.to_owned() + "  order_by = \"PV1-19\"\n";
+    let config = load(&lone).expect("loads");
+    assert_eq!(
+        config.channels[0].destinations[0].order_by(),
+        Some("PV1-19")
+    );
+    assert!(
+        config.warnings()[0].contains("order_by has no effect with workers = 1"),
+        "{:?}",
+        config.warnings()
+    );
+    let keyed = MINIMAL_CHANNEL.to_owned() + "  workers = 8\n";
+    let config = load(&keyed).expect("loads");
+    assert_eq!(config.channels[0].destinations[0].workers(), 8);
+    let error = load(&(MINIMAL_CHANNEL.to_owned() + "  workers = 65\n")).expect_err("65");
+    assert!(
+        error.contains("destination `d`: workers must be between 1 and 64 (65 given)"),
+        "{error}"
+    );
+}

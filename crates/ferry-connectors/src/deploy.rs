@@ -13,7 +13,7 @@ use ferry_config::{
 };
 use ferry_engine::{
     ChannelSpec, Destination, DestinationProcessing, DestinationSpec, Engine, EngineError, Filter,
-    FilterRule, Pipeline, ResponseMode, RetryPolicy, Shutdown,
+    FilterRule, Pipeline, ResponseMode, RetryPolicy, Router, Shutdown,
 };
 use ferry_hl7::Path;
 use ferry_store::Store;
@@ -128,6 +128,8 @@ enum SourcePlan {
         read_timeout: std::time::Duration,
     },
     Poll(HttpPoller),
+    /// `type = "channel"`: nothing to bind; receives what is routed to it.
+    Channel,
 }
 
 struct ChannelPlan {
@@ -138,8 +140,9 @@ struct ChannelPlan {
 /// Build every connector of the configuration without binding or connecting: what
 /// `ferry check` runs.
 pub fn check(config: &Config) -> Result<(), DeployError> {
+    let router = Router::new();
     for channel in config.channels.iter().filter(|c| c.enabled) {
-        plan(channel)?;
+        plan(channel, &router)?;
     }
     Ok(())
 }
@@ -151,7 +154,7 @@ pub fn pipelines(config: &Config) -> Result<Vec<ferry_engine::Pipeline>, DeployE
         .channels
         .iter()
         .filter(|c| c.enabled)
-        .map(|c| plan(c).map(|p| p.spec.pipeline()))
+        .map(|c| plan(c, &Router::new()).map(|p| p.spec.pipeline()))
         .collect()
 }
 
@@ -162,9 +165,11 @@ pub fn server_tls(tls: &ferry_config::TlsConfig) -> Result<Arc<rustls::ServerCon
 
 /// Deploy every enabled channel of `config` on `store`.
 pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployError> {
+    // Channel destinations hold the router before the engine that fills it exists.
+    let router = Router::new();
     let mut plans = Vec::new();
     for channel in config.channels.iter().filter(|c| c.enabled) {
-        plans.push(plan(channel)?);
+        plans.push(plan(channel, &router)?);
     }
     let mut sources = Vec::with_capacity(plans.len());
     let mut specs = Vec::with_capacity(plans.len());
@@ -172,7 +177,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
         sources.push((p.spec.name.clone(), p.source));
         specs.push(p.spec);
     }
-    let engine = Engine::start(store, specs).await?;
+    let engine = Engine::start_with_router(store, specs, router).await?;
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
@@ -228,6 +233,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
                 bound.push((ingest, Bound::Http(listener, path, max_body_bytes)));
             }
             SourcePlan::Poll(poller) => bound.push((ingest, Bound::Poll(poller))),
+            SourcePlan::Channel => bound.push((ingest, Bound::Channel)),
         }
     }
     for (ingest, source) in bound {
@@ -244,6 +250,8 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
             Bound::Poll(poller) => {
                 tasks.spawn(poller.run(ingest, stop));
             }
+            // Deployed as soon as the engine runs: it is fed by the router.
+            Bound::Channel => {}
         }
     }
     Ok(Runtime {
@@ -258,6 +266,7 @@ enum Bound {
     Mllp(MllpSource),
     Http(HttpListener, String, usize),
     Poll(HttpPoller),
+    Channel,
 }
 
 async fn abort(engine: Engine, error: DeployError) -> DeployError {
@@ -356,7 +365,7 @@ fn filter_rule(f: &FilterConfig) -> Result<FilterRule, String> {
     })
 }
 
-fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
+fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployError> {
     let name = channel.name.clone();
     let tls_error = |connector: String| {
         let channel = name.clone();
@@ -416,6 +425,7 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
             .map_err(|e| invalid("source", e.to_string()))?;
             SourcePlan::Poll(poller)
         }
+        SourceConfig::Channel(_) => SourcePlan::Channel,
     };
     let mut destinations = Vec::with_capacity(channel.destinations.len());
     for dest in &channel.destinations {
@@ -483,8 +493,18 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
                 d.directory.clone(),
                 d.file_name.clone(),
             )),
+            DestinationConfig::Channel(d) => Arc::new(crate::channel::ChannelDestination::new(
+                router.clone(),
+                d.channel.clone(),
+            )),
         };
+        let order_by = dest
+            .order_by()
+            .map(|p| Path::parse(p).map_err(|e| invalid(&connector, format!("order_by: {e}"))))
+            .transpose()?;
         destinations.push(DestinationSpec {
+            workers: dest.workers(),
+            order_by,
             name: dest.name().to_owned(),
             sender,
             retry: retry_policy(dest.retry()),
@@ -537,6 +557,7 @@ fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
                 ..Pipeline::default()
             },
             response,
+            dedupe_window: channel.dedupe.as_ref().map(|d| d.window.get()),
         },
         source,
     })

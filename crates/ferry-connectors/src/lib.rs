@@ -9,11 +9,15 @@
 //!   one included), `source.rs` (HL7 over HTTP listener), `poll.rs` (HTTP poller source),
 //!   `destination.rs` (HTTPS sender).
 //! - [`file`]: `destination.rs` (one file per message, temp file + fsync + rename).
+//! - [`channel`]: the `channel` destination (hand the message to another channel of the same
+//!   engine through its [`ferry_engine::Router`]); the `channel` source has no connector, it
+//!   only receives what is routed to it.
 //!
 //! [`deploy`] turns a validated [`ferry_config::Config`] into running connectors around a
 //! [`ferry_engine::Engine`]: nothing half-configured starts, because every TLS file, address and
 //! URL is loaded and checked before the first listener binds.
 
+pub mod channel;
 pub mod deploy;
 pub mod file;
 pub mod http;

@@ -12,6 +12,7 @@ use crate::destination::{Destination, Worker};
 use crate::ingest::{ChannelIngest, ChannelShared, ResponseMode};
 use crate::pipeline::{DestinationProcessing, Pipeline};
 use crate::retry::RetryPolicy;
+use crate::router::Router;
 use crate::stats::{ChannelStats, Stats};
 
 /// One destination of a channel, ready to run.
@@ -29,7 +30,38 @@ pub struct DestinationSpec {
     /// Response transformer: steps run on each final HL7 response (an ACK) before it is
     /// stored and, in after-delivery mode, relayed.
     pub response_transform: Vec<Arc<dyn crate::TransformStep>>,
+    /// Delivery lanes. 1 (and 0): one message in flight, the whole queue in message-id order.
+    /// More: messages with the same [`order_by`](Self::order_by) value are delivered in order,
+    /// one at a time; different values concurrently on up to this many lanes; a message being
+    /// retried holds up only its lane.
+    pub workers: usize,
+    /// The HL7 path whose value keys the lanes when `workers > 1`; `None` means
+    /// [`DEFAULT_ORDER_BY`]. A payload that does not parse, or has no value there, goes to
+    /// lane 0.
+    pub order_by: Option<ferry_hl7::Path>,
 }
+
+impl DestinationSpec {
+    /// A destination with the defaults: no filters or steps, default retry, one ordered worker.
+    pub fn new(name: &str, sender: Arc<dyn Destination>) -> DestinationSpec {
+        DestinationSpec {
+            name: name.to_owned(),
+            sender,
+            retry: RetryPolicy::default(),
+            processing: DestinationProcessing {
+                name: name.to_owned(),
+                wait_for_previous: true,
+                ..DestinationProcessing::default()
+            },
+            response_transform: Vec::new(),
+            workers: 1,
+            order_by: None,
+        }
+    }
+}
+
+/// The lane key of keyed destinations unless configured: the first identifier of the patient.
+pub const DEFAULT_ORDER_BY: &str = "PID-3.1";
 
 /// One channel, ready to run. The source is started separately by its connector with the
 /// [`ChannelIngest`] the engine hands out.
@@ -43,9 +75,24 @@ pub struct ChannelSpec {
     pub source: Pipeline,
     /// When the sender is answered.
     pub response: ResponseMode,
+    /// Duplicate detection: a message whose MSH-3, MSH-4 and MSH-10 were accepted on this
+    /// channel less than this long ago is answered with the original ACK and not dispatched.
+    /// `None`: off.
+    pub dedupe_window: Option<std::time::Duration>,
 }
 
 impl ChannelSpec {
+    /// A channel with the defaults: no source processing, `on-receive`, no dedupe.
+    pub fn new(name: &str, destinations: Vec<DestinationSpec>) -> ChannelSpec {
+        ChannelSpec {
+            name: name.to_owned(),
+            destinations,
+            source: Pipeline::default(),
+            response: ResponseMode::OnReceive,
+            dedupe_window: None,
+        }
+    }
+
     /// The channel's whole processing pipeline, source and destinations (what `ferry test`
     /// runs offline).
     pub fn pipeline(&self) -> Pipeline {
@@ -73,6 +120,9 @@ pub enum EngineError {
     /// Two channels share a name.
     #[error("channel `{0}` is defined twice")]
     DuplicateChannel(String),
+    /// The router given to [`Engine::start_with_router`] already serves another engine.
+    #[error("the router is already in use by another engine")]
+    RouterInUse,
     /// A destination worker stopped abnormally.
     #[error("destination worker `{channel}/{destination}` stopped: {reason}")]
     Worker {
@@ -109,6 +159,7 @@ pub struct Engine {
     workers: JoinSet<(String, String, Result<(), StoreError>)>,
     shutdown: CancellationToken,
     store_failed: Arc<AtomicBool>,
+    router: Router,
 }
 
 impl std::fmt::Debug for Engine {
@@ -124,9 +175,21 @@ impl Engine {
     /// destination. Messages left queued by an earlier run (or a crash) are delivered first,
     /// in order.
     pub async fn start(store: Store, specs: Vec<ChannelSpec>) -> Result<Engine, EngineError> {
+        Engine::start_with_router(store, specs, Router::new()).await
+    }
+
+    /// [`start`](Self::start), filling `router` with the channels before any destination
+    /// worker runs, so connectors built with a clone of it (channel destinations) can route to
+    /// any channel of this engine from their first delivery on.
+    pub async fn start_with_router(
+        store: Store,
+        specs: Vec<ChannelSpec>,
+        router: Router,
+    ) -> Result<Engine, EngineError> {
         let shutdown = CancellationToken::new();
         let store_failed = Arc::new(AtomicBool::new(false));
         let mut workers = JoinSet::new();
+        let mut ready = Vec::new();
         let mut channels = Vec::with_capacity(specs.len());
         let mut all_stats = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -168,20 +231,12 @@ impl Engine {
                     shutdown: shutdown.child_token(),
                     outcomes: outcome,
                     response_transform: dest.response_transform,
+                    workers: dest.workers.max(1),
+                    order_by: dest
+                        .order_by
+                        .or_else(|| ferry_hl7::Path::parse(DEFAULT_ORDER_BY).ok()),
                 };
-                let (c, d) = (spec.name.clone(), dest.name);
-                let failed = store_failed.clone();
-                workers.spawn(async move {
-                    let result = worker.run().await;
-                    if let Err(error) = &result {
-                        // The queue can no longer be worked: report unhealthy at once rather
-                        // than at shutdown.
-                        tracing::error!(channel = %c, destination = %d, %error,
-                            "destination worker stopped: the store failed");
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                    (c, d, result)
-                });
+                ready.push(worker);
             }
             all_stats.push(stats.clone());
             channels.push(ChannelIngest {
@@ -195,10 +250,30 @@ impl Engine {
                     pipeline,
                     response: spec.response,
                     outcomes,
+                    dedupe_window: spec.dedupe_window,
                 }),
             });
         }
+        if !router.fill(channels.clone()) {
+            return Err(EngineError::RouterInUse);
+        }
+        for worker in ready {
+            let (c, d) = (worker.channel.clone(), worker.destination.clone());
+            let failed = store_failed.clone();
+            workers.spawn(async move {
+                let result = worker.run().await;
+                if let Err(error) = &result {
+                    // The queue can no longer be worked: report unhealthy at once rather
+                    // than at shutdown.
+                    tracing::error!(channel = %c, destination = %d, %error,
+                        "destination worker stopped: the store failed");
+                    failed.store(true, Ordering::Relaxed);
+                }
+                (c, d, result)
+            });
+        }
         Ok(Engine {
+            router,
             store,
             channels,
             stats: Arc::new(Stats::new(all_stats)),
@@ -214,6 +289,11 @@ impl Engine {
             .iter()
             .find(|c| c.channel() == channel)
             .cloned()
+    }
+
+    /// A handle that routes messages to this engine's channels (for scripts).
+    pub fn router(&self) -> Router {
+        self.router.clone()
     }
 
     /// Counters for `/metrics`.

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_hl7::ack::{self, AckCode, ErrorDetail};
 use ferry_hl7::{Message, MessageBuf};
-use ferry_store::{ContentStage, MessageId, NewMessage, Status, Store, StoreError};
+use ferry_store::{ContentStage, Ingested, MessageId, NewMessage, Status, Store, StoreError};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, broadcast};
 
@@ -138,6 +138,8 @@ pub(crate) struct ChannelShared {
     /// Per destination (in order), where its worker reports final outcomes, for the
     /// destination whose response is relayed.
     pub outcomes: Vec<Option<broadcast::Sender<Arc<DeliveryOutcome>>>>,
+    /// Duplicate detection window (`None`: off); see `dedupe.rs`.
+    pub dedupe_window: Option<std::time::Duration>,
 }
 
 /// The handle a source uses to submit messages to its channel. Cheap to clone.
@@ -154,7 +156,7 @@ impl std::fmt::Debug for ChannelIngest {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -405,6 +407,12 @@ impl ChannelIngest {
             transformed: accepted.transformed,
             encoded,
             maps,
+            // A reprocessed message repeats its original on purpose.
+            dedupe: if only.is_none() {
+                self.dedupe_key(&message)
+            } else {
+                None
+            },
             ..self.record(
                 &raw,
                 Some(&message),
@@ -432,8 +440,16 @@ impl ChannelIngest {
             .iter()
             .map(|(n, _)| n.clone())
             .collect();
-        let id = match shared.store.ingest(record).await {
-            Ok(id) => id,
+        let id = match shared.store.ingest_checked(record).await {
+            Ok(Ingested::Stored(id)) => id,
+            Ok(Ingested::Duplicate {
+                id,
+                original,
+                response,
+            }) => {
+                let fresh = answer.stored().to_vec();
+                return self.duplicate(&message, &taken, id, original, response, fresh);
+            }
             Err(error) => {
                 for (d, takes) in destination_stats() {
                     if takes {
@@ -618,6 +634,7 @@ impl ChannelIngest {
             transformed: None,
             encoded: Vec::new(),
             maps: None,
+            dedupe: None,
         }
     }
 
@@ -712,7 +729,7 @@ impl ChannelIngest {
 }
 
 /// Whether the sender asked for this acknowledgement (HL7 v2 enhanced mode, MSH-15).
-fn ack_requested(message: &Message<'_>, code: AckCode) -> bool {
+pub(crate) fn ack_requested(message: &Message<'_>, code: AckCode) -> bool {
     match message.accept_ack_type() {
         None | Some("") | Some("AL") => true,
         Some("NE") => false,

@@ -17,22 +17,35 @@
 //!    batches, in message-id order, and hands each message to a [`Destination`] implementation.
 //!    A retryable failure is retried with exponential backoff ([`RetryPolicy`]) while the queue
 //!    waits behind it, so order holds; a permanent failure marks the message `ERROR` and the
-//!    queue moves on.
+//!    queue moves on. With [`DestinationSpec::workers`] above 1, order is kept per key instead
+//!    (the `order_by` HL7 path, [`DEFAULT_ORDER_BY`] unless set): one lane per hash bucket of
+//!    keys, each lane in order, the lanes concurrently.
 //! 3. After a crash nothing needs replaying: the queue *is* the set of `QUEUED` rows, so a
 //!    restarted worker simply starts again at the head.
 //!
+//! With a dedupe window ([`ChannelSpec::dedupe_window`]), a message whose MSH-3, MSH-4 and
+//! MSH-10 were already accepted on the channel within the window is answered with the original
+//! ACK, stored as `FILTERED` (`duplicate of message N`) and dispatched nowhere.
+//!
+//! A [`Router`] hands messages from one channel to another inside the engine (`channel`
+//! destinations, scripts); it exists before the engine starts so connectors can hold it.
+//!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
 
+mod dedupe;
 mod destination;
 mod engine;
 mod filter;
 mod ingest;
 mod pipeline;
 mod retry;
+mod router;
 mod stats;
 
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
-pub use engine::{ChannelSpec, DestinationSpec, Engine, EngineError, Health, HealthProbe};
+pub use engine::{
+    ChannelSpec, DEFAULT_ORDER_BY, DestinationSpec, Engine, EngineError, Health, HealthProbe,
+};
 pub use filter::FilterRule;
 pub use ingest::{ChannelIngest, IngestReply, ReprocessError, ResponseMode};
 pub use pipeline::{
@@ -40,6 +53,7 @@ pub use pipeline::{
     FilterStep, Pipeline, Preprocess, Processed, TransformStep,
 };
 pub use retry::RetryPolicy;
+pub use router::{RouteError, Router};
 pub use stats::{ChannelStats, DestinationStats, Stats};
 
 /// Re-exported so connectors and the binary share one cancellation type for graceful shutdown.

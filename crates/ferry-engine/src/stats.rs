@@ -36,6 +36,9 @@ pub struct ChannelStats {
     pub filtered: AtomicU64,
     /// Messages rejected at the source (unparseable or invalid: status `ERROR`, answered `AR`).
     pub errored: AtomicU64,
+    /// Duplicates (same MSH-3, MSH-4, MSH-10 within the channel's dedupe window): answered with
+    /// the original ACK, stored `FILTERED`, dispatched nowhere.
+    pub duplicates: AtomicU64,
     /// Destination counters, in configuration order.
     pub destinations: Vec<(String, Arc<DestinationStats>)>,
 }
@@ -49,6 +52,7 @@ impl ChannelStats {
             received: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
             errored: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             destinations: destinations
                 .iter()
                 .map(|d| (d.clone(), Arc::new(DestinationStats::default())))
@@ -120,6 +124,11 @@ impl Stats {
                 "ferry_messages_rejected_total",
                 "Messages rejected at the source (stored with status ERROR, answered AR).",
                 |c| &c.errored,
+            ),
+            (
+                "ferry_messages_duplicate_total",
+                "Duplicates answered with the original ACK and not dispatched again.",
+                |c| &c.duplicates,
             ),
         ] {
             family(&mut out, metric, "counter", help);
@@ -215,11 +224,13 @@ mod tests {
     fn renders_every_family_with_escaped_labels() {
         let c = Arc::new(ChannelStats::new("adt\"x", &["api".to_owned()]));
         c.received.fetch_add(3, Ordering::Relaxed);
+        c.duplicates.fetch_add(2, Ordering::Relaxed);
         if let Some(d) = c.destination("api") {
             d.queue_depth.store(7, Ordering::Relaxed);
         }
         let text = Stats::new(vec![c]).render_prometheus();
         assert!(text.contains("ferry_messages_received_total{channel=\"adt\\\"x\"} 3\n"));
+        assert!(text.contains("ferry_messages_duplicate_total{channel=\"adt\\\"x\"} 2\n"));
         assert!(text.contains("ferry_queue_depth{channel=\"adt\\\"x\",destination=\"api\"} 7\n"));
         assert!(text.contains("# TYPE ferry_messages_sent_total counter\n"));
     }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_engine::{
-    ChannelSpec, Destination, DestinationProcessing, DestinationSpec, Engine, Outbound, Pipeline,
-    ReprocessError, ResponseMode, RetryPolicy, SendFuture, SendOutcome,
+    ChannelSpec, Destination, DestinationSpec, Engine, Outbound, ReprocessError, SendFuture,
+    SendOutcome,
 };
 use ferry_store::{ContentStage, SOURCE, Status, Store};
 
@@ -43,19 +43,6 @@ async fn wait_for(keep: &Keep, n: usize) {
     }
 }
 
-fn destination(name: &str, sender: Arc<Keep>) -> DestinationSpec {
-    DestinationSpec {
-        name: name.to_owned(),
-        sender,
-        retry: RetryPolicy::default(),
-        processing: DestinationProcessing {
-            wait_for_previous: true,
-            ..DestinationProcessing::default()
-        },
-        response_transform: Vec::new(),
-    }
-}
-
 const ADT: &[u8] =
     b"MSH|^~\\&|HIS|GH|||20261125||ADT^A01^ADT_A01|R1|P|2.5.1\rPID|1||42^^^GH^MR||DOE^JANE\r";
 
@@ -66,12 +53,13 @@ async fn a_reprocessed_message_is_a_new_message_for_the_chosen_destinations() {
     let (a, b) = (Arc::new(Keep::default()), Arc::new(Keep::default()));
     let engine = Engine::start(
         store.clone(),
-        vec![ChannelSpec {
-            name: "c".into(),
-            destinations: vec![destination("a", a.clone()), destination("b", b.clone())],
-            source: Pipeline::default(),
-            response: ResponseMode::OnReceive,
-        }],
+        vec![ChannelSpec::new(
+            "c",
+            vec![
+                DestinationSpec::new("a", a.clone()),
+                DestinationSpec::new("b", b.clone()),
+            ],
+        )],
     )
     .await
     .expect("engine");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_engine::{
-    ChannelSpec, Context, Destination, DestinationProcessing, DestinationSpec, Engine, Outbound,
-    Pipeline, ResponseMode, RetryPolicy, SendFuture, SendOutcome, TransformStep,
+    ChannelSpec, Context, Destination, DestinationSpec, Engine, Outbound, SendFuture, SendOutcome,
+    TransformStep,
 };
 use ferry_store::{ContentStage, Status, Store};
 
@@ -42,21 +42,13 @@ async fn run(steps: Vec<Arc<dyn TransformStep>>) -> (Store, i64, tempfile::TempD
     let store = Store::open(&dir.path().join("s.db")).expect("store");
     let engine = Engine::start(
         store.clone(),
-        vec![ChannelSpec {
-            name: "c".into(),
-            destinations: vec![DestinationSpec {
-                name: "lab".into(),
-                sender: Arc::new(Acks),
-                retry: RetryPolicy::default(),
-                processing: DestinationProcessing {
-                    wait_for_previous: true,
-                    ..DestinationProcessing::default()
-                },
+        vec![ChannelSpec::new(
+            "c",
+            vec![DestinationSpec {
                 response_transform: steps,
+                ..DestinationSpec::new("lab", Arc::new(Acks))
             }],
-            source: Pipeline::default(),
-            response: ResponseMode::OnReceive,
-        }],
+        )],
     )
     .await
     .expect("engine");

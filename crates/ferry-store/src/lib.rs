@@ -29,8 +29,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use model::{
-    ConnectorRecord, ContentStage, DeliveryUpdate, MessageId, MessageSummary, NewMessage,
-    QueuedMessage, SOURCE, Status, StatusCount,
+    ConnectorRecord, ContentStage, DedupeKey, DeliveryUpdate, Ingested, MessageId, MessageSummary,
+    NewMessage, QueuedMessage, SOURCE, Status, StatusCount,
 };
 pub use writer::WriterStats;
 
@@ -112,15 +112,24 @@ impl Store {
     }
 
     /// Store a received message, its source status and one `QUEUED` row per destination, in one
-    /// transaction. Returns the channel-local id once the commit is durable.
+    /// transaction. Returns the channel-local id once the commit is durable (for a duplicate,
+    /// see [`ingest_checked`](Self::ingest_checked), the duplicate's own id).
     pub async fn ingest(&self, message: NewMessage) -> Result<MessageId, StoreError> {
+        self.ingest_checked(message).await.map(|i| i.id())
+    }
+
+    /// [`ingest`](Self::ingest), telling whether the message was a duplicate
+    /// ([`NewMessage::dedupe`]). The duplicate check and the insert run in the same write
+    /// transaction on the single writer thread, so of concurrent ingests of one key exactly one
+    /// is [`Ingested::Stored`].
+    pub async fn ingest_checked(&self, message: NewMessage) -> Result<Ingested, StoreError> {
         match self
             .inner
             .writer
             .submit(writer::Op::Ingest(Box::new(message)))
             .await?
         {
-            writer::Reply::Id(id) => Ok(id),
+            writer::Reply::Ingested(ingested) => Ok(ingested),
             writer::Reply::Done => Err(StoreError::Corrupt("ingest returned no id".into())),
         }
     }

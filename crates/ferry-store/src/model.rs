@@ -134,6 +134,48 @@ pub struct NewMessage {
     /// The message's maps as JSON (for example `{"source_map": {"reprocessed_from": 12}}`),
     /// stored as the source's `maps` content when present.
     pub maps: Option<Vec<u8>>,
+    /// Duplicate detection: when set, the store checks inside its write transaction (so
+    /// concurrent ingests of one key cannot both pass) whether a message with the same key was
+    /// stored on this channel at or after `since_ms`. See [`Ingested::Duplicate`].
+    pub dedupe: Option<DedupeKey>,
+}
+
+/// The duplicate-detection key of a message (PRODUCT.md §3.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeKey {
+    /// The identity of the message, e.g. MSH-3, MSH-4 and MSH-10 joined unambiguously.
+    pub key: String,
+    /// Start of the window, Unix milliseconds: only messages received at or after it count.
+    pub since_ms: i64,
+}
+
+/// What [`Store::ingest_checked`](crate::Store::ingest_checked) did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored as given; the message's new id.
+    Stored(MessageId),
+    /// A message with the same [`DedupeKey`] was stored within the window. This one is stored
+    /// too (nothing that arrived is invisible), but as a duplicate: source status `FILTERED`
+    /// with error `duplicate of message N`, no destination rows (it is dispatched nowhere), no
+    /// dedupe key of its own (the window stays anchored on the original), and the original's
+    /// response as its own (that is what the sender gets back).
+    Duplicate {
+        /// The duplicate's own id.
+        id: MessageId,
+        /// The id of the original message.
+        original: MessageId,
+        /// The response stored with the original (its ACK).
+        response: Option<Vec<u8>>,
+    },
+}
+
+impl Ingested {
+    /// The id the message was stored under (the duplicate's own id for a duplicate).
+    pub fn id(&self) -> MessageId {
+        match self {
+            Ingested::Stored(id) | Ingested::Duplicate { id, .. } => *id,
+        }
+    }
 }
 
 /// The outcome of a delivery attempt.

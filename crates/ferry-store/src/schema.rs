@@ -50,6 +50,16 @@ CREATE TABLE content (
 ) STRICT;
 ";
 
+/// Schema version 2: duplicate detection. `dedupe_key` is set only on messages that were
+/// dispatched under a channel's dedupe window; the partial index serves the lookup
+/// "same channel, same key, received since" inside the writer's transaction.
+const SCHEMA_V2: &str = "
+ALTER TABLE messages ADD COLUMN dedupe_key TEXT;
+CREATE INDEX messages_dedupe
+    ON messages (channel, dedupe_key, received_at_ms)
+    WHERE dedupe_key IS NOT NULL;
+";
+
 fn pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(StoreError::sqlite("setting busy_timeout"))?;
@@ -81,13 +91,19 @@ pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
         .map_err(StoreError::sqlite("reading the schema version"))?;
     match version {
         0 => {
-            conn.execute_batch(&format!("BEGIN;{SCHEMA_V1}PRAGMA user_version = 1;COMMIT;"))
-                .map_err(StoreError::sqlite("creating the schema"))?;
+            conn.execute_batch(&format!(
+                "BEGIN;{SCHEMA_V1}{SCHEMA_V2}PRAGMA user_version = 2;COMMIT;"
+            ))
+            .map_err(StoreError::sqlite("creating the schema"))?;
         }
-        1 => {}
+        1 => {
+            conn.execute_batch(&format!("BEGIN;{SCHEMA_V2}PRAGMA user_version = 2;COMMIT;"))
+                .map_err(StoreError::sqlite("migrating the schema to version 2"))?;
+        }
+        2 => {}
         v => {
             return Err(StoreError::Corrupt(format!(
-                "schema version {v} is newer than this Ferry understands (1)"
+                "schema version {v} is newer than this Ferry understands (2)"
             )));
         }
     }

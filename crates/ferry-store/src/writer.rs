@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{DeliveryUpdate, MessageId, NewMessage, SOURCE};
+use crate::model::{DeliveryUpdate, Ingested, MessageId, NewMessage, SOURCE, Status};
 use crate::{StoreError, model::ContentStage};
 
 /// Most operations committed together.
@@ -34,8 +34,11 @@ pub(crate) enum Op {
     },
 }
 
+/// A message a duplicate repeats: its id and stored response.
+type Original = (MessageId, Option<Vec<u8>>);
+
 pub(crate) enum Reply {
-    Id(MessageId),
+    Ingested(Ingested),
     Done,
 }
 
@@ -300,7 +303,7 @@ impl Writer {
 
     fn apply(&mut self, op: &Op) -> Result<Reply, StoreError> {
         match op {
-            Op::Ingest(m) => self.ingest(m).map(Reply::Id),
+            Op::Ingest(m) => self.ingest(m).map(Reply::Ingested),
             Op::Delivery(d) => self.delivery(d).map(|()| Reply::Done),
             Op::SourceResponse {
                 channel,
@@ -366,17 +369,62 @@ impl Writer {
         Ok(next)
     }
 
-    fn ingest(&mut self, m: &NewMessage) -> Result<MessageId, StoreError> {
+    /// The earliest message of `channel` with the dedupe key received at or after `since_ms`:
+    /// its id and stored response. Runs on the writer's connection inside the batch's
+    /// transaction, so it sees every insert before it, committed or not.
+    fn find_original(
+        &self,
+        channel: i64,
+        key: &str,
+        since_ms: i64,
+    ) -> Result<Option<Original>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, source_response FROM messages INDEXED BY messages_dedupe \
+                 WHERE channel = ?1 AND dedupe_key = ?2 AND received_at_ms >= ?3 \
+                 ORDER BY received_at_ms, id LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![channel, key, since_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+            })
+            .map_err(StoreError::sqlite("looking up a duplicate"))
+    }
+
+    fn ingest(&mut self, m: &NewMessage) -> Result<Ingested, StoreError> {
         let channel = self.channel_id(&m.channel)?;
+        let original = match &m.dedupe {
+            Some(d) => self.find_original(channel, &d.key, d.since_ms)?,
+            None => None,
+        };
         let id = self.next_id(channel)?;
         let now = now_ms();
+        // A duplicate is stored without a key of its own, answered with the original's
+        // response, and dispatched nowhere.
+        let (dedupe_key, response, source_status, source_error) = match &original {
+            Some((original, response)) => (
+                None,
+                response.as_ref(),
+                Status::Filtered,
+                Some(format!("duplicate of message {original}")),
+            ),
+            None => (
+                m.dedupe.as_ref().map(|d| d.key.as_str()),
+                m.source_response.as_ref(),
+                m.source_status,
+                m.source_error.clone(),
+            ),
+        };
         let c = &self.conn;
         // The raw message and the source's response are columns of the message row, so the
         // hot path is one message insert plus one status row per connector.
         c.prepare_cached(
             "INSERT INTO messages \
-             (channel, id, received_at_ms, control_id, message_type, raw, source_response) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (channel, id, received_at_ms, control_id, message_type, raw, source_response, \
+              dedupe_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -386,7 +434,8 @@ impl Writer {
                 m.control_id,
                 m.message_type,
                 m.raw,
-                m.source_response
+                response,
+                dedupe_key
             ])
         })
         .map_err(StoreError::sqlite("storing a message"))?;
@@ -402,11 +451,18 @@ impl Writer {
                 channel,
                 id,
                 SOURCE,
-                m.source_status.as_str(),
-                m.source_error,
+                source_status.as_str(),
+                source_error,
                 now
             ])
             .map_err(StoreError::sqlite("storing the source status"))?;
+        if let Some((original, response)) = original {
+            return Ok(Ingested::Duplicate {
+                id,
+                original,
+                response,
+            });
+        }
         for destination in &m.destinations {
             status
                 .execute(params![
@@ -437,7 +493,7 @@ impl Writer {
                 .map_err(StoreError::sqlite("recording a destination's error"))?;
         }
         if m.transformed.is_none() && m.encoded.is_empty() && m.maps.is_none() {
-            return Ok(id);
+            return Ok(Ingested::Stored(id));
         }
         let mut content = c
             .prepare_cached(
@@ -478,7 +534,7 @@ impl Writer {
                 ])
                 .map_err(StoreError::sqlite("storing encoded content"))?;
         }
-        Ok(id)
+        Ok(Ingested::Stored(id))
     }
 
     fn source_response(

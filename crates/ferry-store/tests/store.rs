@@ -1,6 +1,8 @@
 //! The store's promises, on a real SQLite file.
 
-use ferry_store::{ContentStage, DeliveryUpdate, NewMessage, SOURCE, Status, Store};
+use ferry_store::{
+    ContentStage, DedupeKey, DeliveryUpdate, Ingested, NewMessage, SOURCE, Status, Store,
+};
 
 fn message(channel: &str, control_id: &str, destinations: &[&str]) -> NewMessage {
     NewMessage {
@@ -18,6 +20,7 @@ fn message(channel: &str, control_id: &str, destinations: &[&str]) -> NewMessage
         transformed: None,
         encoded: Vec::new(),
         maps: None,
+        dedupe: None,
     }
 }
 
@@ -294,4 +297,183 @@ async fn transformed_and_encoded_content_is_what_the_queues_send() {
     assert_eq!(record.status, Status::Error);
     assert_eq!(record.error.as_deref(), Some("transform 2: bad path"));
     assert_eq!(store.queue_depth("c", "broken").await.expect("depth"), 0);
+}
+
+/// A message with a dedupe key, received at `at` with a window starting at `since`.
+fn keyed(control_id: &str, key: &str, at: i64, since: i64, ack: &str) -> NewMessage {
+    NewMessage {
+        received_at_ms: at,
+        source_response: Some(ack.as_bytes().to_vec()),
+        dedupe: Some(DedupeKey {
+            key: key.to_owned(),
+            since_ms: since,
+        }),
+        ..message("c", control_id, &["d"])
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_within_the_window_is_stored_filtered_with_the_original_ack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let first = store
+        .ingest_checked(keyed("M1", "HIS|GH|M1", 1_000, 0, "ACK-1"))
+        .await
+        .expect("ingest");
+    assert_eq!(first, Ingested::Stored(1));
+    let second = store
+        .ingest_checked(keyed("M1", "HIS|GH|M1", 2_000, 1_000, "ACK-2"))
+        .await
+        .expect("ingest");
+    assert_eq!(
+        second,
+        Ingested::Duplicate {
+            id: 2,
+            original: 1,
+            response: Some(b"ACK-1".to_vec())
+        }
+    );
+    // Stored, visible, but dispatched nowhere.
+    let record = store.connector("c", 2, SOURCE).await.expect("read");
+    let record = record.expect("source row");
+    assert_eq!(record.status, Status::Filtered);
+    assert_eq!(record.error.as_deref(), Some("duplicate of message 1"));
+    assert!(store.connector("c", 2, "d").await.expect("read").is_none());
+    assert_eq!(store.queue_depth("c", "d").await.expect("depth"), 1);
+    let response = store
+        .content("c", 2, SOURCE, ContentStage::Response)
+        .await
+        .expect("content");
+    assert_eq!(response.as_deref(), Some(&b"ACK-1"[..]));
+}
+
+#[tokio::test]
+async fn a_key_seen_before_the_window_or_another_key_is_not_a_duplicate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let ingest = |m| store.ingest_checked(m);
+    assert_eq!(
+        ingest(keyed("M1", "HIS|GH|M1", 1_000, 0, "A"))
+            .await
+            .expect("1"),
+        Ingested::Stored(1)
+    );
+    // The window now starts after the first one was received: not a duplicate.
+    assert_eq!(
+        ingest(keyed("M1", "HIS|GH|M1", 90_000, 1_001, "B"))
+            .await
+            .expect("2"),
+        Ingested::Stored(2)
+    );
+    // Another sending facility with the same control id: not a duplicate.
+    assert_eq!(
+        ingest(keyed("M1", "HIS|OTHER|M1", 90_001, 0, "C"))
+            .await
+            .expect("3"),
+        Ingested::Stored(3)
+    );
+    // Another channel with the same key: not a duplicate either.
+    let other = NewMessage {
+        channel: "other".into(),
+        ..keyed("M1", "HIS|GH|M1", 90_002, 0, "D")
+    };
+    assert_eq!(ingest(other).await.expect("4"), Ingested::Stored(1));
+    // Within the window of message 2 (the window keeps anchoring on stored originals).
+    assert!(matches!(
+        ingest(keyed("M1", "HIS|GH|M1", 90_003, 1_001, "E"))
+            .await
+            .expect("5"),
+        Ingested::Duplicate { original: 2, .. }
+    ));
+    // Without a key, nothing is checked.
+    assert_eq!(
+        ingest(message("c", "M1", &["d"])).await.expect("6"),
+        Ingested::Stored(5)
+    );
+    assert_eq!(store.queue_depth("c", "d").await.expect("depth"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_ingests_of_one_key_store_exactly_one_original() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("s.db")).expect("open");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let ack = format!("ACK-{i}");
+            store
+                .ingest_checked(keyed("M1", "HIS|GH|M1", 1_000 + i, 0, &ack))
+                .await
+                .expect("ingest")
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        outcomes.push(done.expect("task"));
+    }
+    let stored: Vec<_> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Ingested::Stored(id) => Some(*id),
+            Ingested::Duplicate { .. } => None,
+        })
+        .collect();
+    assert_eq!(stored.len(), 1, "{outcomes:?}");
+    let original = stored[0];
+    let original_ack = store
+        .content("c", original, SOURCE, ContentStage::Response)
+        .await
+        .expect("content");
+    for o in &outcomes {
+        if let Ingested::Duplicate {
+            original: o,
+            response,
+            ..
+        } = o
+        {
+            assert_eq!(*o, original);
+            assert_eq!(*response, original_ack);
+        }
+    }
+    assert_eq!(store.queue_depth("c", "d").await.expect("depth"), 1);
+}
+
+#[tokio::test]
+async fn a_version_1_store_is_migrated_and_keeps_its_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.db");
+    {
+        let store = Store::open(&path).expect("open");
+        store
+            .ingest(message("c", "M0", &["d"]))
+            .await
+            .expect("ingest");
+        store.close().await.expect("close");
+    }
+    {
+        // Turn it back into a version 1 store.
+        let conn = rusqlite::Connection::open(&path).expect("sqlite");
+        conn.execute_batch(
+            "DROP INDEX messages_dedupe; ALTER TABLE messages DROP COLUMN dedupe_key; \
+             PRAGMA user_version = 1;",
+        )
+        .expect("downgrade");
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.queue_depth("c", "d").await.expect("depth"), 1);
+    assert_eq!(
+        store
+            .ingest_checked(keyed("M1", "k", 5, 0, "A"))
+            .await
+            .expect("ingest"),
+        Ingested::Stored(2)
+    );
+    assert!(matches!(
+        store
+            .ingest_checked(keyed("M1", "k", 6, 0, "B"))
+            .await
+            .expect("dup"),
+        Ingested::Duplicate { original: 2, .. }
+    ));
 }
