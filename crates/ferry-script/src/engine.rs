@@ -14,7 +14,8 @@ use ferry_hl7::MessageBuf;
 use rquickjs::context::EvalOptions;
 use rquickjs::convert::Coerced;
 use rquickjs::{
-    CatchResultExt, CaughtError, Context, Ctx, FromJs, Function, Persistent, Runtime, Value,
+    CatchResultExt, CaughtError, Context, Ctx, Exception, FromJs, Function, Persistent, Runtime,
+    Value,
 };
 
 use crate::host::{CallState, Shared};
@@ -54,7 +55,8 @@ pub(crate) struct Engine {
     files: HashMap<String, String>,
     shared: Rc<Shared>,
     context: Context,
-    runtime: Runtime,
+    /// Held so it outlives everything above; dropped last.
+    _runtime: Runtime,
     owner: Weak<Inner>,
 }
 
@@ -160,7 +162,7 @@ impl Engine {
             files: HashMap::new(),
             shared,
             context,
-            runtime,
+            _runtime: runtime,
             owner: Arc::downgrade(inner),
         };
         engine.guarded(what, |e| {
@@ -173,6 +175,16 @@ impl Engine {
         })?;
         for library in &inner.libraries {
             let file = file_name(&mut engine.files, &library.name);
+            // Parse it as a function body first (nothing runs), so a syntax error is told
+            // apart from a SyntaxError the library throws while it runs (`JSON.parse`).
+            let check = format!("(function () {{{}\n}})", library.code);
+            engine.guarded(&library.name, |e| {
+                e.context.with(|ctx| {
+                    ctx.eval_with_options::<(), _>(check, eval_options(&file))
+                        .catch(&ctx)
+                        .map_err(|c| e.error(&ctx, c, &library.name, ScriptErrorKind::Syntax))
+                })
+            })?;
             engine.guarded(&library.name, |e| {
                 e.context.with(|ctx| {
                     ctx.eval_with_options::<(), _>(library.code.as_str(), eval_options(&file))
@@ -266,14 +278,9 @@ impl Engine {
                 if default == ScriptErrorKind::Syntax {
                     error.kind = ScriptErrorKind::Runtime;
                 }
-                let text = if v.is_null() && self.near_memory_limit() {
-                    error.kind = ScriptErrorKind::Memory;
-                    "out of memory".to_owned()
-                } else {
-                    Coerced::<String>::from_js(ctx, v)
-                        .map(|c| c.0)
-                        .unwrap_or_else(|_| "a value that cannot be shown".to_owned())
-                };
+                let text = Coerced::<String>::from_js(ctx, v)
+                    .map(|c| c.0)
+                    .unwrap_or_else(|_| "a value that cannot be shown".to_owned());
                 error.message = format!("uncaught exception: {text}");
             }
             CaughtError::Error(rquickjs::Error::Allocation) => {
@@ -285,18 +292,7 @@ impl Engine {
                 error.message = format!("script engine: {e}");
             }
         }
-        if error.kind == ScriptErrorKind::Runtime && self.near_memory_limit() {
-            error.kind = ScriptErrorKind::Memory;
-        }
         error
-    }
-
-    fn near_memory_limit(&self) -> bool {
-        let Some(inner) = self.owner.upgrade() else {
-            return false;
-        };
-        let used = self.runtime.memory_usage().malloc_size.max(0) as usize;
-        used.saturating_add(1 << 20) >= inner.limits.memory_bytes
     }
 
     /// Compile `script` into this runtime unless it already is.
@@ -310,9 +306,25 @@ impl Engine {
         let name = script.def.name.as_str();
         let saved = self.guarded(name, |e| {
             e.context.with(|ctx| {
-                ctx.eval_with_options::<Function<'_>, _>(code, eval_options(&file))
-                    .catch(&ctx)
-                    .map(|f| Persistent::save(&ctx, f))
+                let f = ctx
+                    .eval_with_options::<Value<'_>, _>(code.as_str(), eval_options(&file))
+                    .and_then(|v| {
+                        // A script with an extra `}` closes the wrapper: what comes back is
+                        // then not the function wrapped around the whole script.
+                        let whole = v.as_function().is_some()
+                            && Coerced::<String>::from_js(&ctx, v.clone())
+                                .is_ok_and(|s| code.get(1..code.len() - 1) == Some(s.0.as_str()));
+                        if whole {
+                            Function::from_js(&ctx, v)
+                        } else {
+                            Err(Exception::throw_syntax(
+                                &ctx,
+                                "unbalanced `}`: the script closes the function it runs in",
+                            ))
+                        }
+                    })
+                    .catch(&ctx);
+                f.map(|f| Persistent::save(&ctx, f))
                     .map_err(|c| e.error(&ctx, c, name, ScriptErrorKind::Syntax))
             })
         })?;
