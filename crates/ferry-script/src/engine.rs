@@ -26,6 +26,15 @@ thread_local! {
     static ENGINES: RefCell<HashMap<u64, Engine>> = RefCell::new(HashMap::new());
 }
 
+/// The message of a panic payload.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
 /// Options for evaluating Ferry code: global, strict, with this file name in stack traces.
 pub(crate) fn eval_options(filename: &str) -> EvalOptions {
     let mut options = EvalOptions::default();
@@ -147,6 +156,7 @@ impl Engine {
             log_phi_at_info: inner.log_phi_at_info,
             deadline: Cell::new(None),
             interrupted: Cell::new(false),
+            panicked: RefCell::new(None),
         });
         let sh = Rc::clone(&shared);
         runtime.set_interrupt_handler(Some(Box::new(move || match sh.deadline.get() {
@@ -208,14 +218,17 @@ impl Engine {
             .set(Instant::now().checked_add(self.limits_time()));
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(self)));
         self.shared.deadline.set(None);
+        if let Some(why) = self.shared.panicked.take() {
+            return Err(ScriptError::new(
+                ScriptErrorKind::Internal,
+                what,
+                format!("internal error in the script host: {why}"),
+            ));
+        }
         match outcome {
             Ok(r) => r,
             Err(panic) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_owned());
+                let why = panic_text(&*panic);
                 Err(ScriptError::new(
                     ScriptErrorKind::Internal,
                     what,

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub deadline: Cell<Option<Instant>>,
     /// Set by the interrupt handler when it stopped a script.
     pub interrupted: Cell<bool>,
+    /// A host function panicked during this call (which one, and the panic message).
+    pub panicked: RefCell<Option<String>>,
 }
 
 type JsResult<T> = rquickjs::Result<T>;
@@ -214,15 +216,33 @@ fn map_of(state: &CallState, which: usize) -> &Map<String, Json> {
 /// Install the host functions on a fresh object and run the prelude with it.
 pub(crate) fn install<'js>(ctx: &Ctx<'js>, shared: &Rc<Shared>) -> JsResult<()> {
     let host = Object::new(ctx.clone())?;
+    // Each host function runs inside `catch_unwind`: a panic (a bug in Ferry) is recorded in
+    // `Shared::panicked`, which fails the message as Internal however the script handles the
+    // exception thrown here, and the deadline is moved to now so the interrupt handler stops
+    // the script at its next poll.
     macro_rules! host_fn {
         ($name:literal, |$ctx:ident, $args:ident, $sh:ident| $body:expr) => {{
-            let $sh = Rc::clone(shared);
+            let shared_fn = Rc::clone(shared);
             let f = Function::new(
                 ctx.clone(),
                 move |$ctx: Ctx<'js>, rest: Rest<Value<'js>>| -> JsResult<Value<'js>> {
                     let $args: &[Value<'js>] = &rest.0;
-                    let $sh: &Shared = &$sh;
-                    $body
+                    let $sh: &Shared = &shared_fn;
+                    let ctx_for_panic = $ctx.clone();
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| $body)) {
+                        Ok(result) => result,
+                        Err(panic) => {
+                            let why = crate::engine::panic_text(&*panic);
+                            shared_fn
+                                .panicked
+                                .replace(Some(format!("{}: {why}", $name)));
+                            shared_fn.deadline.set(Some(Instant::now()));
+                            Err(Exception::throw_internal(
+                                &ctx_for_panic,
+                                "internal error in the script host",
+                            ))
+                        }
+                    }
                 },
             )?
             .with_name($name)?;
@@ -451,6 +471,19 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, shared: &Rc<Shared>) -> JsResult<()> 
         })?;
         Ok(Value::new_undefined(ctx.clone()))
     });
+
+    // Test builds only: a host function that panics, to prove a panic is contained.
+    #[cfg(test)]
+    {
+        host_fn!("testPanic", |_ctx, _args, _sh| {
+            if _args.is_empty() {
+                panic!("host function panicked on purpose");
+            }
+            Ok(Value::new_undefined(_ctx.clone()))
+        });
+        let f: Function<'js> = host.get("testPanic")?;
+        ctx.globals().set("__ferryTestPanic", f)?;
+    }
 
     let prelude: Function<'js> = ctx.eval_with_options(
         include_str!("prelude.js"),

@@ -478,6 +478,59 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_in_a_host_function_is_an_internal_error_and_the_process_carries_on() {
+        let Ok(scripts) = Scripts::new(Vec::new(), BTreeMap::new(), ScriptLimits::default(), false)
+        else {
+            panic!("scripts")
+        };
+        let boom = scripts.compile(
+            ScriptKind::Transform,
+            Source::new(
+                "boom",
+                "msg.set('PID-2', 'before');\ntry { __ferryTestPanic(); } catch (e) {}",
+            ),
+        );
+        let Ok(boom) = boom else { panic!("{boom:?}") };
+        let mut ctx = ScriptContext::new(msg(), "c");
+        let err = scripts.transform(&boom, &mut ctx).err();
+        assert_eq!(
+            err.as_ref().map(|e| e.kind),
+            Some(ScriptErrorKind::Internal),
+            "{err:?}"
+        );
+        assert!(err.is_some_and(|e| e.message.contains("panicked on purpose")));
+        assert_eq!(
+            ctx.message
+                .message()
+                .get_str("PID-2")
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("before"),
+            "the context gets its message back"
+        );
+        assert!(!scripts.has_runtime_here(), "the runtime is discarded");
+        let ok = scripts.compile(
+            ScriptKind::Transform,
+            Source::new("ok", "msg.set('PID-2', 'after');"),
+        );
+        let Ok(ok) = ok else { panic!("{ok:?}") };
+        assert_eq!(
+            scripts.transform(&ok, &mut ctx).map_err(|e| e.to_string()),
+            Ok(())
+        );
+        assert_eq!(
+            ctx.message
+                .message()
+                .get_str("PID-2")
+                .ok()
+                .flatten()
+                .as_deref(),
+            Some("after")
+        );
+    }
+
+    #[test]
     fn scripts_and_script_are_send_sync() {
         fn check<T: Send + Sync + Clone>() {}
         check::<Scripts>();
