@@ -173,7 +173,7 @@ impl Shared {
         self.with_state(ctx, |state| {
             if !state.msg_available {
                 return Err(
-                    "msg is not available in a preprocessor: the message is not parsed yet; edit the `message` text and return it"
+                    "msg is not available in a preprocessor (or in a library's top-level code): the message is not parsed yet; a preprocessor edits the `message` text and returns it"
                         .to_owned(),
                 );
             }

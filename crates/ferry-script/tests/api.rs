@@ -598,3 +598,31 @@ fn async_code_runs_to_completion_within_the_call() {
     assert_eq!(map(&ctx, "later"), r#""done""#);
     assert_eq!(get(&ctx, "PID-2"), "2");
 }
+
+#[test]
+fn msg_reads_and_writes_in_the_msh_18_charset() {
+    let mut bytes =
+        b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5|||||FR|8859/1\rPID|1||1||Ren".to_vec();
+    bytes.extend_from_slice(&[0xE9]); // é in ISO-8859-1
+    bytes.extend_from_slice(b"^Zo\r");
+    let scripts = scripts();
+    let s = compile(
+        &scripts,
+        ScriptKind::Transform,
+        r#"channelMap.put("name", msg.get("PID-5.1"));
+           msg.set("PID-5.2", "Zoë");
+           try { msg.set("PID-5.3", "日本"); } catch (e) { channelMap.put("bad", e.message); }
+           channelMap.put("text", msg.toString().includes("Zoë"));"#,
+    );
+    let mut ctx = ScriptContext::new(ferry_hl7::MessageBuf::parse(bytes).unwrap(), "c");
+    scripts.transform(&s, &mut ctx).unwrap();
+    assert_eq!(ctx.channel_map["name"], json!("René"));
+    assert!(
+        ctx.message.as_bytes().ends_with(b"^Zo\xEB\r"),
+        "written as Latin-1: {:?}",
+        ctx.message.as_bytes()
+    );
+    let bad = ctx.channel_map["bad"].as_str().unwrap_or_default();
+    assert!(bad.starts_with("msg.set:"), "{bad}");
+    assert_eq!(ctx.channel_map["text"], json!(true));
+}
