@@ -151,9 +151,11 @@ impl Engine {
                 channel_map: Default::default(),
                 source_map: Default::default(),
                 routed: Vec::new(),
+                host_bytes: 0,
             }),
             config_map: Arc::clone(&inner.config_map),
             log_phi_at_info: inner.log_phi_at_info,
+            memory_limit: inner.limits.memory_bytes,
             deadline: Cell::new(None),
             interrupted: Cell::new(false),
             panicked: RefCell::new(None),
@@ -416,6 +418,7 @@ impl Engine {
         s.channel_map = std::mem::take(&mut ctx.channel_map);
         s.source_map = std::mem::take(&mut ctx.source_map);
         s.routed = std::mem::take(&mut ctx.routed);
+        s.host_bytes = 0;
         Ok(())
     }
 

@@ -36,6 +36,9 @@ pub(crate) struct CallState {
     pub channel_map: Map<String, Json>,
     pub source_map: Map<String, Json>,
     pub routed: Vec<Routed>,
+    /// Bytes this call added to the channel map and the routed messages, which live outside
+    /// the QuickJS heap and so outside its memory limit.
+    pub host_bytes: usize,
 }
 
 /// State shared by the host functions and the interrupt handler of one runtime.
@@ -43,6 +46,9 @@ pub(crate) struct Shared {
     pub state: RefCell<CallState>,
     pub config_map: Arc<BTreeMap<String, String>>,
     pub log_phi_at_info: bool,
+    /// [`ScriptLimits::memory_bytes`](crate::ScriptLimits::memory_bytes), also applied to
+    /// what scripts store on the Rust side (the message, the channel map, routed messages).
+    pub memory_limit: usize,
     /// When the running call must stop; `None` between calls.
     pub deadline: Cell<Option<Instant>>,
     /// Set by the interrupt handler when it stopped a script.
@@ -182,6 +188,27 @@ impl Shared {
     }
 }
 
+/// The message may not grow past the memory limit: its bytes are outside the QuickJS heap.
+fn check_growth(m: &MessageBuf, adding: usize, limit: usize, func: &str) -> Result<(), String> {
+    if m.as_bytes().len().saturating_add(adding) > limit {
+        return Err(format!(
+            "{func}: out of memory: the message would grow past the script memory limit of {limit} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// Count `bytes` more of channel map or routed data against the memory limit.
+fn charge(s: &mut CallState, bytes: usize, limit: usize, func: &str) -> Result<(), String> {
+    s.host_bytes = s.host_bytes.saturating_add(bytes);
+    if s.host_bytes > limit {
+        return Err(format!(
+            "{func}: out of memory: this script stored more than the script memory limit of {limit} bytes"
+        ));
+    }
+    Ok(())
+}
+
 fn text_of(message: &MessageBuf) -> String {
     let m = message.message();
     let charset = m.declared_charset().unwrap_or(Charset::Utf8);
@@ -262,6 +289,7 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, shared: &Rc<Shared>) -> JsResult<()> 
         let path = arg_str(&ctx, args, 0, "msg.set", "path")?;
         let value = arg_value(&ctx, args, 1, "msg.set")?;
         sh.with_msg(&ctx, |m| {
+            check_growth(m, value.len(), sh.memory_limit, "msg.set")?;
             m.set(&path, &value).map_err(|e| format!("msg.set: {e}"))
         })?;
         Ok(Value::new_undefined(ctx.clone()))
@@ -337,6 +365,7 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, shared: &Rc<Shared>) -> JsResult<()> 
             _ => None,
         };
         sh.with_msg(&ctx, |m| {
+            check_growth(m, text.len(), sh.memory_limit, "msg.addSegment")?;
             let bytes = encode_segment(m, &text)?.into_owned();
             match position {
                 Some(p) => m.insert_segment(p, &bytes),
@@ -416,6 +445,7 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, shared: &Rc<Shared>) -> JsResult<()> 
         let key = arg_str(&ctx, args, 0, "channelMap.put", "key")?;
         let json = arg_str(&ctx, args, 1, "channelMap.put", "value")?;
         sh.with_state(&ctx, |s| {
+            charge(s, key.len() + json.len(), sh.memory_limit, "channelMap.put")?;
             let value: Json = serde_json::from_str(&json)
                 .map_err(|e| format!("channelMap.put: value is not storable: {e}"))?;
             s.channel_map.insert(key, value);
@@ -463,6 +493,12 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, shared: &Rc<Shared>) -> JsResult<()> 
         let channel = arg_str(&ctx, args, 0, "router.route", "channel")?;
         let text = arg_str(&ctx, args, 1, "router.route", "message")?;
         sh.with_state(&ctx, |s| {
+            charge(
+                s,
+                channel.len() + text.len(),
+                sh.memory_limit,
+                "router.route",
+            )?;
             s.routed.push(Routed {
                 channel,
                 message: text.into_bytes(),

@@ -366,3 +366,28 @@ fn host_functions_taken_off_their_object_still_work_or_throw() {
     assert_eq!(map(&ctx, "v"), r#""loose""#);
     assert_eq!(map(&ctx, "bad"), r#""TypeError""#);
 }
+
+#[test]
+fn data_kept_outside_the_js_heap_counts_against_the_memory_limit() {
+    // The message, the channel map and routed messages live in Rust, not in QuickJS's heap:
+    // without a cap, a loop could grow them until the time limit.
+    let limits = ScriptLimits {
+        memory_bytes: 4 << 20,
+        time: Duration::from_secs(5),
+        ..ScriptLimits::default()
+    };
+    let scripts = scripts_with(vec![Source::new("lib.js", "var LIB = 1;")], limits);
+    for code in [
+        r#"const big = "x".repeat(1e6); while (true) msg.addSegment("ZZZ|" + big);"#,
+        r#"const big = "x".repeat(1e6); for (let i = 0; ; i++) msg.set("ZZZ[1]-" + (i + 1), big);"#,
+        r#"const big = "x".repeat(1e6); for (let i = 0; ; i++) channelMap.put("k" + i, big);"#,
+        r#"const big = "x".repeat(1e6); while (true) router.route("c", big);"#,
+    ] {
+        let s = compile(&scripts, ScriptKind::Transform, code);
+        let mut ctx = context();
+        let err = scripts.transform(&s, &mut ctx).unwrap_err();
+        assert_eq!(err.kind, ScriptErrorKind::Memory, "{code}: {err}");
+        assert!(ctx.message.as_bytes().len() <= 4 << 20, "{code}");
+        next_message_works(&scripts);
+    }
+}
