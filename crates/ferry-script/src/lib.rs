@@ -20,8 +20,14 @@
 //! [`Memory`](ScriptErrorKind::Memory) error or an [`Internal`](ScriptErrorKind::Internal)
 //! fault the thread's runtime is dropped and the next message gets a fresh one. A runtime is
 //! dropped with its thread, or on that thread's next script call after its [`Scripts`] was
-//! dropped. Memory is bounded per runtime, so a channel may use up to
-//! `threads × memory_bytes`.
+//! dropped. [`Scripts::new`] and [`Scripts::compile`] create the runtime of the thread that
+//! calls them (that is how they check the code), which stays for later calls on that thread.
+//! Memory is bounded per runtime, so a channel may use up to `threads × memory_bytes`.
+//!
+//! Nothing a script does can panic the caller: wrong arguments are JavaScript exceptions,
+//! and a panic inside Ferry's own host code is caught and reported as
+//! [`Internal`](ScriptErrorKind::Internal). Script errors may quote message data; the crate
+//! logs nothing of a message above DEBUG.
 //!
 //! # The script
 //!
@@ -40,7 +46,7 @@
 //! | [`Transform`](ScriptKind::Transform) | [`Scripts::transform`] | `msg` (edited in place) | ignored (`return` just stops) |
 //! | [`Filter`](ScriptKind::Filter) | [`Scripts::filter`] | `msg` | truthy = accept; no `return` = reject |
 //! | [`Preprocessor`](ScriptKind::Preprocessor) | [`Scripts::preprocess`] | `message`: the raw text (no `msg`) | the new text; `undefined`/`null` = unchanged |
-//! | [`ResponseTransform`](ScriptKind::ResponseTransform) | [`Scripts::transform`] | `msg`, `response`: the destination's response as text (`undefined` when none) | a string replaces the response; `undefined` keeps it |
+//! | [`ResponseTransform`](ScriptKind::ResponseTransform) | [`Scripts::transform`] | `msg`, `response`: the destination's response as text (UTF-8, invalid bytes replaced; `undefined` when none) | a string replaces the response; anything else keeps it |
 //!
 //! ```js
 //! // filter
@@ -126,7 +132,9 @@ pub use error::{ScriptError, ScriptErrorKind};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptLimits {
     /// Memory cap of one runtime (its scripts, libraries and data), default 32 MiB. Reaching it
-    /// fails the message with [`ScriptErrorKind::Memory`].
+    /// fails the message with [`ScriptErrorKind::Memory`]. The same number caps what a script
+    /// keeps outside the JavaScript heap: the size of the message it edits, and the bytes one
+    /// call adds to the channel map and to routed messages.
     pub memory_bytes: usize,
     /// Wall-clock time one call (one script on one message) may take, default 1 s. Past it the
     /// script is stopped, uncatchably, with [`ScriptErrorKind::Timeout`].
@@ -427,7 +435,7 @@ mod tests {
     #[test]
     fn a_timeout_discards_the_runtime_and_the_next_message_gets_a_fresh_one() {
         let limits = ScriptLimits {
-            time: Duration::from_millis(100),
+            time: Duration::from_millis(300),
             ..ScriptLimits::default()
         };
         let scripts = Scripts::new(
@@ -475,6 +483,27 @@ mod tests {
                 .as_deref(),
             Some("1")
         );
+
+        let bomb = scripts.compile(
+            ScriptKind::Transform,
+            Source::new(
+                "bomb",
+                r#"let a = []; while (true) a.push("x".repeat(1e6));"#,
+            ),
+        );
+        let Ok(bomb) = bomb else { panic!("{bomb:?}") };
+        assert!(scripts.has_runtime_here());
+        let err = scripts.transform(&bomb, &mut ctx).err().map(|e| e.kind);
+        assert_eq!(err, Some(ScriptErrorKind::Memory));
+        assert!(
+            !scripts.has_runtime_here(),
+            "the runtime that ran out of memory is discarded"
+        );
+        assert_eq!(
+            scripts.transform(&ok, &mut ctx).map_err(|e| e.to_string()),
+            Ok(())
+        );
+        assert!(scripts.has_runtime_here());
     }
 
     #[test]
