@@ -268,13 +268,33 @@ pub struct Scripts {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     id: u64,
     libraries: Vec<Source>,
     config_map: Arc<BTreeMap<String, String>>,
     limits: ScriptLimits,
     log_phi_at_info: bool,
+}
+
+/// Names the libraries and the configuration keys, never the configuration values: they may
+/// hold interpolated secrets.
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scripts")
+            .field("id", &self.id)
+            .field(
+                "libraries",
+                &self
+                    .libraries
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("config_keys", &self.config_map.keys().collect::<Vec<_>>())
+            .field("limits", &self.limits)
+            .field("log_phi_at_info", &self.log_phi_at_info)
+            .finish()
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -557,6 +577,18 @@ mod tests {
                 .as_deref(),
             Some("after")
         );
+    }
+
+    #[test]
+    fn debug_output_does_not_show_configuration_values() {
+        let mut config = BTreeMap::new();
+        config.insert("api_token".to_owned(), "s3cret-value".to_owned());
+        let Ok(scripts) = Scripts::new(Vec::new(), config, ScriptLimits::default(), false) else {
+            panic!("scripts")
+        };
+        let shown = format!("{scripts:?}");
+        assert!(shown.contains("api_token"), "{shown}");
+        assert!(!shown.contains("s3cret-value"), "{shown}");
     }
 
     #[test]
