@@ -156,6 +156,7 @@ impl Engine {
             config_map: Arc::clone(&inner.config_map),
             log_phi_at_info: inner.log_phi_at_info,
             memory_limit: inner.limits.memory_bytes,
+            time_limit: inner.limits.time,
             deadline: Cell::new(None),
             interrupted: Cell::new(false),
             panicked: RefCell::new(None),
@@ -217,7 +218,7 @@ impl Engine {
         self.shared.interrupted.set(false);
         self.shared
             .deadline
-            .set(Instant::now().checked_add(self.limits_time()));
+            .set(Instant::now().checked_add(self.shared.time_limit));
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(self)));
         self.shared.deadline.set(None);
         if let Some(why) = self.shared.panicked.take() {
@@ -240,12 +241,6 @@ impl Engine {
         }
     }
 
-    fn limits_time(&self) -> std::time::Duration {
-        self.owner
-            .upgrade()
-            .map_or(std::time::Duration::from_secs(1), |i| i.limits.time)
-    }
-
     /// Turn a caught JavaScript error into a [`ScriptError`] for `script`.
     fn error<'js>(
         &self,
@@ -260,7 +255,7 @@ impl Engine {
                 script,
                 format!(
                     "the script ran longer than its time limit of {:?} and was stopped",
-                    self.limits_time()
+                    self.shared.time_limit
                 ),
             );
         }

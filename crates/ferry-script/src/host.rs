@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     /// [`ScriptLimits::memory_bytes`](crate::ScriptLimits::memory_bytes), also applied to
     /// what scripts store on the Rust side (the message, the channel map, routed messages).
     pub memory_limit: usize,
+    /// [`ScriptLimits::time`](crate::ScriptLimits::time): how long one call may run.
+    pub time_limit: std::time::Duration,
     /// When the running call must stop; `None` between calls.
     pub deadline: Cell<Option<Instant>>,
     /// Set by the interrupt handler when it stopped a script.
