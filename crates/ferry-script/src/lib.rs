@@ -49,8 +49,21 @@
 //! | [`ResponseTransform`](ScriptKind::ResponseTransform) | [`Scripts::transform`] | `msg`, `response`: the destination's response as text (UTF-8, invalid bytes replaced; `undefined` when none) | a string replaces the response; anything else keeps it |
 //!
 //! ```js
+//! // transform
+//! const SEX = {M: "male", F: "female"};
+//! msg.set("MSH-5", configMap.get("receiver"));
+//! msg.set("PID-2", msg.get("PID-3.1"));
+//! msg.set("PID-8", SEX[msg.get("PID-8")] || "unknown");
+//! // Views address OBX[index]: remove from the last one back so the others stay valid.
+//! for (const obx of msg.segments("OBX").reverse()) {
+//!     if (!obx.exists("5")) msg.removeSegment(obx);
+//! }
+//! if (msg.get("PV1-2") === "E") router.route("emergency", msg);
+//! $c("patient", msg.get("PID-3.1"));
+//!
 //! // filter
 //! return msg.get("PV1-2") === "I";
+//!
 //! // preprocessor
 //! return message.replace(/\n/g, "\r");
 //! ```
@@ -107,6 +120,16 @@
 //!
 //! `router.route(channel, message)` queues `message` (a string, or `msg`) for `channel`; the
 //! engine dispatches it after the script ([`ScriptContext::routed`]).
+//!
+//! # Errors
+//!
+//! An uncaught exception fails the message with a [`ScriptError`] that names the script and
+//! the line (``channel `adt`, transform 3:12: TypeError: cannot read property 'x' of
+//! null``; ``… (lib/util.js:2): Error: …`` when the line is in a library). A syntax error is
+//! reported when the channel is deployed, not on the first message. A script that closes the
+//! function it is wrapped in (an extra `}`) is refused as a syntax error. Time, memory and
+//! stack limits give the kinds [`Timeout`](ScriptErrorKind::Timeout) (not catchable),
+//! [`Memory`](ScriptErrorKind::Memory) and [`Stack`](ScriptErrorKind::Stack).
 //!
 //! # What is not there
 //!

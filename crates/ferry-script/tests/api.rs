@@ -626,3 +626,43 @@ fn msg_reads_and_writes_in_the_msh_18_charset() {
     assert!(bad.starts_with("msg.set:"), "{bad}");
     assert_eq!(ctx.channel_map["text"], json!(true));
 }
+
+#[test]
+fn the_example_transform_of_the_crate_docs_runs() {
+    let mut config = std::collections::BTreeMap::new();
+    config.insert("receiver".to_owned(), "SCHEDULER".to_owned());
+    let scripts = Scripts::new(Vec::new(), config, ScriptLimits::default(), false).unwrap();
+    let s = compile(
+        &scripts,
+        ScriptKind::Transform,
+        r#"const SEX = {M: "male", F: "female"};
+msg.set("MSH-5", configMap.get("receiver"));
+msg.set("PID-2", msg.get("PID-3.1"));
+msg.set("PID-8", SEX[msg.get("PID-8")] || "unknown");
+// Views address OBX[index]: remove from the last one back so the others stay valid.
+for (const obx of msg.segments("OBX").reverse()) {
+    if (!obx.exists("5")) msg.removeSegment(obx);
+}
+if (msg.get("PV1-2") === "E") router.route("emergency", msg);
+$c("patient", msg.get("PID-3.1"));"#,
+    );
+    let text = ADT
+        .replace("OBX|2|ST|B||two", "OBX|2|ST|B||")
+        .replace("PV1|1|I", "PV1|1|E");
+    let mut ctx = ScriptContext::new(message(&text), "adt");
+    scripts.transform(&s, &mut ctx).unwrap();
+    assert_eq!(get(&ctx, "MSH-5"), "SCHEDULER");
+    assert_eq!(get(&ctx, "PID-2"), "123");
+    assert_eq!(get(&ctx, "PID-8"), "male");
+    assert_eq!(
+        ctx.message
+            .message()
+            .segments()
+            .filter(|s| s.id() == b"OBX")
+            .count(),
+        1
+    );
+    assert_eq!(get(&ctx, "OBX-5"), "one");
+    assert_eq!(ctx.routed.len(), 1);
+    assert_eq!(ctx.channel_map["patient"], json!("123"));
+}
