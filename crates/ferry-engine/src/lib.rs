@@ -22,6 +22,9 @@
 //!    restarted worker simply starts again at the head.
 //!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
+//!
+//! [`transform`] holds the declarative steps ([`Step`], [`apply_all`]), code tables, the
+//! JSON ↔ HL7 templates and the destination [`Encoder`]s.
 
 mod destination;
 mod engine;
@@ -29,6 +32,7 @@ mod filter;
 mod ingest;
 mod retry;
 mod stats;
+pub mod transform;
 
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
 pub use engine::{ChannelSpec, DestinationSpec, Engine, EngineError, Health, HealthProbe};
@@ -36,6 +40,10 @@ pub use filter::FilterRule;
 pub use ingest::{ChannelIngest, IngestReply};
 pub use retry::RetryPolicy;
 pub use stats::{ChannelStats, DestinationStats, Stats};
+pub use transform::{
+    CodeTable, Encoder, FieldPath, Hl7Template, JsonTemplate, Placement, SegmentRef, SetValue,
+    Step, StepError, TemplateError, apply_all,
+};
 
 /// Re-exported so connectors and the binary share one cancellation type for graceful shutdown.
 pub use tokio_util::sync::CancellationToken as Shutdown;
