@@ -9,7 +9,8 @@ use std::rc::Rc;
 use serde::Deserialize;
 
 use crate::schema::{
-    ChannelConfig, Config, DestinationConfig, ResponseMode, SourceConfig, StoreConfig, TlsConfig,
+    ChannelConfig, Config, DestinationConfig, EncodeConfig, ResponseMode, SourceConfig,
+    StoreConfig, TlsConfig, TransformConfig,
 };
 use crate::values::{EnvLookup, Interpolation, with_interpolation};
 
@@ -262,7 +263,27 @@ impl Config {
         if let Some(t) = self.admin.tls.as_mut() {
             fix_tls(t);
         }
+        let fix_transforms = |steps: &mut Vec<TransformConfig>| {
+            for step in steps {
+                let files = [
+                    step.map.as_mut().map(|m| &mut m.table),
+                    step.template.as_mut(),
+                    step.js.as_mut(),
+                ];
+                for p in files.into_iter().flatten() {
+                    fix(p);
+                }
+            }
+        };
         for channel in &mut self.channels {
+            fix_transforms(&mut channel.transforms);
+            for dest in &mut channel.destinations {
+                let (transforms, encode) = dest.transforms_and_encode_mut();
+                fix_transforms(transforms);
+                if let EncodeConfig::Template(p) = encode {
+                    fix(p);
+                }
+            }
             let tls = match &mut channel.source {
                 SourceConfig::Mllp(s) => s.tls.as_mut(),
                 SourceConfig::Http(s) => s.tls.as_mut(),

@@ -127,6 +127,10 @@ pub struct ChannelConfig {
     /// stored as `FILTERED`, acknowledged `AA`, and sent to no destination.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.transform]]`: steps that edit the message after the source filters, in
+    /// order, before it is queued for the destinations.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
     /// `[[channel.destination]]`: where messages go, each with its own durable queue.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
@@ -171,6 +175,185 @@ pub struct FilterConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// One `[[channel.transform]]` (or `[[channel.destination.transform]]`) step: a table with
+/// **exactly one** of the keys below. Steps run in the order written. Paths are HL7 paths
+/// (`PID-5.1`, `OBX[2]-5`, `PID-3(2).1`); setting or deleting a whole field (`PID-3`) acts
+/// on every repetition. Files (`table`, `template`, `js`) are relative to the configuration
+/// file and are read when the configuration is deployed, so `ferry check` reports a missing
+/// or malformed one.
+///
+/// ```toml
+/// [[channel.transform]]
+/// set = { field = "MSH-5", value = "SCHEDULER" }
+///
+/// [[channel.transform]]
+/// map = { field = "PV1-2", table = "tables/patient-class.csv", default = "U" }
+///
+/// [[channel.transform]]
+/// drop_segment = "NTE"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// `set = { field = "MSH-5", value = "SCHEDULER" }`: write text at a path (delimiters
+    /// in it are escaped); `null = true` instead of `value` writes the HL7 null `""`. A value
+    /// that is not there yet is added (separators padded, a missing segment appended).
+    pub set: Option<SetConfig>,
+    /// `copy = { from = "PID-3.1", to = "PID-2" }`: copy the raw value, components and
+    /// escapes included. A target at a lower level than the source gets the first
+    /// repetition / component / subcomponent. An absent source empties an existing target.
+    pub copy: Option<CopyConfig>,
+    /// `delete = { field = "PV1-3" }`: empty the value at a path; `PID-3(2)` removes that
+    /// repetition. An absent value is no change.
+    pub delete: Option<DeleteConfig>,
+    /// `add_segment = { text = "ZPI|1", after = "PID" }`: add a segment written as ER7 (in
+    /// the message's delimiters). `after = "X"`: after the last X; `before = "X"`: before the
+    /// first X; neither: at the end. A message without X is an error.
+    pub add_segment: Option<AddSegmentConfig>,
+    /// `drop_segment = "NTE"`: remove every NTE segment; `"OBX[2]"` removes only the second
+    /// OBX.
+    pub drop_segment: Option<String>,
+    /// `rename_segment = { from = "ZPI", to = "ZP1" }`: rename every ZPI (or one, with
+    /// `from = "ZPI[2]"`).
+    pub rename_segment: Option<RenameSegmentConfig>,
+    /// `map = { field = "PV1-2", table = "tables/patient-class.csv", default = "U" }`: map
+    /// the value through a code table (CSV, one `from,to` per line, optional `from,to`
+    /// header, `#` comments). Unmapped values are kept unless `default` is given.
+    pub map: Option<MapConfig>,
+    /// `template = "templates/siu.hl7"`: build the HL7 message from a JSON body with an HL7
+    /// template (placeholders `{{ a.b[0].c | dtm }}`, `{{#each items}}` blocks). Only as the
+    /// first transform of a channel, whose source receives JSON.
+    pub template: Option<PathBuf>,
+    /// `js = "transforms/adt.js"`: a JavaScript transform (the sandboxed script engine).
+    pub js: Option<PathBuf>,
+    /// `js_inline = '''…'''`: a JavaScript transform written in the configuration file.
+    pub js_inline: Option<String>,
+}
+
+/// `set = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    /// The HL7 path to write.
+    pub field: String,
+    /// The text to write (escaped with the message's delimiters).
+    pub value: Option<String>,
+    /// `true`: write the HL7 null `""` instead of a value. Default `false`.
+    #[serde(default)]
+    pub null: bool,
+}
+
+/// `copy = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CopyConfig {
+    /// The HL7 path to read.
+    pub from: String,
+    /// The HL7 path to write.
+    pub to: String,
+}
+
+/// `delete = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteConfig {
+    /// The HL7 path to empty.
+    pub field: String,
+}
+
+/// `add_segment = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AddSegmentConfig {
+    /// The segment as ER7 text without terminator, e.g. `"ZPI|1|x"`.
+    pub text: String,
+    /// Put it after the last segment with this id.
+    pub after: Option<String>,
+    /// Put it before the first segment with this id (not MSH).
+    pub before: Option<String>,
+}
+
+/// `rename_segment = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RenameSegmentConfig {
+    /// The segments to rename: an id (`ZPI`, every one) or one occurrence (`ZPI[2]`).
+    pub from: String,
+    /// The new segment id (three upper-case letters or digits).
+    pub to: String,
+}
+
+/// `map = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MapConfig {
+    /// The HL7 path whose value is mapped (read with escapes decoded; a whole field maps its
+    /// first repetition).
+    pub field: String,
+    /// The code table: a CSV file relative to the configuration file.
+    pub table: PathBuf,
+    /// The value written for codes the table does not map. Absent: such values are kept.
+    pub default: Option<String>,
+}
+
+/// `encode = …` of a destination: what it sends.
+///
+/// - `encode = "hl7"` (the default): the HL7 message as it is.
+/// - `encode = "json"`: the lossless JSON form (HL7 → JSON → HL7 gives the same bytes).
+/// - `encode = { template = "templates/patient.json" }`: a JSON document written by a JSON
+///   template (placeholders `"{{PID-5.1}}"`, filters `date`, `number`, `upper`, `lower`,
+///   `trim`, `default("…")`, repeating groups `{ "$each": "OBX", "item": … }`), relative to
+///   the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EncodeConfig {
+    /// `"hl7"`.
+    #[default]
+    Hl7,
+    /// `"json"`.
+    Json,
+    /// `{ template = "…" }`.
+    Template(PathBuf),
+}
+
+/// The table form of `encode`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncodeTable {
+    /// The JSON template file.
+    template: PathBuf,
+}
+
+impl<'de> Deserialize<'de> for EncodeConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EncodeConfig, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EncodeConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"hl7\", \"json\" or { template = \"…\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EncodeConfig, E> {
+                match v {
+                    "hl7" => Ok(EncodeConfig::Hl7),
+                    "json" => Ok(EncodeConfig::Json),
+                    "fhir" => Err(E::custom(
+                        "encode = \"fhir\" is not supported by this version yet",
+                    )),
+                    other => Err(E::unknown_variant(other, &["hl7", "json"])),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EncodeConfig, A::Error> {
+                let table =
+                    EncodeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(EncodeConfig::Template(table.template))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A channel's source, chosen by `type`.
@@ -287,6 +470,35 @@ impl DestinationConfig {
             DestinationConfig::File(d) => &d.filters,
         }
     }
+
+    /// The destination's transformation steps.
+    pub fn transforms(&self) -> &[TransformConfig] {
+        match self {
+            DestinationConfig::Http(d) => &d.transforms,
+            DestinationConfig::Mllp(d) => &d.transforms,
+            DestinationConfig::File(d) => &d.transforms,
+        }
+    }
+
+    /// How the destination encodes what it sends.
+    pub fn encode(&self) -> &EncodeConfig {
+        match self {
+            DestinationConfig::Http(d) => &d.encode,
+            DestinationConfig::Mllp(d) => &d.encode,
+            DestinationConfig::File(d) => &d.encode,
+        }
+    }
+
+    /// Mutable access to the transforms and the encoding, for resolving relative paths.
+    pub(crate) fn transforms_and_encode_mut(
+        &mut self,
+    ) -> (&mut Vec<TransformConfig>, &mut EncodeConfig) {
+        match self {
+            DestinationConfig::Http(d) => (&mut d.transforms, &mut d.encode),
+            DestinationConfig::Mllp(d) => (&mut d.transforms, &mut d.encode),
+            DestinationConfig::File(d) => (&mut d.transforms, &mut d.encode),
+        }
+    }
 }
 
 /// `type = "http"` destination.
@@ -299,6 +511,13 @@ pub struct HttpDestinationConfig {
     /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.destination.transform]]`: steps (as for `[[channel.transform]]`) applied to
+    /// this destination's copy of the message only, after its filters.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// What is sent: `"hl7"` (the default), `"json"` or `{ template = "…" }`.
+    #[serde(default)]
+    pub encode: EncodeConfig,
     /// Target URL, `https://…` (or `http://…`, with a warning).
     pub url: Text,
     /// HTTP method: `POST` (default), `PUT` or `PATCH`.
@@ -338,6 +557,13 @@ pub struct MllpDestinationConfig {
     /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.destination.transform]]`: steps (as for `[[channel.transform]]`) applied to
+    /// this destination's copy of the message only, after its filters.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// What is sent: `"hl7"` (the default), `"json"` or `{ template = "…" }`.
+    #[serde(default)]
+    pub encode: EncodeConfig,
     /// `host:port` of the receiver.
     pub address: Text,
     /// Use TLS: trust (`ca`) and client identity (`cert`, `key`). Absent: plain TCP.
@@ -374,6 +600,13 @@ pub struct FileDestinationConfig {
     /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.destination.transform]]`: steps (as for `[[channel.transform]]`) applied to
+    /// this destination's copy of the message only, after its filters.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// What is sent: `"hl7"` (the default), `"json"` or `{ template = "…" }`.
+    #[serde(default)]
+    pub encode: EncodeConfig,
     /// Directory to write into (created if missing), relative to the configuration file.
     pub directory: PathBuf,
     /// File name pattern; `{channel}`, `{id}` and `{control_id}` are replaced. Default
