@@ -25,6 +25,13 @@ use crate::http::{
 };
 use crate::mllp::{MllpDestination, MllpEndpoint, MllpSource, MllpSourceSettings, NakPolicy};
 
+mod transforms;
+
+pub use transforms::{
+    ChannelTransforms, DestinationTransforms, JsSource, StepPlan, channel_transforms, encoder,
+    transform_steps,
+};
+
 /// Why a configuration could not be deployed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -344,6 +351,9 @@ fn filter_rule(f: &FilterConfig) -> Result<FilterRule, String> {
 }
 
 fn plan(channel: &ChannelConfig) -> Result<ChannelPlan, DeployError> {
+    // Built (files read, paths and templates checked) so that `ferry check` and a deploy
+    // refuse a bad transform; running them is the ingest pipeline's part.
+    let _transforms = channel_transforms(channel)?;
     let name = channel.name.clone();
     let tls_error = |connector: String| {
         let channel = name.clone();
