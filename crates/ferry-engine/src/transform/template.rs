@@ -59,6 +59,10 @@
 //! when the value is absent, empty or the HL7 null `""`. Any other string interpolates, with
 //! `null` as the empty text. Keys and non-string values are copied; key order is kept.
 //!
+//! Errors name the template, the placeholder and what is wrong, never the value itself: they
+//! end up in logs and in the store's error column, and message content (a birth date, a
+//! name) must not.
+//!
 //! Filters: `date` (an HL7 DTM becomes ISO 8601: `20261202143000+0100` →
 //! `2026-12-02T14:30:00+01:00`, `20261202` → `2026-12-02`), `number` (the value as a JSON
 //! number), `upper`, `lower`, `trim` (surrounding white space), `default("…")` (used when the
@@ -308,7 +312,10 @@ fn text_filter(filter: &Filter, value: Option<String>) -> Option<String> {
 /// An ISO 8601 date or date-time as an HL7 DTM. A value that already is a DTM passes.
 pub(crate) fn iso_to_dtm(text: &str) -> Result<String, String> {
     let t = text.trim();
-    let bad = || format!("`{t}` is not an ISO 8601 date or date-time");
+    let bad = || {
+        "not an ISO 8601 date or date-time (YYYY[-MM[-DD[THH:MM[:SS[.S]]]]] with Z or ±HH:MM)"
+            .to_owned()
+    };
     if t.bytes()
         .all(|b| b.is_ascii_digit() || b == b'.' || b == b'+' || b == b'-')
         && !t.contains('-')
@@ -383,14 +390,23 @@ pub(crate) fn iso_to_dtm(text: &str) -> Result<String, String> {
     if i != b.len() {
         return Err(bad());
     }
-    Dtm::parse(out.as_bytes()).map_err(|e| format!("`{t}`: {e}"))?;
+    Dtm::parse(out.as_bytes()).map_err(|e| match e {
+        ferry_hl7::types::DtmError::OutOfRange { part, .. } => {
+            format!("not a valid date or date-time: the {part} is out of range")
+        }
+        _ => bad(),
+    })?;
     Ok(out)
 }
 
 /// An HL7 DTM as ISO 8601, at the precision it has (`20261202` → `2026-12-02`).
 pub(crate) fn dtm_to_iso(text: &str) -> Result<String, String> {
-    let dtm = Dtm::parse_lenient(text.as_bytes())
-        .map_err(|e| format!("`{}` is not an HL7 date-time: {e}", text.trim()))?;
+    let dtm = Dtm::parse_lenient(text.as_bytes()).map_err(|e| match e {
+        ferry_hl7::types::DtmError::OutOfRange { part, .. } => {
+            format!("not a valid HL7 date-time: the {part} is out of range")
+        }
+        _ => "not an HL7 date-time (YYYY[MM[DD[HH[MM[SS[.S]]]]]][±ZZZZ])".to_owned(),
+    })?;
     // The canonical HL7 form: YYYY[MM[DD[HH[MM[SS[.F]]]]]][±ZZZZ].
     let canon = dtm.to_string();
     let (body, zone) = match canon.find(['+', '-']) {
@@ -1379,9 +1395,7 @@ fn eval(e: &JsonExpr, msg: &Message<'_>, scope: &Scope) -> Result<Out, String> {
                 number = value
                     .as_deref()
                     .map(|v| {
-                        json_number(v).ok_or_else(|| {
-                            format!("`{}` | number: `{}` is not a number", e.text, v.trim())
-                        })
+                        json_number(v).ok_or_else(|| format!("`{}` | number: not a number", e.text))
                     })
                     .transpose()?;
             }
