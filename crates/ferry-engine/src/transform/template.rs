@@ -17,7 +17,9 @@
 //! the output always ends segments with `\r`). The first line is the MSH segment, whose
 //! MSH-1 and MSH-2 must be written literally: they are the delimiters that every value is
 //! escaped with (`|` in a value becomes `\F\`, `^` `\S\`, a line break `\.br\` …). Blank lines
-//! are skipped. Sources:
+//! are skipped. MSH-18 must be literal too: the output is written in the charset it declares
+//! (`8859/1` …; a character that charset lacks is an error), and in UTF-8 when it is empty
+//! or `UNICODE UTF-8`. Sources:
 //!
 //! - `a.b[0].c`: a dotted path into the JSON value, with array indexes; inside an `each`
 //!   block it is relative to the current element; `$.a.b` starts at the document root and
@@ -90,6 +92,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ferry_hl7::charset::Charset;
 use ferry_hl7::{Delimiters, Message, Path, escape, types::Dtm};
 use serde_json::Value;
 
@@ -587,6 +590,8 @@ enum Hl7Item {
 pub struct Hl7Template {
     origin: String,
     delimiters: Delimiters,
+    /// The charset MSH-18 declares (`Ascii` when it is empty: then UTF-8 is written).
+    charset: Charset,
     items: Vec<Hl7Item>,
 }
 
@@ -610,6 +615,7 @@ impl Hl7Template {
         let mut stack: Vec<(usize, DataPath, bool, Vec<Hl7Item>)> = Vec::new();
         let mut items: Vec<Hl7Item> = Vec::new();
         let mut delimiters = None;
+        let mut charset = Charset::Ascii;
         // Line ends may be LF, CRLF or CR; each counts as one line.
         let text = text.replace("\r\n", "\n").replace('\r', "\n");
         for (i, line) in text.split('\n').enumerate() {
@@ -655,7 +661,9 @@ impl Hl7Template {
                 return Err(err(number, BLOCKS.into()));
             }
             if delimiters.is_none() {
-                delimiters = Some(header_delimiters(line).map_err(|m| err(number, m))?);
+                let d = header_delimiters(line).map_err(|m| err(number, m))?;
+                charset = header_charset(line, &d).map_err(|m| err(number, m))?;
+                delimiters = Some(d);
             }
             let mut parts = Vec::new();
             for piece in scan(line).map_err(|m| err(number, m))? {
@@ -693,6 +701,7 @@ impl Hl7Template {
         Ok(Hl7Template {
             origin: origin.to_owned(),
             delimiters,
+            charset,
             items,
         })
     }
@@ -706,7 +715,22 @@ impl Hl7Template {
                 template: self.origin.clone(),
                 message,
             })?;
-        let bytes = out.into_bytes();
+        let bytes = match self.charset {
+            // No MSH-18: ASCII by the standard, read as UTF-8 when it is (as Ferry does).
+            Charset::Ascii | Charset::Utf8 => out.into_bytes(),
+            charset => match charset.encode(&out) {
+                Ok(bytes) => bytes.into_owned(),
+                Err(_) => {
+                    return Err(TemplateError {
+                        template: self.origin.clone(),
+                        message: format!(
+                            "a value holds a character that the charset MSH-18 declares ({}) cannot write",
+                            charset.code()
+                        ),
+                    });
+                }
+            },
+        };
         if let Err(e) = Message::parse(&bytes) {
             return Err(TemplateError {
                 template: self.origin.clone(),
@@ -821,6 +845,19 @@ impl Hl7Template {
             )),
         }
     }
+}
+
+/// The charset a template's MSH line declares in MSH-18 (which must be literal).
+fn header_charset(line: &str, d: &Delimiters) -> Result<Charset, String> {
+    let msh18 = line.split(char::from(d.field)).nth(17).unwrap_or("");
+    if msh18.contains("{{") {
+        return Err("MSH-18 (the character set) must be written literally".into());
+    }
+    let first = match d.repetition {
+        Some(r) => msh18.split(char::from(r)).next().unwrap_or(""),
+        None => msh18,
+    };
+    Charset::from_msh18(Some(first)).map_err(|e| format!("MSH-18: {e}"))
 }
 
 /// The delimiters declared by a template's MSH line (MSH-1 and MSH-2 literal).

@@ -172,7 +172,10 @@ fn hl7_render_errors_name_the_line_and_path() {
             .contains("line 3: `patient.birthDate` | dtm: not an ISO 8601"),
         "{err}"
     );
-    assert!(!err.to_string().contains("1980"), "no content in errors: {err}");
+    assert!(
+        !err.to_string().contains("1980"),
+        "no content in errors: {err}"
+    );
     let mut data = siu_data();
     data["results"] = json!({ "not": "an array" });
     let err = t.render(&data).expect_err("not array");
@@ -581,4 +584,32 @@ fn load_names_a_missing_file() {
     let path = dir.path().join("p.json");
     std::fs::write(&path, "\u{feff}{\"a\":\"{{PID-3}}\"}").expect("write");
     JsonTemplate::load(&path).expect("a BOM is tolerated");
+}
+
+#[test]
+fn hl7_template_writes_the_charset_msh18_declares() {
+    let t = Hl7Template::parse(
+        "MSH|^~\\&|A|B|||1||ADT^A08|1|P|2.5||||||8859/1\nPID|1||{{ v }}\n",
+        "latin.hl7",
+    )
+    .expect("parses");
+    let out = t.render(&json!({ "v": "Müller" })).expect("renders");
+    assert!(out.ends_with(b"PID|1||M\xfcller\r"), "{out:?}");
+    let m = Message::parse(&out).expect("parses");
+    assert_eq!(m.get_str("PID-3").expect("p").as_deref(), Some("Müller"));
+    let err = t.render(&json!({ "v": "日本" })).expect_err("not latin-1");
+    assert!(err.to_string().contains("(8859/1) cannot write"), "{err}");
+    assert!(!err.to_string().contains("日"), "{err}");
+    let err = Hl7Template::parse(
+        "MSH|^~\\&|A|B|||1||ADT^A08|1|P|2.5||||||{{ cs }}\n",
+        "t.hl7",
+    )
+    .expect_err("placeholder in MSH-18");
+    assert!(
+        err.contains("line 1: MSH-18 (the character set) must be written literally"),
+        "{err}"
+    );
+    let err = Hl7Template::parse("MSH|^~\\&|A|B|||1||ADT^A08|1|P|2.5||||||KLINGON\n", "t.hl7")
+        .expect_err("unknown charset");
+    assert!(err.contains("line 1: MSH-18: "), "{err}");
 }
