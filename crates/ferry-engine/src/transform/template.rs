@@ -740,6 +740,21 @@ impl Hl7Template {
         Ok(bytes)
     }
 
+    /// [`render`](Self::render) of a JSON body as received (UTF-8 bytes). A body that is not
+    /// JSON is an error giving line and column, not content.
+    pub fn render_bytes(&self, body: &[u8]) -> Result<Vec<u8>, TemplateError> {
+        let json: Value = serde_json::from_slice(body).map_err(|e| TemplateError {
+            template: self.origin.clone(),
+            message: format!(
+                "the body is not JSON ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })?;
+        self.render(&json)
+    }
+
     fn render_items(
         &self,
         items: &[Hl7Item],

@@ -613,3 +613,17 @@ fn hl7_template_writes_the_charset_msh18_declares() {
         .expect_err("unknown charset");
     assert!(err.contains("line 1: MSH-18: "), "{err}");
 }
+
+#[test]
+fn render_bytes_parses_the_body_and_hides_its_content() {
+    let t = Hl7Template::parse("MSH|^~\\&|A\nPID|1||{{ id }}\n", "t.hl7").expect("parses");
+    let out = t.render_bytes(br#"{"id":"42"}"#).expect("renders");
+    assert_eq!(out, b"MSH|^~\\&|A\rPID|1||42\r");
+    let err = t.render_bytes(b"{\"id\": SECRET}").expect_err("not json");
+    assert!(
+        err.to_string()
+            .starts_with("template t.hl7: the body is not JSON (Syntax error at line 1, column"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("SECRET"), "{err}");
+}
