@@ -6,7 +6,8 @@
 //! `${env:NAME}` and `${file:/path}` in any string value are replaced at load ([`Text`],
 //! [`Secret`]), and a [`Secret`] never prints.
 //!
-//! - [`schema`]: the tables (`[store]`, `[admin]`, `[[channel]]`, sources, destinations, `tls`).
+//! - [`schema`]: the tables (`[store]`, `[admin]`, `[[channel]]`, sources, destinations, `tls`,
+//!   `[[channel.transform]]` steps, `encode`).
 //! - [`values`]: value types with their own syntax: [`Duration`] (`"500ms"`, `"2s"`, `"5m"`),
 //!   [`ByteSize`] (`"16MiB"`), [`Text`] and [`Secret`] (interpolated strings).
 //! - [`load`]: reading files, `include`, relative paths, error positions, validation.
@@ -17,9 +18,11 @@ pub mod values;
 
 pub use load::ConfigError;
 pub use schema::{
-    AdminConfig, ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, Config,
-    DedupeConfig, DestinationConfig, FileDestinationConfig, FilterConfig, HttpDestinationConfig,
-    HttpPollSourceConfig, HttpSourceConfig, MllpDestinationConfig, MllpSourceConfig, NakAction,
-    ResponseMode, RetryConfig, SourceConfig, StoreConfig, TlsConfig,
+    AddSegmentConfig, AdminConfig, ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig,
+    Config, CopyConfig, DedupeConfig, DeleteConfig, DestinationConfig, EncodeConfig,
+    FileDestinationConfig, FilterConfig, HttpDestinationConfig, HttpPollSourceConfig,
+    HttpSourceConfig, MapConfig, MllpDestinationConfig, MllpSourceConfig, NakAction,
+    RenameSegmentConfig, ResponseMode, RetryConfig, ScriptConfig, ScriptSettings, SetConfig,
+    SourceConfig, StoreConfig, TlsConfig, TransformConfig,
 };
 pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};

@@ -9,7 +9,8 @@ use std::rc::Rc;
 use serde::Deserialize;
 
 use crate::schema::{
-    ChannelConfig, Config, DestinationConfig, ResponseMode, SourceConfig, StoreConfig, TlsConfig,
+    ChannelConfig, Config, DestinationConfig, EncodeConfig, ResponseMode, SourceConfig,
+    StoreConfig, TlsConfig, TransformConfig,
 };
 use crate::values::{EnvLookup, Interpolation, with_interpolation};
 
@@ -262,7 +263,47 @@ impl Config {
         if let Some(t) = self.admin.tls.as_mut() {
             fix_tls(t);
         }
+        let fix_transforms = |steps: &mut Vec<TransformConfig>| {
+            for step in steps {
+                let files = [
+                    step.map.as_mut().map(|m| &mut m.table),
+                    step.template.as_mut(),
+                    step.js.as_mut(),
+                ];
+                for p in files.into_iter().flatten() {
+                    fix(p);
+                }
+            }
+        };
+        let fix_filters = |filters: &mut Vec<crate::FilterConfig>| {
+            let mut stack: Vec<&mut crate::FilterConfig> = filters.iter_mut().collect();
+            while let Some(f) = stack.pop() {
+                if let Some(p) = f.js.as_mut() {
+                    fix(p);
+                }
+                if let Some(any) = f.any.as_mut() {
+                    stack.extend(any.iter_mut());
+                }
+            }
+        };
         for channel in &mut self.channels {
+            fix_transforms(&mut channel.transforms);
+            fix_filters(&mut channel.filters);
+            if let Some(p) = channel.preprocess.as_mut().and_then(|p| p.js.as_mut()) {
+                fix(p);
+            }
+            for p in &mut channel.scripts.libraries {
+                fix(p);
+            }
+            for dest in &mut channel.destinations {
+                fix_filters(dest.filters_mut());
+                let (transforms, responses, encode) = dest.transforms_and_encode_mut();
+                fix_transforms(transforms);
+                fix_transforms(responses);
+                if let EncodeConfig::Template(p) = encode {
+                    fix(p);
+                }
+            }
             let tls = match &mut channel.source {
                 SourceConfig::Mllp(s) => s.tls.as_mut(),
                 SourceConfig::Http(s) => s.tls.as_mut(),

@@ -144,6 +144,18 @@ pub struct ChannelConfig {
     /// stored as `FILTERED`, acknowledged `AA`, and sent to no destination.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.transform]]`: steps that edit the message after the source filters, in
+    /// order, before it is queued for the destinations.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// `preprocess = { js = "pre.js" }` (or `js_inline`): a JavaScript preprocessor that gets
+    /// the raw text as `message` before anything parses it and returns the text to use. The
+    /// raw message is stored as received.
+    pub preprocess: Option<ScriptConfig>,
+    /// `[channel.scripts]`: settings of the channel's JavaScript (libraries, config map,
+    /// limits).
+    #[serde(default)]
+    pub scripts: ScriptSettings,
     /// `[[channel.destination]]`: where messages go, each with its own durable queue.
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
@@ -200,6 +212,10 @@ pub struct FilterConfig {
     pub exists: Option<bool>,
     /// Passes when at least one of these rules passes.
     pub any: Option<Vec<FilterConfig>>,
+    /// `js = "filters/inpatient.js"`: a JavaScript filter (sandboxed; `return true` passes).
+    pub js: Option<PathBuf>,
+    /// `js_inline = 'return msg.get("PV1-2") === "I";'`: a JavaScript filter written here.
+    pub js_inline: Option<String>,
     /// `true` inverts the rule. Default `false`.
     #[serde(default)]
     pub not: bool,
@@ -207,6 +223,246 @@ pub struct FilterConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// One `[[channel.transform]]` (or `[[channel.destination.transform]]`) step: a table with
+/// **exactly one** of the keys below. Steps run in the order written. Paths are HL7 paths
+/// (`PID-5.1`, `OBX[2]-5`, `PID-3(2).1`); setting or deleting a whole field (`PID-3`) acts
+/// on every repetition. Files (`table`, `template`, `js`) are relative to the configuration
+/// file and are read when the configuration is deployed, so `ferry check` reports a missing
+/// or malformed one.
+///
+/// ```toml
+/// [[channel.transform]]
+/// set = { field = "MSH-5", value = "SCHEDULER" }
+///
+/// [[channel.transform]]
+/// map = { field = "PV1-2", table = "tables/patient-class.csv", default = "U" }
+///
+/// [[channel.transform]]
+/// drop_segment = "NTE"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// `set = { field = "MSH-5", value = "SCHEDULER" }`: write text at a path (delimiters
+    /// in it are escaped); `null = true` instead of `value` writes the HL7 null `""`. A value
+    /// that is not there yet is added (separators padded, a missing segment appended).
+    pub set: Option<SetConfig>,
+    /// `copy = { from = "PID-3.1", to = "PID-2" }`: copy the raw value, components and
+    /// escapes included. A target at a lower level than the source gets the first
+    /// repetition / component / subcomponent. An absent source empties an existing target.
+    pub copy: Option<CopyConfig>,
+    /// `delete = { field = "PV1-3" }`: empty the value at a path; `PID-3(2)` removes that
+    /// repetition. An absent value is no change.
+    pub delete: Option<DeleteConfig>,
+    /// `add_segment = { text = "ZPI|1", after = "PID" }`: add a segment written as ER7 (in
+    /// the message's delimiters). `after = "X"`: after the last X; `before = "X"`: before the
+    /// first X; neither: at the end. A message without X is an error.
+    pub add_segment: Option<AddSegmentConfig>,
+    /// `drop_segment = "NTE"`: remove every NTE segment; `"OBX[2]"` removes only the second
+    /// OBX.
+    pub drop_segment: Option<String>,
+    /// `rename_segment = { from = "ZPI", to = "ZP1" }`: rename every ZPI (or one, with
+    /// `from = "ZPI[2]"`).
+    pub rename_segment: Option<RenameSegmentConfig>,
+    /// `map = { field = "PV1-2", table = "tables/patient-class.csv", default = "U" }`: map
+    /// the value through a code table (CSV, one `from,to` per line, optional `from,to`
+    /// header, `#` comments). Unmapped values are kept unless `default` is given.
+    pub map: Option<MapConfig>,
+    /// `template = "templates/siu.hl7"`: build the HL7 message from a JSON body with an HL7
+    /// template (placeholders `{{ a.b[0].c | dtm }}`, `{{#each items}}` blocks). Only as the
+    /// first transform of a channel, whose source receives JSON.
+    pub template: Option<PathBuf>,
+    /// `js = "transforms/adt.js"`: a JavaScript transform (the sandboxed script engine).
+    pub js: Option<PathBuf>,
+    /// `js_inline = '''…'''`: a JavaScript transform written in the configuration file.
+    pub js_inline: Option<String>,
+}
+
+/// A script given by file or inline: exactly one of `js` and `js_inline`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptConfig {
+    /// The script file, relative to the configuration file.
+    pub js: Option<PathBuf>,
+    /// The script's code, written here.
+    pub js_inline: Option<String>,
+}
+
+/// `[channel.scripts]`: how the channel's JavaScript runs.
+///
+/// ```toml
+/// [channel.scripts]
+/// libraries = ["scripts/lib/dates.js"]
+/// config = { receiver = "SCHEDULER", api_key = "${env:API_KEY}" }
+/// memory_limit = "32MiB"
+/// time_limit = "1s"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptSettings {
+    /// Files of shared functions, evaluated before every script of the channel (their
+    /// top-level `function` declarations are visible to all of them), relative to the
+    /// configuration file.
+    #[serde(default)]
+    pub libraries: Vec<PathBuf>,
+    /// The `configMap` scripts read: names to strings; values may use `${env:…}`/`${file:…}`
+    /// and are never logged.
+    #[serde(default)]
+    pub config: BTreeMap<String, Secret>,
+    /// Most memory one script runtime may use; beyond it the message is `ERROR`. Default
+    /// `"32MiB"`.
+    #[serde(default = "default_script_memory")]
+    pub memory_limit: ByteSize,
+    /// Longest time one script may run on one message; beyond it the script is stopped and
+    /// the message is `ERROR`. Default `"1s"`.
+    #[serde(default = "one_second")]
+    pub time_limit: Duration,
+    /// `true` lets `logger.info/warn/error` log at their own level. By default they log at
+    /// DEBUG, since what a script logs may hold patient data.
+    #[serde(default)]
+    pub log_phi_at_info: bool,
+}
+
+impl Default for ScriptSettings {
+    fn default() -> Self {
+        ScriptSettings {
+            libraries: Vec::new(),
+            config: BTreeMap::new(),
+            memory_limit: default_script_memory(),
+            time_limit: one_second(),
+            log_phi_at_info: false,
+        }
+    }
+}
+
+fn default_script_memory() -> ByteSize {
+    ByteSize::new(32 * 1024 * 1024)
+}
+
+/// `set = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    /// The HL7 path to write.
+    pub field: String,
+    /// The text to write (escaped with the message's delimiters).
+    pub value: Option<String>,
+    /// `true`: write the HL7 null `""` instead of a value. Default `false`.
+    #[serde(default)]
+    pub null: bool,
+}
+
+/// `copy = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CopyConfig {
+    /// The HL7 path to read.
+    pub from: String,
+    /// The HL7 path to write.
+    pub to: String,
+}
+
+/// `delete = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteConfig {
+    /// The HL7 path to empty.
+    pub field: String,
+}
+
+/// `add_segment = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AddSegmentConfig {
+    /// The segment as ER7 text without terminator, e.g. `"ZPI|1|x"`.
+    pub text: String,
+    /// Put it after the last segment with this id.
+    pub after: Option<String>,
+    /// Put it before the first segment with this id (not MSH).
+    pub before: Option<String>,
+}
+
+/// `rename_segment = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RenameSegmentConfig {
+    /// The segments to rename: an id (`ZPI`, every one) or one occurrence (`ZPI[2]`).
+    pub from: String,
+    /// The new segment id (three upper-case letters or digits).
+    pub to: String,
+}
+
+/// `map = { … }`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MapConfig {
+    /// The HL7 path whose value is mapped (read with escapes decoded; a whole field maps its
+    /// first repetition).
+    pub field: String,
+    /// The code table: a CSV file relative to the configuration file.
+    pub table: PathBuf,
+    /// The value written for codes the table does not map. Absent: such values are kept.
+    pub default: Option<String>,
+}
+
+/// `encode = …` of a destination: what it sends.
+///
+/// - `encode = "hl7"` (the default): the HL7 message as it is.
+/// - `encode = "json"`: the lossless JSON form (HL7 → JSON → HL7 gives the same bytes).
+/// - `encode = { template = "templates/patient.json" }`: a JSON document written by a JSON
+///   template (placeholders `"{{PID-5.1}}"`, filters `date`, `number`, `upper`, `lower`,
+///   `trim`, `default("…")`, repeating groups `{ "$each": "OBX", "item": … }`), relative to
+///   the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EncodeConfig {
+    /// `"hl7"`.
+    #[default]
+    Hl7,
+    /// `"json"`.
+    Json,
+    /// `{ template = "…" }`.
+    Template(PathBuf),
+}
+
+/// The table form of `encode`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncodeTable {
+    /// The JSON template file.
+    template: PathBuf,
+}
+
+impl<'de> Deserialize<'de> for EncodeConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EncodeConfig, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EncodeConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"hl7\", \"json\" or { template = \"…\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EncodeConfig, E> {
+                match v {
+                    "hl7" => Ok(EncodeConfig::Hl7),
+                    "json" => Ok(EncodeConfig::Json),
+                    "fhir" => Err(E::custom(
+                        "encode = \"fhir\" is not supported by this version yet",
+                    )),
+                    other => Err(E::unknown_variant(other, &["hl7", "json"])),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EncodeConfig, A::Error> {
+                let table =
+                    EncodeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(EncodeConfig::Template(table.template))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// A channel's source, chosen by `type`.
@@ -337,6 +593,16 @@ impl DestinationConfig {
         }
     }
 
+    /// Mutable access to the filters, for resolving relative paths.
+    pub(crate) fn filters_mut(&mut self) -> &mut Vec<FilterConfig> {
+        match self {
+            DestinationConfig::Http(d) => &mut d.filters,
+            DestinationConfig::Mllp(d) => &mut d.filters,
+            DestinationConfig::File(d) => &mut d.filters,
+            DestinationConfig::Channel(d) => &mut d.filters,
+        }
+    }
+
     /// The destination's delivery lanes (`workers`).
     pub fn workers(&self) -> usize {
         match self {
@@ -356,6 +622,71 @@ impl DestinationConfig {
             DestinationConfig::Channel(d) => d.order_by.as_deref(),
         }
     }
+
+    /// The destination's transformation steps.
+    pub fn transforms(&self) -> &[TransformConfig] {
+        match self {
+            DestinationConfig::Http(d) => &d.transforms,
+            DestinationConfig::Mllp(d) => &d.transforms,
+            DestinationConfig::File(d) => &d.transforms,
+            DestinationConfig::Channel(d) => &d.transforms,
+        }
+    }
+
+    /// How the destination encodes what it sends.
+    pub fn encode(&self) -> &EncodeConfig {
+        match self {
+            DestinationConfig::Http(d) => &d.encode,
+            DestinationConfig::Mllp(d) => &d.encode,
+            DestinationConfig::File(d) => &d.encode,
+            DestinationConfig::Channel(d) => &d.encode,
+        }
+    }
+
+    /// The destination's response transformer steps.
+    pub fn response_transforms(&self) -> &[TransformConfig] {
+        match self {
+            DestinationConfig::Http(d) => &d.response_transforms,
+            DestinationConfig::Mllp(d) => &d.response_transforms,
+            DestinationConfig::File(d) => &d.response_transforms,
+            DestinationConfig::Channel(d) => &d.response_transforms,
+        }
+    }
+
+    /// Whether the destination continues the channel map of the one before it.
+    pub fn wait_for_previous(&self) -> bool {
+        match self {
+            DestinationConfig::Http(d) => d.wait_for_previous,
+            DestinationConfig::Mllp(d) => d.wait_for_previous,
+            DestinationConfig::File(d) => d.wait_for_previous,
+            DestinationConfig::Channel(d) => d.wait_for_previous,
+        }
+    }
+
+    /// Mutable access to the transforms, response transforms and the encoding, for resolving
+    /// relative paths.
+    pub(crate) fn transforms_and_encode_mut(
+        &mut self,
+    ) -> (
+        &mut Vec<TransformConfig>,
+        &mut Vec<TransformConfig>,
+        &mut EncodeConfig,
+    ) {
+        match self {
+            DestinationConfig::Http(d) => {
+                (&mut d.transforms, &mut d.response_transforms, &mut d.encode)
+            }
+            DestinationConfig::Mllp(d) => {
+                (&mut d.transforms, &mut d.response_transforms, &mut d.encode)
+            }
+            DestinationConfig::File(d) => {
+                (&mut d.transforms, &mut d.response_transforms, &mut d.encode)
+            }
+            DestinationConfig::Channel(d) => {
+                (&mut d.transforms, &mut d.response_transforms, &mut d.encode)
+            }
+        }
+    }
 }
 
 /// `type = "http"` destination.
@@ -368,6 +699,24 @@ pub struct HttpDestinationConfig {
     /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.destination.transform]]`: steps (as for `[[channel.transform]]`) applied to
+    /// this destination's copy of the message only, after its filters.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// What is sent: `"hl7"` (the default), `"json"` or `{ template = "…" }`.
+    #[serde(default)]
+    pub encode: EncodeConfig,
+    /// `[[channel.destination.response_transform]]`: steps (as for `[[channel.transform]]`,
+    /// JavaScript included) run on each final HL7 response (the ACK) before it is stored and,
+    /// with `response = "after-delivery"`, relayed. A failing step marks the message `ERROR`.
+    #[serde(default, rename = "response_transform")]
+    pub response_transforms: Vec<TransformConfig>,
+    /// `true` (the default): this destination's transformer runs after the one before it and
+    /// sees the channel map as that one left it. `false`: it starts a new chain from the
+    /// channel map as the source transformer left it. Delivery is independent either way: each
+    /// destination has its own durable queue.
+    #[serde(default = "yes")]
+    pub wait_for_previous: bool,
     /// Target URL, `https://…` (or `http://…`, with a warning).
     pub url: Text,
     /// HTTP method: `POST` (default), `PUT` or `PATCH`.
@@ -418,6 +767,24 @@ pub struct MllpDestinationConfig {
     /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.destination.transform]]`: steps (as for `[[channel.transform]]`) applied to
+    /// this destination's copy of the message only, after its filters.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// What is sent: `"hl7"` (the default), `"json"` or `{ template = "…" }`.
+    #[serde(default)]
+    pub encode: EncodeConfig,
+    /// `[[channel.destination.response_transform]]`: steps (as for `[[channel.transform]]`,
+    /// JavaScript included) run on each final HL7 response (the ACK) before it is stored and,
+    /// with `response = "after-delivery"`, relayed. A failing step marks the message `ERROR`.
+    #[serde(default, rename = "response_transform")]
+    pub response_transforms: Vec<TransformConfig>,
+    /// `true` (the default): this destination's transformer runs after the one before it and
+    /// sees the channel map as that one left it. `false`: it starts a new chain from the
+    /// channel map as the source transformer left it. Delivery is independent either way: each
+    /// destination has its own durable queue.
+    #[serde(default = "yes")]
+    pub wait_for_previous: bool,
     /// `host:port` of the receiver.
     pub address: Text,
     /// Use TLS: trust (`ca`) and client identity (`cert`, `key`). Absent: plain TCP.
@@ -465,6 +832,24 @@ pub struct FileDestinationConfig {
     /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.destination.transform]]`: steps (as for `[[channel.transform]]`) applied to
+    /// this destination's copy of the message only, after its filters.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// What is sent: `"hl7"` (the default), `"json"` or `{ template = "…" }`.
+    #[serde(default)]
+    pub encode: EncodeConfig,
+    /// `[[channel.destination.response_transform]]`: steps (as for `[[channel.transform]]`,
+    /// JavaScript included) run on each final HL7 response (the ACK) before it is stored and,
+    /// with `response = "after-delivery"`, relayed. A failing step marks the message `ERROR`.
+    #[serde(default, rename = "response_transform")]
+    pub response_transforms: Vec<TransformConfig>,
+    /// `true` (the default): this destination's transformer runs after the one before it and
+    /// sees the channel map as that one left it. `false`: it starts a new chain from the
+    /// channel map as the source transformer left it. Delivery is independent either way: each
+    /// destination has its own durable queue.
+    #[serde(default = "yes")]
+    pub wait_for_previous: bool,
     /// Directory to write into (created if missing), relative to the configuration file.
     pub directory: PathBuf,
     /// File name pattern; `{channel}`, `{id}` and `{control_id}` are replaced. Default
@@ -502,6 +887,25 @@ pub struct ChannelDestinationConfig {
     /// pass for this destination to get a message; otherwise its status here is `FILTERED`.
     #[serde(default, rename = "filter")]
     pub filters: Vec<FilterConfig>,
+    /// `[[channel.destination.transform]]`: steps (as for `[[channel.transform]]`) applied to
+    /// this destination's copy of the message only, after its filters.
+    #[serde(default, rename = "transform")]
+    pub transforms: Vec<TransformConfig>,
+    /// What is handed to the target channel: `"hl7"` (the default), `"json"` or
+    /// `{ template = "…" }`.
+    #[serde(default)]
+    pub encode: EncodeConfig,
+    /// `[[channel.destination.response_transform]]`: steps (as for `[[channel.transform]]`,
+    /// JavaScript included) run on each final HL7 response (the ACK) before it is stored and,
+    /// with `response = "after-delivery"`, relayed. A failing step marks the message `ERROR`.
+    #[serde(default, rename = "response_transform")]
+    pub response_transforms: Vec<TransformConfig>,
+    /// `true` (the default): this destination's transformer runs after the one before it and
+    /// sees the channel map as that one left it. `false`: it starts a new chain from the
+    /// channel map as the source transformer left it. Delivery is independent either way: each
+    /// destination has its own durable queue.
+    #[serde(default = "yes")]
+    pub wait_for_previous: bool,
     /// Name of the target channel: an enabled channel of this configuration other than this
     /// one (any source type; usually `source = { type = "channel" }`).
     pub channel: String,

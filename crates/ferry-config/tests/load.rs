@@ -316,3 +316,163 @@ fn lanes_default_to_one_and_order_by_without_lanes_warns() {
         "{error}"
     );
 }
+
+const TRANSFORMS: &str = r#"[[channel]]
+name = "adt-to-api"
+source = { type = "mllp", listen = "127.0.0.1:2575" }
+
+  [[channel.transform]]
+  set = { field = "MSH-5", value = "SCHEDULER" }
+
+  [[channel.transform]]
+  set = { field = "PID-8", null = true }
+
+  [[channel.transform]]
+  copy = { from = "PID-3.1", to = "PID-2" }
+
+  [[channel.transform]]
+  delete = { field = "PV1-3" }
+
+  [[channel.transform]]
+  add_segment = { text = "ZPI|1", after = "PID" }
+
+  [[channel.transform]]
+  drop_segment = "NTE"
+
+  [[channel.transform]]
+  rename_segment = { from = "ZPI", to = "ZP1" }
+
+  [[channel.transform]]
+  map = { field = "PV1-2", table = "tables/patient-class.csv", default = "U" }
+
+  [[channel.transform]]
+  js = "transforms/adt.js"
+
+  [[channel.transform]]
+  js_inline = '''msg.set("PID-5.1", "DOE")'''
+
+  [[channel.destination]]
+  name = "api"
+  type = "http"
+  url = "https://api.example.com/adt"
+  encode = { template = "templates/patient.json" }
+
+    [[channel.destination.transform]]
+    map = { field = "PID-8", table = "/srv/tables/sex.csv" }
+
+  [[channel.destination]]
+  name = "lossless"
+  type = "file"
+  directory = "out"
+  encode = "json"
+
+  [[channel.destination]]
+  name = "mllp"
+  type = "mllp"
+  address = "127.0.0.1:2576"
+"#;
+
+#[test]
+fn transforms_and_encodings_load_with_paths_resolved() {
+    use ferry_config::{EncodeConfig, MapConfig, SetConfig, TransformConfig};
+    use std::path::PathBuf;
+    let config = load(TRANSFORMS).expect("loads");
+    let channel = &config.channels[0];
+    let t = &channel.transforms;
+    assert_eq!(t.len(), 10);
+    assert_eq!(
+        t[0].set,
+        Some(SetConfig {
+            field: "MSH-5".into(),
+            value: Some("SCHEDULER".into()),
+            null: false
+        })
+    );
+    assert!(
+        t[1].set
+            .as_ref()
+            .is_some_and(|s| s.null && s.value.is_none())
+    );
+    assert_eq!(t[2].copy.as_ref().map(|c| c.to.as_str()), Some("PID-2"));
+    assert_eq!(
+        t[3].delete.as_ref().map(|d| d.field.as_str()),
+        Some("PV1-3")
+    );
+    assert_eq!(
+        t[4].add_segment.as_ref().and_then(|a| a.after.as_deref()),
+        Some("PID")
+    );
+    assert_eq!(t[5].drop_segment.as_deref(), Some("NTE"));
+    assert_eq!(
+        t[6].rename_segment.as_ref().map(|r| r.to.as_str()),
+        Some("ZP1")
+    );
+    assert_eq!(
+        t[7].map,
+        Some(MapConfig {
+            field: "PV1-2".into(),
+            table: PathBuf::from("/etc/ferry/tables/patient-class.csv"),
+            default: Some("U".into()),
+        })
+    );
+    assert_eq!(
+        t[8].js.as_deref(),
+        Some(Path::new("/etc/ferry/transforms/adt.js"))
+    );
+    assert_eq!(
+        t[9].js_inline.as_deref(),
+        Some("msg.set(\"PID-5.1\", \"DOE\")")
+    );
+    assert_eq!(
+        t[9],
+        TransformConfig {
+            js_inline: t[9].js_inline.clone(),
+            ..Default::default()
+        },
+        "one key per table"
+    );
+    let d = &channel.destinations;
+    assert_eq!(
+        d[0].encode(),
+        &EncodeConfig::Template(PathBuf::from("/etc/ferry/templates/patient.json"))
+    );
+    assert_eq!(
+        d[0].transforms()[0].map.as_ref().map(|m| m.table.clone()),
+        Some(PathBuf::from("/srv/tables/sex.csv")),
+        "absolute paths stay"
+    );
+    assert_eq!(d[1].encode(), &EncodeConfig::Json);
+    assert!(d[1].transforms().is_empty());
+    assert_eq!(d[2].encode(), &EncodeConfig::Hl7, "hl7 is the default");
+}
+
+#[test]
+fn transform_typos_are_errors_with_suggestions() {
+    let err = load(&TRANSFORMS.replace("drop_segment =", "drop_segmnt =")).expect_err("step key");
+    assert!(err.contains("unknown field `drop_segmnt`"), "{err}");
+    assert!(err.contains("did you mean `drop_segment`?"), "{err}");
+    assert!(err.starts_with("/etc/ferry/ferry.toml:"), "{err}");
+
+    let err =
+        load(&TRANSFORMS.replace("field = \"PV1-2\"", "feild = \"PV1-2\"")).expect_err("inner");
+    assert!(err.contains("did you mean `field`?"), "{err}");
+
+    let err =
+        load(&TRANSFORMS.replace("encode = \"json\"", "encode = \"jsn\"")).expect_err("encode");
+    assert!(err.contains("unknown variant `jsn`"), "{err}");
+    assert!(err.contains("did you mean `json`?"), "{err}");
+
+    let err = load(&TRANSFORMS.replace("{ template = \"templates", "{ templat = \"templates"))
+        .expect_err("encode table");
+    assert!(err.contains("did you mean `template`?"), "{err}");
+
+    let err =
+        load(&TRANSFORMS.replace("encode = \"json\"", "encode = \"fhir\"")).expect_err("fhir");
+    assert!(
+        err.contains("encode = \"fhir\" is not supported by this version yet"),
+        "{err}"
+    );
+
+    let err = load(&TRANSFORMS.replace("encode = \"json\"", "encode = 3")).expect_err("type");
+    assert!(err.contains("\"hl7\", \"json\" or { template"), "{err}");
+}

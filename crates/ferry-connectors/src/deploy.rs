@@ -12,8 +12,8 @@ use ferry_config::{
     ChannelConfig, Config, DestinationConfig, FilterConfig, RetryConfig, SourceConfig,
 };
 use ferry_engine::{
-    ChannelSpec, Destination, DestinationProcessing, DestinationSpec, Engine, EngineError, Filter,
-    FilterRule, Pipeline, ResponseMode, RetryPolicy, Router, Shutdown,
+    ChannelSpec, Destination, DestinationProcessing, DestinationSpec, Engine, EngineError,
+    FilterRule, ResponseMode, RetryPolicy, Router, Shutdown,
 };
 use ferry_hl7::Path;
 use ferry_store::Store;
@@ -24,6 +24,14 @@ use crate::http::{
     HttpDestination, HttpDestinationSettings, HttpListener, HttpPoller, HttpPollerSettings,
 };
 use crate::mllp::{MllpDestination, MllpEndpoint, MllpSource, MllpSourceSettings, NakPolicy};
+
+mod processing;
+mod transforms;
+
+pub use transforms::{
+    ChannelTransforms, DestinationTransforms, JsSource, StepPlan, channel_transforms, encoder,
+    transform_steps,
+};
 
 /// Why a configuration could not be deployed.
 #[derive(Debug, thiserror::Error)]
@@ -285,29 +293,8 @@ fn retry_policy(retry: &RetryConfig) -> RetryPolicy {
     }
 }
 
-/// A list of filters as engine filters; errors name the channel and `{prefix}filter N`.
-fn filter_rules(
-    channel: &str,
-    prefix: &str,
-    filters: &[FilterConfig],
-) -> Result<Vec<Filter>, DeployError> {
-    filters
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            filter_rule(f)
-                .map(Filter::Rule)
-                .map_err(|message| DeployError::Invalid {
-                    channel: channel.to_owned(),
-                    connector: format!("{prefix}filter {}", i + 1),
-                    message,
-                })
-        })
-        .collect()
-}
-
 /// A `[[channel.filter]]` as an engine rule: exactly one test, a valid path, a valid regex.
-fn filter_rule(f: &FilterConfig) -> Result<FilterRule, String> {
+pub(crate) fn filter_rule(f: &FilterConfig) -> Result<FilterRule, String> {
     let tests = [
         f.equals.is_some(),
         f.one_of.is_some(),
@@ -366,6 +353,10 @@ fn filter_rule(f: &FilterConfig) -> Result<FilterRule, String> {
 }
 
 fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployError> {
+    // Filters, transformers, scripts and encoders: files read, paths, templates and scripts
+    // checked, so `ferry check` and a deploy refuse a bad one.
+    let processing = processing::processing(channel)?;
+    let mut destination_processing = processing.destinations.into_iter();
     let name = channel.name.clone();
     let tls_error = |connector: String| {
         let channel = name.clone();
@@ -502,26 +493,19 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             .order_by()
             .map(|p| Path::parse(p).map_err(|e| invalid(&connector, format!("order_by: {e}"))))
             .transpose()?;
+        let (processing, response_transform) = destination_processing
+            .next()
+            .unwrap_or_else(|| (DestinationProcessing::default(), Vec::new()));
         destinations.push(DestinationSpec {
             workers: dest.workers(),
             order_by,
             name: dest.name().to_owned(),
             sender,
             retry: retry_policy(dest.retry()),
-            processing: DestinationProcessing {
-                name: dest.name().to_owned(),
-                wait_for_previous: true,
-                filters: filter_rules(
-                    &channel.name,
-                    &format!("destination {}, ", dest.name()),
-                    dest.filters(),
-                )?,
-                ..DestinationProcessing::default()
-            },
-            response_transform: Vec::new(),
+            processing,
+            response_transform,
         });
     }
-    let filters = filter_rules(&channel.name, "", &channel.filters)?;
     let response = match channel.response {
         ferry_config::ResponseMode::OnReceive => ResponseMode::OnReceive,
         ferry_config::ResponseMode::AfterTransform => ResponseMode::AfterTransform {
@@ -551,11 +535,7 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
         spec: ChannelSpec {
             name: channel.name.clone(),
             destinations,
-            source: Pipeline {
-                channel: channel.name.clone(),
-                filters,
-                ..Pipeline::default()
-            },
+            source: processing.source,
             response,
             dedupe_window: channel.dedupe.as_ref().map(|d| d.window.get()),
         },

@@ -251,6 +251,7 @@ impl Engine {
                     response: spec.response,
                     outcomes,
                     dedupe_window: spec.dedupe_window,
+                    router: router.downgrade(),
                 }),
             });
         }

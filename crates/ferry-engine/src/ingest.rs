@@ -140,6 +140,8 @@ pub(crate) struct ChannelShared {
     pub outcomes: Vec<Option<broadcast::Sender<Arc<DeliveryOutcome>>>>,
     /// Duplicate detection window (`None`: off); see `dedupe.rs`.
     pub dedupe_window: Option<std::time::Duration>,
+    /// Where scripts' `router.route` messages go.
+    pub router: crate::router::WeakRouter,
 }
 
 /// The handle a source uses to submit messages to its channel. Cheap to clone.
@@ -293,7 +295,7 @@ impl ChannelIngest {
                     .await
             }
             Processed::Failed { message, reason } => {
-                shared.stats.errored.fetch_add(1, Ordering::Relaxed);
+                shared.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(channel = %shared.name, %reason, "message processing failed; stored as ERROR");
                 self.store_verdict(&raw, &message.message(), Verdict::Failed(reason), maps)
                     .await
@@ -470,6 +472,7 @@ impl ChannelIngest {
         for wake in &shared.wakes {
             wake.notify_one();
         }
+        self.route(accepted.routed).await;
         match (relay, outcomes) {
             (Some(index), Some(rx)) => {
                 let verdict = self.await_delivery(id, index, rx).await;
@@ -484,6 +487,29 @@ impl ChannelIngest {
                 answer.into_reply(&message, id)
             }
             _ => answer.into_reply(&message, id),
+        }
+    }
+
+    /// Hand messages scripts routed (`router.route`) to their channels, after this message is
+    /// stored. Each is stored by its target before this returns; one that cannot be routed is
+    /// logged (without its content) and does not change this message's answer.
+    async fn route(&self, routed: Vec<(String, Vec<u8>)>) {
+        if routed.is_empty() {
+            return;
+        }
+        let shared = &self.shared;
+        let Some(router) = shared.router.upgrade() else {
+            tracing::warn!(channel = %shared.name, "routed messages dropped: the engine stopped");
+            return;
+        };
+        for (target, message) in routed {
+            match Box::pin(router.route(&target, &message)).await {
+                Ok(reply) if reply.code.is_positive() => {}
+                Ok(reply) => tracing::warn!(channel = %shared.name, %target,
+                    code = reply.code.as_str(), "a routed message was not accepted by its channel"),
+                Err(error) => tracing::warn!(channel = %shared.name, %target, %error,
+                    "a routed message could not be routed"),
+            }
         }
     }
 

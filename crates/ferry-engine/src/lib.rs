@@ -31,6 +31,9 @@
 //! destinations, scripts); it exists before the engine starts so connectors can hold it.
 //!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
+//!
+//! [`transform`] holds the declarative steps ([`Step`], [`apply_all`]), code tables, the
+//! JSON ↔ HL7 templates and the destination [`Encoder`]s.
 
 mod dedupe;
 mod destination;
@@ -40,7 +43,9 @@ mod ingest;
 mod pipeline;
 mod retry;
 mod router;
+mod stages;
 mod stats;
+pub mod transform;
 
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
 pub use engine::{
@@ -54,7 +59,12 @@ pub use pipeline::{
 };
 pub use retry::RetryPolicy;
 pub use router::{RouteError, Router};
+pub use stages::{ResponseScript, ScriptStep};
 pub use stats::{ChannelStats, DestinationStats, Stats};
+pub use transform::{
+    CodeTable, Encoder, FieldPath, Hl7Template, JsonTemplate, Placement, SegmentRef, SetValue,
+    Step, StepError, TemplateError, apply_all,
+};
 
 /// Re-exported so connectors and the binary share one cancellation type for graceful shutdown.
 pub use tokio_util::sync::CancellationToken as Shutdown;

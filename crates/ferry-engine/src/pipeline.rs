@@ -212,7 +212,8 @@ pub enum Processed {
 pub struct Accepted {
     /// The message as received (and converted), which the acknowledgement answers.
     pub received: MessageBuf,
-    /// The message after the source transformer, when it differs from what was received.
+    /// The message after the preprocessor, inbound conversion and source transformer, when it
+    /// differs from the raw input.
     pub transformed: Option<Vec<u8>>,
     /// Per destination, in the pipeline's order.
     pub destinations: Vec<DestinationResult>,
@@ -311,7 +312,9 @@ impl Pipeline {
                 reason,
             };
         }
-        let source_changed = context.message.as_bytes() != received.as_bytes();
+        // Compared with the raw input: a preprocessor or an inbound conversion changes the
+        // bytes too, and queues must send the result, not what arrived.
+        let source_changed = context.message.as_bytes() != raw;
         let source_map_after = context.channel_map.clone();
         let mut chain_map = source_map_after.clone();
         let mut routed = std::mem::take(&mut context.routed);

@@ -7,7 +7,7 @@
 //! has built them, before any destination worker runs. Routing a message is receiving it on the
 //! target channel: it is stored durably there before [`Router::route`] returns its ACK.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use crate::ingest::{ChannelIngest, IngestReply};
 
@@ -36,7 +36,24 @@ pub enum RouteError {
     UnknownChannel(String),
 }
 
+/// A router handle that does not keep the channels alive: what a channel holds to route its
+/// scripts' messages (a strong handle there would be a reference cycle).
+#[derive(Clone, Default)]
+pub(crate) struct WeakRouter(Weak<OnceLock<Vec<ChannelIngest>>>);
+
+impl WeakRouter {
+    /// The router, while its engine exists.
+    pub(crate) fn upgrade(&self) -> Option<Router> {
+        self.0.upgrade().map(|channels| Router { channels })
+    }
+}
+
 impl Router {
+    /// A handle that does not keep the channels alive.
+    pub(crate) fn downgrade(&self) -> WeakRouter {
+        WeakRouter(Arc::downgrade(&self.channels))
+    }
+
     /// An empty router; [`Engine::start_with_router`](crate::Engine::start_with_router) fills it.
     pub fn new() -> Router {
         Router::default()

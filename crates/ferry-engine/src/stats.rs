@@ -36,6 +36,9 @@ pub struct ChannelStats {
     pub filtered: AtomicU64,
     /// Messages rejected at the source (unparseable or invalid: status `ERROR`, answered `AR`).
     pub errored: AtomicU64,
+    /// Messages a source filter script, preprocessor or transformer step failed on (stored with
+    /// status `ERROR` and the step's error).
+    pub failed: AtomicU64,
     /// Duplicates (same MSH-3, MSH-4, MSH-10 within the channel's dedupe window): answered with
     /// the original ACK, stored `FILTERED`, dispatched nowhere.
     pub duplicates: AtomicU64,
@@ -52,6 +55,7 @@ impl ChannelStats {
             received: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
             errored: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             destinations: destinations
                 .iter()
@@ -124,6 +128,11 @@ impl Stats {
                 "ferry_messages_rejected_total",
                 "Messages rejected at the source (stored with status ERROR, answered AR).",
                 |c| &c.errored,
+            ),
+            (
+                "ferry_messages_failed_total",
+                "Messages a source filter script or transformer step failed on (stored with status ERROR).",
+                |c| &c.failed,
             ),
             (
                 "ferry_messages_duplicate_total",
