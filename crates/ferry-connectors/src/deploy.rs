@@ -155,14 +155,25 @@ pub fn check(config: &Config) -> Result<(), DeployError> {
     Ok(())
 }
 
-/// The processing pipeline of every enabled channel, built exactly as `deploy` builds it but
-/// without binding or connecting anything: what `ferry test` runs offline.
+/// The processing pipeline of every enabled channel, built exactly as `deploy` builds it
+/// (filters, transformers, scripts, encoders) but without its connectors, so nothing binds or
+/// connects and no certificate is read: what `ferry test` runs offline.
 pub fn pipelines(config: &Config) -> Result<Vec<ferry_engine::Pipeline>, DeployError> {
     config
         .channels
         .iter()
         .filter(|c| c.enabled)
-        .map(|c| plan(c, &Router::new()).map(|p| p.spec.pipeline()))
+        .map(|c| {
+            let p = processing::processing(c)?;
+            Ok(ferry_engine::Pipeline {
+                destinations: p
+                    .destinations
+                    .into_iter()
+                    .map(|(processing, _)| processing)
+                    .collect(),
+                ..p.source
+            })
+        })
         .collect()
 }
 

@@ -19,9 +19,11 @@
 //! `expect/source.error` or `expect/source.rejected`. The value `{{any}}` as a whole HL7 field
 //! or a whole JSON value matches anything (for timestamps and generated ids).
 //!
-//! In `input.hl7` line ends become `\r`, as on the wire. Cases run through the very pipeline
-//! `ferry run` deploys (filters, transformers, scripts, encoders), without a network, a store
-//! or a listener. Exit status: 0 when every case passed, 1 when one failed or none was found,
+//! The configuration is loaded as `ferry check` does, except that an unset `${env:…}` reads as
+//! empty and no connector is built (no certificate is read, nothing connects), so cases run in
+//! CI without production secrets. In `input.hl7` line ends become `\r`, as on the wire. Cases
+//! run through the very pipeline `ferry run` deploys (filters, transformers, scripts,
+//! encoders), without a network, a store or a listener. Exit status: 0 when every case passed, 1 when one failed or none was found,
 //! 2 when the configuration cannot be loaded.
 
 use std::collections::BTreeMap;
@@ -103,7 +105,7 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from("ferry.toml"));
-    let config = match ferry_config::Config::load(&path) {
+    let config = match ferry_config::Config::load_offline(&path) {
         Ok(c) => c,
         Err(error) => {
             eprintln!("{error}");
