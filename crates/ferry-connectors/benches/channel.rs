@@ -89,8 +89,7 @@ fn pipelines() -> (tempfile::TempDir, Vec<Pipeline>) {
     file("adt.js", SCRIPT);
     let config = ferry_config::Config::load(&dir.path().join("ferry.toml"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let pipelines =
-        ferry_connectors::deploy::pipelines(&config).unwrap_or_else(|e| panic!("{e}"));
+    let pipelines = ferry_connectors::deploy::pipelines(&config).unwrap_or_else(|e| panic!("{e}"));
     (dir, pipelines)
 }
 
@@ -119,7 +118,11 @@ fn bench(c: &mut Criterion) {
         String::from_utf8_lossy(&output(javascript, &raw)),
         "the two channels must be equivalent"
     );
-    assert_ne!(output(declarative, &raw), raw, "the steps change the message");
+    assert_ne!(
+        output(declarative, &raw),
+        raw,
+        "the steps change the message"
+    );
     let mut group = c.benchmark_group("channel_10_steps");
     group.throughput(Throughput::Elements(1));
     for pipeline in [declarative, javascript] {

@@ -112,6 +112,10 @@ pub(crate) struct Worker {
     pub response_transform: Vec<Arc<dyn TransformStep>>,
 }
 
+/// Completion records written but not yet confirmed durable.
+type Pending<'a> =
+    FuturesUnordered<Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>>;
+
 fn rebuild(sent: bool, reason: Option<String>, response: Vec<u8>) -> SendOutcome {
     match (sent, reason) {
         (true, _) => SendOutcome::Sent {
@@ -154,7 +158,7 @@ impl Worker {
         let mut cursor: MessageId = 0;
         // Completion records are written without waiting for each fsync before the next send:
         // delivery is at-least-once, so losing a SENT record in a crash only causes a resend.
-        let mut pending = FuturesUnordered::new();
+        let mut pending = Pending::new();
         loop {
             if self.shutdown.is_cancelled() {
                 break;
@@ -177,18 +181,9 @@ impl Worker {
             }
             for queued in batch {
                 let message_id = queued.message_id;
-                let mut outbound = self.outbound(queued);
-                let Some(update) = self.deliver(&mut outbound, &mut pending).await? else {
+                if !self.deliver_one(queued, &mut pending).await? {
                     // Shut down while retrying: the message stays QUEUED for the next start.
                     break;
-                };
-                if let Some(update) = self.finish(update).await? {
-                    pending.push(self.store.update_delivery(update));
-                }
-                while pending.len() >= MAX_PENDING_UPDATES {
-                    if let Some(done) = pending.next().await {
-                        done?;
-                    }
                 }
                 cursor = message_id;
             }
@@ -257,6 +252,29 @@ impl Worker {
         }
     }
 
+    /// Deliver one queued message and queue its completion record, keeping at most
+    /// `MAX_PENDING_UPDATES` records in flight. False when shutdown interrupted it (the message
+    /// stays `QUEUED`).
+    async fn deliver_one<'a>(
+        &'a self,
+        queued: QueuedMessage,
+        pending: &mut Pending<'a>,
+    ) -> Result<bool, StoreError> {
+        let mut outbound = self.outbound(queued);
+        let Some(update) = self.deliver(&mut outbound, pending).await? else {
+            return Ok(false);
+        };
+        if let Some(update) = self.finish(update).await? {
+            pending.push(Box::pin(self.store.update_delivery(update)));
+        }
+        while pending.len() >= MAX_PENDING_UPDATES {
+            if let Some(done) = pending.next().await {
+                done?;
+            }
+        }
+        Ok(true)
+    }
+
     /// The message handed to the connector. A transformer may have changed MSH-10, so ACKs
     /// are checked against the MSH-10 of the payload when it is HL7.
     fn outbound(&self, queued: QueuedMessage) -> Outbound {
@@ -293,14 +311,11 @@ impl Worker {
 
     /// Attempt delivery until it succeeds, fails for good, or shutdown is requested
     /// (then `None`). Failed attempts that will be retried are recorded durably on the way.
-    async fn deliver<F>(
+    async fn deliver(
         &self,
         outbound: &mut Outbound,
-        pending: &mut FuturesUnordered<F>,
-    ) -> Result<Option<DeliveryUpdate>, StoreError>
-    where
-        F: Future<Output = Result<(), StoreError>>,
-    {
+        pending: &mut Pending<'_>,
+    ) -> Result<Option<DeliveryUpdate>, StoreError> {
         loop {
             if self.shutdown.is_cancelled() {
                 return Ok(None);
@@ -511,7 +526,7 @@ impl Worker {
         mut rx: mpsc::Receiver<QueuedMessage>,
         room: Arc<Notify>,
     ) -> Result<(), StoreError> {
-        let mut pending = FuturesUnordered::new();
+        let mut pending = Pending::new();
         loop {
             if rx.is_empty() {
                 // Idle: let this lane's completion records reach the store.
@@ -530,17 +545,8 @@ impl Worker {
             if rx.len() <= LANE_CAPACITY / 2 {
                 room.notify_one();
             }
-            let mut outbound = self.outbound(queued);
-            let Some(update) = self.deliver(&mut outbound, &mut pending).await? else {
+            if !self.deliver_one(queued, &mut pending).await? {
                 break;
-            };
-            if let Some(update) = self.finish(update).await? {
-                pending.push(self.store.update_delivery(update));
-            }
-            while pending.len() >= MAX_PENDING_UPDATES {
-                if let Some(done) = pending.next().await {
-                    done?;
-                }
             }
         }
         while let Some(done) = pending.next().await {

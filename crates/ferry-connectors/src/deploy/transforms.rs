@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use ferry_config::{ChannelConfig, EncodeConfig, TransformConfig};
 use ferry_engine::transform::{
-    CodeTable, Encoder, FieldPath, Hl7Template, JsonTemplate, Placement, SegmentRef, SetValue, Step,
+    CodeTable, Encoder, FieldPath, Hl7Template, JsonTemplate, Placement, SegmentRef, SetValue,
+    Step, segment_id,
 };
 
 use super::DeployError;
@@ -247,20 +248,6 @@ fn step_plan(t: &TransformConfig, first_of_channel: bool) -> Result<StepPlan, St
         }));
     };
     Ok(StepPlan::Declarative(step))
-}
-
-fn segment_id(id: &str) -> Result<(), String> {
-    if id.len() == 3
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{id}` is not a segment id (three upper-case letters or digits)"
-        ))
-    }
 }
 
 fn anchor(id: &str) -> Result<String, String> {

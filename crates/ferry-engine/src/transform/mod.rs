@@ -126,7 +126,7 @@ impl fmt::Display for SegmentRef {
 }
 
 /// Check a segment id: three upper-case letters or digits.
-fn segment_id(id: &str) -> Result<(), String> {
+pub fn segment_id(id: &str) -> Result<(), String> {
     if id.len() == 3
         && id
             .bytes()

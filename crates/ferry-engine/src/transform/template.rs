@@ -453,16 +453,7 @@ pub(crate) fn dtm_to_iso(text: &str) -> Result<String, String> {
 
 /// Now as an HL7 DTM in UTC.
 fn now_dtm() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}+0000",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
+    format!("{}+0000", ferry_hl7::ack::timestamp_now())
 }
 
 /// A control id unique within the process: Unix milliseconds and a 7-digit counter.
