@@ -128,14 +128,34 @@ impl FilterStep for ScriptStep {
 }
 
 impl Preprocess for ScriptStep {
+    /// The script gets the raw bytes as text: UTF-8 when they are valid UTF-8, otherwise one
+    /// character per byte (Latin-1), which the result is written back in, so an 8-bit feed
+    /// (ISO 8859-1, Windows-1252) passes through a preprocessor without a byte changed that the
+    /// script did not change.
     fn preprocess(&self, raw: &[u8]) -> Result<Vec<u8>, String> {
-        let text = String::from_utf8_lossy(raw);
+        let (text, utf8) = match std::str::from_utf8(raw) {
+            Ok(t) => (t.to_owned(), true),
+            Err(_) => (raw.iter().map(|&b| char::from(b)).collect(), false),
+        };
         let holder = placeholder().ok_or("internal error: no placeholder message")?;
         let mut context = ScriptContext::new(holder, "");
-        self.scripts
+        let out = self
+            .scripts
             .preprocess(&self.script, &text, &mut context)
-            .map(String::into_bytes)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if utf8 {
+            return Ok(out.into_bytes());
+        }
+        out.chars()
+            .map(|c| {
+                u8::try_from(u32::from(c)).map_err(|_| {
+                    format!(
+                        "the preprocessor returned U+{:04X}, which the message's 8-bit text cannot hold",
+                        u32::from(c)
+                    )
+                })
+            })
+            .collect()
     }
 }
 
@@ -163,5 +183,43 @@ impl TransformStep for ResponseScript {
 
     fn blocks(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_script::{ScriptKind, ScriptLimits, Source};
+    use std::collections::BTreeMap;
+
+    fn preprocessor(code: &str) -> ScriptStep {
+        let scripts = Scripts::new(Vec::new(), BTreeMap::new(), ScriptLimits::default(), false)
+            .expect("scripts");
+        let script = scripts
+            .compile(ScriptKind::Preprocessor, Source::new("pre.js", code))
+            .expect("compile");
+        ScriptStep::new(scripts, script)
+    }
+
+    #[test]
+    fn a_preprocessor_keeps_8_bit_bytes_it_did_not_touch() {
+        let step = preprocessor(r#"return message.replace(/\n/g, "\r");"#);
+        // "MÜLLER" in ISO 8859-1: 0xDC is not valid UTF-8 on its own.
+        let raw = b"MSH|^~\\&|A|B|||x||ADT^A01|1|P|2.5|||||||8859/1\nPID|1||1||M\xDCLLER\n";
+        let out = step.preprocess(raw).expect("preprocess");
+        assert_eq!(
+            out,
+            b"MSH|^~\\&|A|B|||x||ADT^A01|1|P|2.5|||||||8859/1\rPID|1||1||M\xDCLLER\r"
+        );
+        let utf8 = "PID|1||1||MÜLLER\n".as_bytes();
+        assert_eq!(
+            step.preprocess(utf8).expect("utf-8"),
+            "PID|1||1||MÜLLER\r".as_bytes()
+        );
+        let wide = preprocessor(r#"return message + "€";"#);
+        let err = wide
+            .preprocess(b"\xDC")
+            .expect_err("cannot be written in 8 bits");
+        assert!(err.contains("U+20AC"), "{err}");
     }
 }
