@@ -1,9 +1,10 @@
 //! Editing a message: [`MessageBuf`] owns the bytes and their index.
 //!
-//! An edit splices new bytes into the message and re-indexes it (one pass, the same as
-//! parsing), so every byte that was not edited stays exactly as received: segment
-//! terminators, empty trailing fields, unusual but legal spacing. Serialising is handing out
-//! the bytes.
+//! An edit splices new bytes into the message and re-indexes only the segments it touched
+//! (the offsets after them move by the change in length; the index stays exactly what parsing
+//! the new bytes would give), so every byte that was not edited stays exactly as received:
+//! segment terminators, empty trailing fields, unusual but legal spacing. Serialising is
+//! handing out the bytes.
 //!
 //! Paths follow [`Path`]: reading `PID-3` gives the first repetition, but **setting or
 //! deleting `PID-3` acts on the whole field** (every repetition), because that is what
@@ -728,42 +729,67 @@ impl MessageBuf {
         self.splice_keeping(range, insert).map(drop)
     }
 
-    /// [`splice`](Self::splice), handing back the message as it was, so that a caller that
-    /// finds the result wrong can put it back without having copied it beforehand.
+    /// [`splice`](Self::splice), handing back what it takes to undo it, so that a caller
+    /// that finds the result wrong can put the message back as it was.
+    ///
+    /// The bytes are spliced in place and only the segments the edit touched are indexed
+    /// again (`Index::respliced`), so an edit costs about the size of its segment, not of
+    /// the message.
     fn splice_keeping(
         &mut self,
         range: Range<usize>,
         insert: &[u8],
     ) -> Result<Previous, EditError> {
-        let (Some(before), Some(after)) =
-            (self.bytes.get(..range.start), self.bytes.get(range.end..))
-        else {
+        if range.start > range.end || range.end > self.bytes.len() {
             return Err(EditError::SegmentIndex {
                 index: range.start,
                 count: self.bytes.len(),
             });
-        };
-        let mut out = Vec::with_capacity(before.len() + insert.len() + after.len());
-        out.extend_from_slice(before);
-        out.extend_from_slice(insert);
-        out.extend_from_slice(after);
-        let index = index(&out)?;
-        Ok(Previous {
-            bytes: std::mem::replace(&mut self.bytes, out),
-            index: std::mem::replace(&mut self.index, index),
-        })
+        }
+        let at = range.start;
+        let removed: Vec<u8> = self.bytes.splice(range, insert.iter().copied()).collect();
+        match self
+            .index
+            .respliced(&self.bytes, at, &removed, insert.len())
+        {
+            Ok(()) => Ok(Previous {
+                at,
+                inserted: insert.len(),
+                removed,
+            }),
+            Err(e) => {
+                // The index was left as it was; so are the bytes.
+                self.bytes.splice(at..at + insert.len(), removed);
+                Err(e.into())
+            }
+        }
     }
 
+    /// Undo a splice: the bytes it replaced go back, and the index with them.
     fn restore(&mut self, previous: Previous) {
-        self.bytes = previous.bytes;
-        self.index = previous.index;
+        let Previous {
+            at,
+            inserted,
+            removed,
+        } = previous;
+        let edited: Vec<u8> = self
+            .bytes
+            .splice(at..at + inserted, removed.iter().copied())
+            .collect();
+        // These are the bytes from before the edit, which were indexed then: indexing them
+        // again gives that index back and cannot fail.
+        let back = self
+            .index
+            .respliced(&self.bytes, at, &edited, removed.len());
+        debug_assert!(back.is_ok(), "{back:?}");
     }
 }
 
-/// A message as it was before an edit, kept to put back when the edit is refused.
+/// How to undo a splice: `inserted` bytes at `at` replaced `removed`.
 struct Previous {
-    bytes: Vec<u8>,
-    index: Index,
+    at: usize,
+    inserted: usize,
+    removed: Vec<u8>,
 }
 
 /// The path as text for error messages.
