@@ -1,9 +1,10 @@
 //! Editing a message: [`MessageBuf`] owns the bytes and their index.
 //!
-//! An edit splices new bytes into the message and re-indexes it (one pass, the same as
-//! parsing), so every byte that was not edited stays exactly as received: segment
-//! terminators, empty trailing fields, unusual but legal spacing. Serialising is handing out
-//! the bytes.
+//! An edit splices new bytes into the message and re-indexes only the segments it touched
+//! (the offsets after them move by the change in length; the index stays exactly what parsing
+//! the new bytes would give), so every byte that was not edited stays exactly as received:
+//! segment terminators, empty trailing fields, unusual but legal spacing. Serialising is
+//! handing out the bytes.
 //!
 //! Paths follow [`Path`]: reading `PID-3` gives the first repetition, but **setting or
 //! deleting `PID-3` acts on the whole field** (every repetition), because that is what
@@ -728,42 +729,67 @@ impl MessageBuf {
         self.splice_keeping(range, insert).map(drop)
     }
 
-    /// [`splice`](Self::splice), handing back the message as it was, so that a caller that
-    /// finds the result wrong can put it back without having copied it beforehand.
+    /// [`splice`](Self::splice), handing back what it takes to undo it, so that a caller
+    /// that finds the result wrong can put the message back as it was.
+    ///
+    /// The bytes are spliced in place and only the segments the edit touched are indexed
+    /// again (`Index::respliced`), so an edit costs about the size of its segment, not of
+    /// the message.
     fn splice_keeping(
         &mut self,
         range: Range<usize>,
         insert: &[u8],
     ) -> Result<Previous, EditError> {
-        let (Some(before), Some(after)) =
-            (self.bytes.get(..range.start), self.bytes.get(range.end..))
-        else {
+        if range.start > range.end || range.end > self.bytes.len() {
             return Err(EditError::SegmentIndex {
                 index: range.start,
                 count: self.bytes.len(),
             });
-        };
-        let mut out = Vec::with_capacity(before.len() + insert.len() + after.len());
-        out.extend_from_slice(before);
-        out.extend_from_slice(insert);
-        out.extend_from_slice(after);
-        let index = index(&out)?;
-        Ok(Previous {
-            bytes: std::mem::replace(&mut self.bytes, out),
-            index: std::mem::replace(&mut self.index, index),
-        })
+        }
+        let at = range.start;
+        let removed: Vec<u8> = self.bytes.splice(range, insert.iter().copied()).collect();
+        match self
+            .index
+            .respliced(&self.bytes, at, &removed, insert.len())
+        {
+            Ok(()) => Ok(Previous {
+                at,
+                inserted: insert.len(),
+                removed,
+            }),
+            Err(e) => {
+                // The index was left as it was; so are the bytes.
+                self.bytes.splice(at..at + insert.len(), removed);
+                Err(e.into())
+            }
+        }
     }
 
+    /// Undo a splice: the bytes it replaced go back, and the index with them.
     fn restore(&mut self, previous: Previous) {
-        self.bytes = previous.bytes;
-        self.index = previous.index;
+        let Previous {
+            at,
+            inserted,
+            removed,
+        } = previous;
+        let edited: Vec<u8> = self
+            .bytes
+            .splice(at..at + inserted, removed.iter().copied())
+            .collect();
+        // These are the bytes from before the edit, which were indexed then: indexing them
+        // again gives that index back and cannot fail.
+        let back = self
+            .index
+            .respliced(&self.bytes, at, &edited, removed.len());
+        debug_assert!(back.is_ok(), "{back:?}");
     }
 }
 
-/// A message as it was before an edit, kept to put back when the edit is refused.
+/// How to undo a splice: `inserted` bytes at `at` replaced `removed`.
 struct Previous {
-    bytes: Vec<u8>,
-    index: Index,
+    at: usize,
+    inserted: usize,
+    removed: Vec<u8>,
 }
 
 /// The path as text for error messages.
@@ -1091,5 +1117,218 @@ OBX|2|ST|B||two\n";
                 Err(e) => prop_assert!(false, "{path}: {e}"),
             }
         }
+    }
+    // -----------------------------------------------------------------------------------------
+    // Incremental re-indexing: after any sequence of edits the index must be exactly the one a
+    // fresh parse of the bytes gives.
+    // -----------------------------------------------------------------------------------------
+
+    /// Messages that exercise what the index depends on: terminators (CR, LF, CRLF, blank
+    /// lines, a BOM), continuation lines, segments without fields, and the charsets whose
+    /// delimiter bytes can be half of a character (an open ISO-2022 run at a segment end, a
+    /// Shift_JIS trail byte `|`, a lead byte at the end of a field).
+    const SEEDS: &[&[u8]] = &[
+        ADT,
+        b"\xEF\xBB\xBF\r\nMSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\r\n\r\nEVN|A01\r\nPID|1||x~y||DOE^J\r\nNTE|1||line one\r\nline two\r\nPV1\r\nOBX|1|ST|A||v\r\n",
+        b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||ISO IR87\rPID|1||\x1b$B%&%|\x1b(B^X|\x1b$B%+%s\rNTE|1||\x1b$B%|\rOBX|1|ST|A||v\r",
+        b"MSH|^~\\&|||||||ADT^A01|1|P|2.5\rPID|1||\x1b$B%&%|\x1b(B^X|Y\rOBX|1\r",
+        b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||SHIFT JIS\rPID|1||A\x83|\x83\x7cB^C||D\x83\rOBX|1|ST|A||\x95\\\r",
+        b"MSH|^~\\&|||||||ADT^A01|1|P|2.5||||||GB 18030-2000\nPID|1||A\x81\x7cB^C|D\nNTE|1||x\nmore\nOBX|1\n",
+        b"MSH|^~\\|A\rPID|1\rZZZ\rOBX|2|ST|B||two",
+        // MSH-3 ends in a Shift_JIS lead byte: the plain scan that finds MSH-18 sees one more
+        // MSH field than the Shift_JIS scan does.
+        b"MSH|^~\\&|\x83|X|||||ADT^A01|1|P|2.5||||||SHIFT JIS\rPID|1||A\x83|B\r",
+    ];
+
+    /// One edit of the public API, with the inputs it takes.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(String, String),
+        SetRaw(String, Vec<u8>),
+        SetNull(String),
+        Delete(String),
+        InsertRepetition(String, String),
+        InsertSegment(usize, Vec<u8>),
+        AppendSegment(Vec<u8>),
+        RemoveSegment(usize),
+        Rename(String, usize, String),
+    }
+
+    fn edit_path() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(vec!["MSH", "PID", "OBX", "NTE", "ZZZ", "EVN", "PV1"]),
+            1usize..=2,
+            1usize..=20,
+            prop::option::of(1usize..=3),
+            prop::option::of((1usize..=4, prop::option::of(1usize..=3))),
+        )
+            .prop_map(|(seg, occ, field, rep, comp)| {
+                let mut p = format!("{seg}[{occ}]-{field}");
+                if let Some(r) = rep {
+                    p.push_str(&format!("({r})"));
+                }
+                if let Some((c, s)) = comp {
+                    p.push_str(&format!(".{c}"));
+                    if let Some(s) = s {
+                        p.push_str(&format!(".{s}"));
+                    }
+                }
+                p
+            })
+    }
+
+    /// Bytes that change shift states and delimiters: ISO-2022 escapes and their parts,
+    /// Shift_JIS/GB 18030 lead bytes, ASCII that is a trail byte, every delimiter.
+    fn tricky_bytes() -> BoxedStrategy<Vec<u8>> {
+        prop::collection::vec(
+            prop::sample::select(vec![
+                b'a', b'Z', b'1', b' ', 0x1B, b'$', b'B', b'(', b'J', b'@', b'%', 0x81, 0x83, 0x7C,
+                0x95, 0xE0, b'^', b'&', b'~', b'\\', b'"', b'|',
+            ]),
+            0..8,
+        )
+        .boxed()
+    }
+
+    fn edit_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{0,8}",
+            prop::sample::select(vec![
+                "タロウ".to_owned(),
+                "患者^A".to_owned(),
+                "ISO IR87".to_owned(),
+                "SHIFT JIS".to_owned(),
+                "GB 18030-2000".to_owned(),
+                "UNICODE UTF-8".to_owned(),
+                String::new(),
+            ]),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let segment = || {
+            (
+                prop::sample::select(vec!["NTE", "ZZZ", "OBX", "PV1"]),
+                tricky_bytes(),
+            )
+                .prop_map(|(id, rest)| {
+                    let mut s = id.as_bytes().to_vec();
+                    if !rest.is_empty() {
+                        s.push(b'|');
+                        s.extend(rest);
+                    }
+                    s
+                })
+                .boxed()
+        };
+        prop_oneof![
+            4 => (edit_path(), edit_text()).prop_map(|(p, t)| Op::Set(p, t)),
+            4 => (edit_path(), tricky_bytes()).prop_map(|(p, r)| Op::SetRaw(p, r)),
+            1 => edit_path().prop_map(Op::SetNull),
+            3 => edit_path().prop_map(Op::Delete),
+            1 => (edit_path(), edit_text()).prop_map(|(p, t)| Op::InsertRepetition(p, t)),
+            1 => (0usize..8, segment()).prop_map(|(i, s)| Op::InsertSegment(i, s)),
+            1 => segment().prop_map(Op::AppendSegment),
+            1 => (0usize..8).prop_map(Op::RemoveSegment),
+            1 => (
+                prop::sample::select(vec!["PID", "OBX", "NTE", "ZZZ"]),
+                1usize..=2,
+                prop::sample::select(vec!["ZPI", "OBX", "NTE"]),
+            )
+                .prop_map(|(from, occ, to)| Op::Rename(from.to_owned(), occ, to.to_owned())),
+        ]
+    }
+
+    fn apply(m: &mut MessageBuf, op: &Op) -> Result<(), EditError> {
+        match op {
+            Op::Set(p, t) => m.set(p, t),
+            Op::SetRaw(p, r) => m.set_raw(p, r),
+            Op::SetNull(p) => m.set_null(p),
+            Op::Delete(p) => m.delete(p).map(drop),
+            Op::InsertRepetition(p, t) => m.insert_repetition(p, t),
+            Op::InsertSegment(i, s) => m.insert_segment(*i, s),
+            Op::AppendSegment(s) => m.append_segment(s),
+            Op::RemoveSegment(i) => m.remove_segment_at(*i),
+            Op::Rename(from, occ, to) => m.rename_segment(from, *occ, to).map(drop),
+        }
+    }
+
+    /// A segment's byte range and its fields' (one past the last, which is `None`).
+    type SegmentOffsets = (Range<usize>, Vec<Option<Range<usize>>>);
+
+    /// Every segment's byte range and every field's, through the public API.
+    fn offsets(m: &Message<'_>) -> Vec<SegmentOffsets> {
+        m.segments()
+            .map(|s| {
+                let fields = (1..=s.field_count() + 1)
+                    .map(|n| s.field_range(n))
+                    .collect();
+                (s.byte_range(), fields)
+            })
+            .collect()
+    }
+
+    /// The index the edits kept equals a fresh parse of the bytes: delimiters, scan,
+    /// charset, every segment span with its separator range, and every separator offset.
+    fn assert_fresh(m: &MessageBuf) -> Result<(), TestCaseError> {
+        let fresh = index(m.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+        prop_assert_eq!(&m.index.segments, &fresh.segments, "segment spans");
+        prop_assert_eq!(&m.index.seps, &fresh.seps, "field separator offsets");
+        prop_assert_eq!(&m.index, &fresh);
+        let reparsed = Message::parse(m.as_bytes()).expect("parses");
+        prop_assert_eq!(offsets(&m.message()), offsets(&reparsed));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn incremental_index_equals_a_fresh_parse_after_any_edits(
+            seed in prop::sample::select(SEEDS.to_vec()),
+            ops in prop::collection::vec(op(), 1..12),
+        ) {
+            let mut m = MessageBuf::parse(seed).expect("seed parses");
+            for op in &ops {
+                let before = m.clone();
+                let result = apply(&mut m, op);
+                if result.is_err() {
+                    // A refused edit leaves the message exactly as it was, index included.
+                    prop_assert_eq!(&m, &before, "{:?} refused ({:?}) but changed the message", op, result);
+                }
+                assert_fresh(&m)?;
+            }
+        }
+    }
+
+    #[test]
+    fn edits_that_change_how_the_whole_message_reads_re_index_it_all() {
+        // No MSH-18: the first `ESC $` makes the whole message ISO-2022, and removing the last
+        // one makes it plain again; PID-3's `|` inside the run stops or starts splitting.
+        let plain = b"MSH|^~\\&|||||||ADT^A01|1|P|2.5\rPID|1||%|%\rOBX|1|ST|A||\r";
+        let mut m = MessageBuf::parse(&plain[..]).expect("parse");
+        assert_eq!(
+            m.message().segment("PID", 1).map(|s| s.field_count()),
+            Some(4)
+        );
+        m.set_raw("OBX-5", b"\x1b$B").expect("set");
+        assert_eq!(m.index, index(m.as_bytes()).expect("parse"));
+        assert_eq!(m.index.scan, crate::escape::Scan::Iso2022);
+        m.delete("OBX-5").expect("delete");
+        assert_eq!(m.index, index(m.as_bytes()).expect("parse"));
+        assert_eq!(m.index.scan, crate::escape::Scan::Plain);
+        // MSH-18 names a charset: every segment is read again with its scan.
+        let mut m = MessageBuf::parse(&plain[..]).expect("parse");
+        m.set("MSH-18", "SHIFT JIS").expect("set");
+        assert_eq!(m.index, index(m.as_bytes()).expect("parse"));
+        assert_eq!(m.index.charset, Some(Charset::ShiftJis));
+        // A segment inserted, renamed, removed; the last segment removed: offsets move.
+        let mut m = buf();
+        m.insert_segment(1, b"EVN|A01|x").expect("insert");
+        m.rename_segment("OBX", 1, "ZBX").expect("rename");
+        m.remove_segment_at(2).expect("remove");
+        m.remove_segment_at(m.message().segment_count() - 1)
+            .expect("remove");
+        assert_eq!(m.index, index(m.as_bytes()).expect("parse"));
+        assert_eq!(m.get("ZBX-5").expect("path"), Some(&b"one"[..]));
     }
 }

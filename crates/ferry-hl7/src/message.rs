@@ -256,6 +256,175 @@ impl Index {
             self.scan,
         ))
     }
+
+    /// Bring the index up to date after an edit replaced the bytes `removed` at `at` with
+    /// `inserted` bytes; `bytes` is the message after the edit. The result is exactly what
+    /// [`index`] gives for `bytes`; on error the index is unchanged.
+    ///
+    /// Only the segments the edit touched are indexed again: from the segment the edit starts
+    /// in up to the first segment start after the edit that was a segment start before it
+    /// (from there on the bytes, and so the index, are the old ones moved by the change in
+    /// length; see [`index_segments`]). The offsets after that are moved, not recomputed.
+    /// The whole message is read again when the edit may change how all of it is read: the
+    /// delimiters or MSH-18 (or any MSH edit when MSH-18 names a multi-byte charset, whose
+    /// MSH-18 is found by a plain scan), or an ISO-2022 escape added or removed when MSH-18 is
+    /// empty (the escape then decides the scan).
+    pub(crate) fn respliced(
+        &mut self,
+        bytes: &[u8],
+        at: usize,
+        removed: &[u8],
+        inserted: usize,
+    ) -> Result<(), ParseError> {
+        if u32::try_from(bytes.len()).is_err() {
+            return Err(ParseError::TooLarge { len: bytes.len() });
+        }
+        if !self.respliced_in_place(bytes, at, removed, inserted)? {
+            *self = index(bytes)?;
+        }
+        debug_assert_eq!(
+            Ok(&*self),
+            index(bytes).as_ref(),
+            "incremental index differs from a fresh parse after replacing {} bytes at {at} with {inserted}",
+            removed.len()
+        );
+        Ok(())
+    }
+
+    /// [`respliced`](Self::respliced) without the fallback: `Ok(false)` (index unchanged)
+    /// when the whole message must be indexed again.
+    fn respliced_in_place(
+        &mut self,
+        bytes: &[u8],
+        at: usize,
+        removed: &[u8],
+        inserted: usize,
+    ) -> Result<bool, ParseError> {
+        let field = self.delimiters.field;
+        let edit_end = at + inserted;
+        let Some(new) = bytes.get(at..edit_end) else {
+            return Ok(false);
+        };
+        if self.charset == Some(Charset::Ascii) {
+            let before = at.checked_sub(1).and_then(|i| bytes.get(i)).copied();
+            let after = bytes.get(edit_end).copied();
+            if has_iso2022_escape(before, removed, after) || has_iso2022_escape(before, new, after)
+            {
+                return Ok(false);
+            }
+        }
+        // The segment the edit starts in; or an earlier one when the edit is in the first four
+        // bytes of a segment (they decide whether a segment starts there) and those no longer
+        // make a segment start.
+        let mut k = self.segments.partition_point(|s| s.start as usize <= at);
+        loop {
+            let Some(prev) = k.checked_sub(1) else {
+                return Ok(false);
+            };
+            k = prev;
+            let start = self.segments[k].start as usize;
+            if at >= start + 4 || (k > 0 && segment_id_at(bytes, start, field)) {
+                break;
+            }
+        }
+        // Under a multi-byte scan MSH's fields may not lie where the plain scan that finds
+        // MSH-18 sees them.
+        if k == 0 && self.scan != Scan::Plain {
+            return Ok(false);
+        }
+        let from = self.segments[k];
+        // Where a segment started before the edit, for a segment start after it.
+        let old_start = |next: usize| next - inserted + removed.len();
+        let old = &self.segments;
+        let resync = |next: usize| {
+            old.binary_search_by_key(&old_start(next), |s| s.start as usize)
+                .ok()
+        };
+        // Room for what the edit's segment had and a few more, so that an edit inside one
+        // segment does not grow these while indexing it.
+        let mut segments = Vec::with_capacity(4);
+        let mut seps = Vec::with_capacity((from.sep_end - from.sep_start) as usize + 8);
+        let mut rows = Rows {
+            segments: &mut segments,
+            seps: &mut seps,
+            before: k,
+            sep_base: from.sep_start,
+        };
+        let stopped = index_segments(
+            bytes,
+            from.start as usize,
+            field,
+            self.scan,
+            &mut rows,
+            |next| next >= edit_end && resync(next).is_some(),
+        )?;
+        // Old segments `k..m` are the ones indexed again.
+        let m = stopped.and_then(resync).unwrap_or(old.len());
+        if k == 0 && !self.same_header(bytes, &segments, &seps, at, removed, inserted) {
+            return Ok(false);
+        }
+        let sep_lo = from.sep_start as usize;
+        let sep_hi = old.get(m).map_or(self.seps.len(), |s| s.sep_start as usize);
+        let (new_segments, new_seps) = (segments.len(), seps.len());
+        // Offsets fit in u32 (checked by the caller), so moving them by the change in length
+        // in wrapping u32 arithmetic gives the right offsets.
+        let shift = (inserted as u32).wrapping_sub(removed.len() as u32);
+        let sep_shift = (new_seps as u32).wrapping_sub((sep_hi - sep_lo) as u32);
+        self.segments.splice(k..m, segments);
+        self.seps.splice(sep_lo..sep_hi, seps);
+        for s in &mut self.segments[k + new_segments..] {
+            s.start = s.start.wrapping_add(shift);
+            s.end = s.end.wrapping_add(shift);
+            s.sep_start = s.sep_start.wrapping_add(sep_shift);
+            s.sep_end = s.sep_end.wrapping_add(sep_shift);
+        }
+        for s in &mut self.seps[sep_lo + new_seps..] {
+            *s = s.wrapping_add(shift);
+        }
+        Ok(true)
+    }
+
+    /// Whether MSH, indexed again after an edit (the first of `segments`, under a plain
+    /// scan), still declares this index's delimiters and MSH-18.
+    fn same_header(
+        &self,
+        bytes: &[u8],
+        segments: &[SegmentSpan],
+        seps: &[u32],
+        at: usize,
+        removed: &[u8],
+        inserted: usize,
+    ) -> bool {
+        let Some(&msh) = segments.first() else {
+            return false;
+        };
+        let Some(header) = bytes.get(msh.start as usize..) else {
+            return false;
+        };
+        if read_delimiters(header).ok() != Some(self.delimiters) {
+            return false;
+        }
+        // MSH-18 before the edit: its range in the old offsets, read from the bytes the edit
+        // left alone (an edit inside it is a change).
+        let Some(&old_msh) = self.segments.first() else {
+            return false;
+        };
+        let old_range =
+            segment_of(bytes, &self.seps, old_msh, self.delimiters, self.scan).field_range(18);
+        let old_18 = match old_range {
+            None => Some(&b""[..]),
+            Some(r) if r.end <= at => bytes.get(r),
+            Some(r) if r.start >= at + removed.len() => {
+                bytes.get(r.start - removed.len() + inserted..r.end - removed.len() + inserted)
+            }
+            Some(_) => None,
+        };
+        // The new MSH's separators are the first of `seps` (it is segment 0).
+        let new_18 = segment_of(bytes, seps, msh, self.delimiters, self.scan)
+            .field(18)
+            .unwrap_or_default();
+        old_18 == Some(new_18)
+    }
 }
 
 fn segment_of<'a>(
@@ -397,6 +566,20 @@ fn after_break(bytes: &[u8], at: usize, field: u8) -> AfterBreak {
     }
 }
 
+/// Whether `before`, `middle` and `after` put one after the other hold `ESC $` (the start of
+/// an ISO-2022 escape that switches to a two-byte set).
+fn has_iso2022_escape(before: Option<u8>, middle: &[u8], after: Option<u8>) -> bool {
+    const ESC: u8 = 0x1B;
+    // Not `memmem`: building its searcher costs more than these few bytes take to read.
+    memchr::memchr_iter(ESC, middle).any(|i| middle.get(i + 1) == Some(&b'$'))
+        || match (middle.first(), middle.last()) {
+            (Some(&first), Some(&last)) => {
+                (before == Some(ESC) && first == b'$') || (last == ESC && after == Some(b'$'))
+            }
+            _ => before == Some(ESC) && after == Some(b'$'),
+        }
+}
+
 /// Index `bytes` (see [`Message::parse`]), reading MSH-18 to know how to scan them.
 pub(crate) fn index(bytes: &[u8]) -> Result<Index, ParseError> {
     let mut index = index_with(bytes, Scan::Plain)?;
@@ -457,37 +640,88 @@ fn index_with(bytes: &[u8], scan: Scan) -> Result<Index, ParseError> {
         });
     }
     let delimiters = read_delimiters(body)?;
-    let field = delimiters.field;
     let mut segments = Vec::with_capacity(16);
     // About one separator per 8 bytes in typical messages; a guess, not a limit.
     let mut seps: Vec<u32> = Vec::with_capacity(bytes.len() / 8 + 8);
-    let mut seg_start = start;
-    let mut sep_start = 0u32;
-    // Offsets fit in u32: checked above.
-    let mut close = |seps: &Vec<u32>, seg_start: usize, end: usize, sep_start: u32| {
-        let sep_end = seps.len() as u32;
-        segments.push(SegmentSpan {
+    let mut rows = Rows {
+        segments: &mut segments,
+        seps: &mut seps,
+        before: 0,
+        sep_base: 0,
+    };
+    index_segments(bytes, start, delimiters.field, scan, &mut rows, |_| false)?;
+    Ok(Index {
+        delimiters,
+        segments,
+        seps,
+        scan,
+        charset: None,
+    })
+}
+
+/// Where [`index_segments`] writes: segment spans and field separators, numbered as if
+/// `before` segments and `sep_base` separators came first.
+struct Rows<'r> {
+    segments: &'r mut Vec<SegmentSpan>,
+    seps: &'r mut Vec<u32>,
+    /// Segments before the first one indexed (for the numbers in errors).
+    before: usize,
+    /// Separators before the first one indexed (added to `sep_start`/`sep_end`).
+    sep_base: u32,
+}
+
+/// Index the segments of `bytes` from `seg_start`, where a segment starts, to the end of the
+/// input, or until a segment would start at an offset for which `stop` says yes (checked
+/// for `seg_start` too). Returns that offset, or `None` at the end of the input.
+///
+/// Indexing from a segment start depends on nothing before it: a line end is found in every
+/// shift state and ends any ISO-2022 run, and the scan for each field starts afresh after its
+/// separator (which is only found outside a run or a two-byte character). So indexing from a
+/// segment start gives exactly what a whole parse gives from there, which is what lets an
+/// edit re-index only the segments it touched (`Index::respliced`).
+///
+/// `bytes.len()` must fit in a `u32` (checked by the callers).
+#[inline(always)]
+fn index_segments(
+    bytes: &[u8],
+    mut seg_start: usize,
+    field: u8,
+    scan: Scan,
+    rows: &mut Rows<'_>,
+    mut stop: impl FnMut(usize) -> bool,
+) -> Result<Option<usize>, ParseError> {
+    if stop(seg_start) {
+        return Ok(Some(seg_start));
+    }
+    let mut sep_start = rows.seps.len();
+    let close = |rows: &mut Rows<'_>, seg_start: usize, end: usize, sep_start: usize| {
+        let sep_end = rows.seps.len();
+        // Offsets fit in u32: checked by the callers.
+        rows.segments.push(SegmentSpan {
             start: seg_start as u32,
             end: end as u32,
-            sep_start,
-            sep_end,
+            sep_start: rows.sep_base + sep_start as u32,
+            sep_end: rows.sep_base + sep_end as u32,
         });
         sep_end
     };
-    let mut pos = start + 3;
+    let mut pos = seg_start + 3;
     loop {
         let Some(at) = next_boundary(bytes, pos, field, scan) else {
-            close(&seps, seg_start, bytes.len(), sep_start);
-            break;
+            close(rows, seg_start, bytes.len(), sep_start);
+            return Ok(None);
         };
         if bytes[at] == field {
-            seps.push(at as u32);
+            rows.seps.push(at as u32);
             pos = at + 1;
             continue;
         }
         match after_break(bytes, at, field) {
             AfterBreak::Segment(next) => {
-                sep_start = close(&seps, seg_start, at, sep_start);
+                sep_start = close(rows, seg_start, at, sep_start);
+                if stop(next) {
+                    return Ok(Some(next));
+                }
                 seg_start = next;
                 pos = next + 3;
             }
@@ -496,9 +730,9 @@ fn index_with(bytes: &[u8], scan: Scan) -> Result<Index, ParseError> {
             AfterBreak::Continuation(next) => {
                 // Only a field's text can go on over a line break: bytes between a segment
                 // id and its first field separator would belong to no field.
-                if seps.len() as u32 == sep_start {
+                if rows.seps.len() == sep_start {
                     return Err(ParseError::OrphanLine {
-                        index: segments.len() + 1,
+                        index: rows.before + rows.segments.len() + 1,
                         id: printable(bytes.get(seg_start..seg_start + 3).unwrap_or_default(), 3),
                         found: printable(bytes.get(next..).unwrap_or_default(), 8),
                     });
@@ -506,18 +740,11 @@ fn index_with(bytes: &[u8], scan: Scan) -> Result<Index, ParseError> {
                 pos = next;
             }
             AfterBreak::End => {
-                close(&seps, seg_start, at, sep_start);
-                break;
+                close(rows, seg_start, at, sep_start);
+                return Ok(None);
             }
         }
     }
-    Ok(Index {
-        delimiters,
-        segments,
-        seps,
-        scan,
-        charset: None,
-    })
 }
 
 /// Offsets of `sep` in `slice` that are real delimiters under `scan`.
