@@ -144,6 +144,15 @@ pub struct Pipeline {
     pub destinations: Vec<DestinationProcessing>,
 }
 
+impl DestinationProcessing {
+    /// Only declarative filters and the HL7 as it is: nothing to edit, encode or run.
+    fn reads_only(&self) -> bool {
+        self.transform.is_empty()
+            && self.encoder.as_ref().is_none_or(|e| e.is_identity())
+            && self.filters.iter().all(|f| matches!(f, Filter::Rule(_)))
+    }
+}
+
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
@@ -284,37 +293,49 @@ impl Pipeline {
         if let Err((detail, reason)) = check_header(&received.message()) {
             return rejected(Some(received), Some(detail), reason);
         }
+        // The received message is what the ACK answers. Without source steps or filter scripts
+        // (which could edit it) it is also the working message, so it is not copied.
+        let reads_only =
+            self.transform.is_empty() && self.filters.iter().all(|f| matches!(f, Filter::Rule(_)));
+        let (message, mut kept) = if reads_only {
+            (received, None)
+        } else {
+            (received.clone(), Some(received))
+        };
         let mut context = Context {
-            message: received.clone(),
+            message,
             channel: self.channel.clone(),
             channel_map: Map::new(),
             source_map,
             routed: Vec::new(),
         };
+        let received_of =
+            |context: Context, kept: Option<MessageBuf>| kept.unwrap_or(context.message);
         match first_failing(&self.filters, &mut context) {
             Ok(None) => {}
             Ok(Some(rule)) => {
                 return Processed::Filtered {
-                    message: received,
+                    message: received_of(context, kept.take()),
                     rule,
                 };
             }
             Err(reason) => {
                 return Processed::Failed {
-                    message: received,
+                    message: received_of(context, kept.take()),
                     reason,
                 };
             }
         }
         if let Err(reason) = run_steps("transform", &self.transform, &mut context) {
             return Processed::Failed {
-                message: received,
+                message: received_of(context, kept.take()),
                 reason,
             };
         }
         // Compared with the raw input: a preprocessor or an inbound conversion changes the
         // bytes too, and queues must send the result, not what arrived.
-        let source_changed = context.message.as_bytes() != raw;
+        let transformed =
+            (context.message.as_bytes() != raw).then(|| context.message.as_bytes().to_vec());
         let source_map_after = context.channel_map.clone();
         let mut chain_map = source_map_after.clone();
         let mut routed = std::mem::take(&mut context.routed);
@@ -322,6 +343,20 @@ impl Pipeline {
         for dest in &self.destinations {
             if !dest.wait_for_previous {
                 chain_map = source_map_after.clone();
+            }
+            // A destination that only filters with rules and sends the HL7 as it is needs no
+            // copy of the message.
+            if dest.reads_only() {
+                let message = context.message.message();
+                let result = match dest.filters.iter().position(|f| match f {
+                    Filter::Rule(rule) => !rule.passes(&message),
+                    Filter::Step(_) => false,
+                }) {
+                    Some(i) => DestinationResult::Filtered { rule: i + 1 },
+                    None => DestinationResult::Queued { encoded: None },
+                };
+                results.push(result);
+                continue;
             }
             let mut ctx = Context {
                 message: context.message.clone(),
@@ -336,8 +371,8 @@ impl Pipeline {
             results.push(result);
         }
         Processed::Accepted(Box::new(Accepted {
-            transformed: source_changed.then(|| context.message.as_bytes().to_vec()),
-            received,
+            transformed,
+            received: received_of(context, kept.take()),
             destinations: results,
             routed,
             channel_map: source_map_after,
