@@ -703,7 +703,9 @@ pub struct HttpDestinationConfig {
     /// this destination's copy of the message only, after its filters.
     #[serde(default, rename = "transform")]
     pub transforms: Vec<TransformConfig>,
-    /// What is sent: `"hl7"` (the default), `"json"` or `{ template = "…" }`.
+    /// What is sent: `"hl7"` (the default), `"json"` or `{ template = "…" }`. The request's
+    /// `Content-Type` follows: `application/hl7-v2` for `"hl7"`, `application/json` for the
+    /// other two (a `Content-Type` in `headers` wins).
     #[serde(default)]
     pub encode: EncodeConfig,
     /// `[[channel.destination.response_transform]]`: steps (as for `[[channel.transform]]`,

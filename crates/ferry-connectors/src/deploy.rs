@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ferry_config::{
-    ChannelConfig, Config, DestinationConfig, FilterConfig, RetryConfig, SourceConfig,
+    ChannelConfig, Config, DestinationConfig, EncodeConfig, FilterConfig, RetryConfig, SourceConfig,
 };
+use ferry_engine::transform::Encoder;
 use ferry_engine::{
     ChannelSpec, Destination, DestinationProcessing, DestinationSpec, Engine, EngineError,
     FilterRule, ResponseMode, RetryPolicy, Router, Shutdown,
@@ -451,6 +452,12 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
                             .collect(),
                         tls,
                         timeout: d.timeout.get(),
+                        // JSON (lossless or from a template) is sent as JSON, not as HL7.
+                        content_type: match &d.encode {
+                            EncodeConfig::Hl7 => Encoder::Hl7,
+                            EncodeConfig::Json | EncodeConfig::Template(_) => Encoder::Json,
+                        }
+                        .content_type(),
                     })
                     .map_err(|e| invalid(&connector, e.to_string()))?,
                 )

@@ -145,3 +145,62 @@ fn missing_expectations_and_cases_fail_rather_than_pass() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("no enabled channel `nope`"), "{out}");
 }
+
+/// Regression: a case directory named after no channel was skipped in silence, so a typo in
+/// its name (or a renamed channel) turned its cases into a pass.
+#[test]
+fn a_directory_named_after_no_channel_fails_instead_of_being_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_with_channels(
+        dir.path(),
+        &format!(
+            r#"
+[[channel]]
+name = "adt"
+source = {{ type = "mllp", listen = "127.0.0.1:0" }}
+
+  [[channel.destination]]
+  name = "archive"
+  type = "file"
+  directory = {out}
+
+[[channel]]
+name = "old-feed"
+enabled = false
+source = {{ type = "mllp", listen = "127.0.0.1:0" }}
+
+  [[channel.destination]]
+  name = "archive"
+  type = "file"
+  directory = {out}
+"#,
+            out = toml_path(&dir.path().join("out"))
+        ),
+    );
+    for channel in ["adt", "old-feed"] {
+        let case = dir.path().join(format!("tests/{channel}/admit"));
+        write(&case.join("input.hl7"), ADMIT);
+        write(&case.join("expect/archive.hl7"), ADMIT);
+    }
+    let (code, out) = ferry_test(&config, &[]);
+    assert_eq!(code, 0, "a disabled channel's cases are skipped: {out}");
+    assert!(out.contains("1 case: 1 passed, 0 failed"), "{out}");
+    assert!(
+        out.contains("channel `old-feed` is disabled; its cases were not run"),
+        "{out}"
+    );
+    let typo = dir.path().join("tests/atd/admit");
+    write(&typo.join("input.hl7"), ADMIT);
+    write(&typo.join("expect/archive.hl7"), ADMIT);
+    let (code, out) = ferry_test(&config, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no channel `atd` in") && out.contains("its cases were not run"),
+        "{out}"
+    );
+    let (code, out) = ferry_test(&config, &["adt"]);
+    assert_eq!(
+        code, 0,
+        "testing one channel looks at its directory only: {out}"
+    );
+}

@@ -311,3 +311,75 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/appointments" }}
         serde_json::from_slice(&response.bytes().await.expect("body")).expect("json answer");
     assert_eq!(answer["code"], "AR");
 }
+
+/// Regression: an HTTP destination sent `Content-Type: application/hl7-v2` whatever it
+/// encoded, so a JSON API got its JSON labelled as HL7 (and a strict one answers 415).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_destination_labels_what_it_encodes() {
+    let api = ferry_testkit::http_peer::HttpPeer::start(None)
+        .await
+        .expect("api");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        &dir.path().join("patient.json"),
+        r#"{"mrn": "{{PID-3.1}}"}"#,
+    );
+    let base = format!("http://{}", api.addr());
+    let config = config_with_channels(
+        dir.path(),
+        &format!(
+            r#"
+[[channel]]
+name = "adt"
+source = {{ type = "mllp", listen = "127.0.0.1:0" }}
+
+  [[channel.destination]]
+  name = "hl7"
+  type = "http"
+  url = "{base}/hl7"
+
+  [[channel.destination]]
+  name = "lossless"
+  type = "http"
+  url = "{base}/json"
+  encode = "json"
+
+  [[channel.destination]]
+  name = "template"
+  type = "http"
+  url = "{base}/template"
+  encode = {{ template = "patient.json" }}
+
+  [[channel.destination]]
+  name = "configured"
+  type = "http"
+  url = "{base}/configured"
+  encode = "json"
+  headers = {{ Content-Type = "application/fhir+json" }}
+"#
+        ),
+    );
+    let ferry = Ferry::start(&config, &[]);
+    let mut conn = ferry.connect("adt").await;
+    assert_eq!(send(&mut conn, &adt("CT1")).await.code.as_str(), "AA");
+    let posts = api.wait_for("POST", 4, Duration::from_secs(15)).await;
+    assert_eq!(posts.len(), 4, "{}", ferry.output());
+    let content_type = |path: &str| {
+        posts
+            .iter()
+            .find(|p| p.path == path)
+            .and_then(|p| p.header("content-type"))
+            .map(str::to_owned)
+    };
+    assert_eq!(content_type("/hl7").as_deref(), Some("application/hl7-v2"));
+    assert_eq!(content_type("/json").as_deref(), Some("application/json"));
+    assert_eq!(
+        content_type("/template").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        content_type("/configured").as_deref(),
+        Some("application/fhir+json"),
+        "a configured header wins"
+    );
+}

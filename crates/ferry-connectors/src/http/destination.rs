@@ -19,7 +19,6 @@ use ferry_engine::{Destination, Outbound, SendFuture, SendOutcome};
 use ferry_hl7::ack::{self, AckCode};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
-use super::source::HTTP_HL7_CONTENT_TYPE;
 use super::{HttpClientError, read_limited};
 
 /// Largest response body kept as the message's `response` content.
@@ -37,6 +36,9 @@ pub struct HttpDestinationSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// Whole-request timeout (connect, send, response).
     pub timeout: Duration,
+    /// `Content-Type` of the requests: what the destination's encoder writes
+    /// ([`ferry_engine::transform::Encoder::content_type`]); a configured header wins.
+    pub content_type: &'static str,
 }
 
 /// Delivers messages over HTTP(S).
@@ -54,7 +56,7 @@ impl HttpDestination {
         let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
-            HeaderValue::from_static(HTTP_HL7_CONTENT_TYPE),
+            HeaderValue::from_static(settings.content_type),
         );
         // Configured headers (a configured Content-Type wins over the default).
         headers.extend(super::header_map(&settings.headers)?);

@@ -23,8 +23,10 @@
 //! empty and no connector is built (no certificate is read, nothing connects), so cases run in
 //! CI without production secrets. In `input.hl7` line ends become `\r`, as on the wire. Cases
 //! run through the very pipeline `ferry run` deploys (filters, transformers, scripts,
-//! encoders), without a network, a store or a listener. Exit status: 0 when every case passed, 1 when one failed or none was found,
-//! 2 when the configuration cannot be loaded.
+//! encoders), without a network, a store or a listener. Exit status: 0 when every case passed;
+//! 1 when one failed, none was found, or a directory under the cases root names no channel of
+//! the configuration (its cases would otherwise go unrun in silence; a disabled channel's
+//! directory is only noted); 2 when the configuration cannot be loaded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -148,8 +150,38 @@ pub async fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             results.push(run_case(pipeline, &case));
         }
     }
+    // A directory named after no channel would be skipped in silence, so a typo in a channel's
+    // directory name (or a renamed channel) would read as a pass.
+    let mut stray = Vec::new();
+    let mut notes = Vec::new();
+    if args.channel.is_none() {
+        for dir in case_dirs(&root)? {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if pipelines.iter().any(|p| p.channel == name) {
+                continue;
+            }
+            if config.channels.iter().any(|c| c.name == name && !c.enabled) {
+                notes.push(format!(
+                    "ferry test: {}: channel `{name}` is disabled; its cases were not run",
+                    dir.display()
+                ));
+            } else {
+                stray.push(format!(
+                    "ferry test: {}: no channel `{name}` in {}; its cases were not run",
+                    dir.display(),
+                    path.display()
+                ));
+            }
+        }
+    }
     report(&results, args.json, &root);
-    if results.is_empty() || results.iter().any(|r| !r.passed) {
+    for line in notes.iter().chain(&stray) {
+        eprintln!("{line}");
+    }
+    if results.is_empty() || !stray.is_empty() || results.iter().any(|r| !r.passed) {
         Ok(ExitCode::from(1))
     } else {
         Ok(ExitCode::SUCCESS)
