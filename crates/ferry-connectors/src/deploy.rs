@@ -222,6 +222,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
     }
     let audit = AuditSink::spawn(store.clone(), AUDIT_BUFFER);
     let engine = Engine::start_with_router(store, specs, router).await?;
+    engine.stats().attach_audit_dropped(audit.dropped_counter());
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();

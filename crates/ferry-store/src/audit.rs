@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS audit_log (
     hash      TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS audit_log_time ON audit_log (time_ms);
+CREATE TABLE IF NOT EXISTS audit_shipping (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    shipped_upto INTEGER NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS audit_head (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     seq  INTEGER NOT NULL,
@@ -635,6 +639,25 @@ pub(crate) fn append(conn: &Connection, event: &AuditEvent) -> Result<AuditRecor
     Ok(record)
 }
 
+/// Move the shipping cursor forward (never back) to `seq`.
+pub(crate) fn set_shipped(conn: &Connection, seq: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit_shipping (id, shipped_upto) VALUES (1, ?1) \
+         ON CONFLICT (id) DO UPDATE SET shipped_upto = MAX(shipped_upto, excluded.shipped_upto)",
+    )
+    .and_then(|mut s| s.execute([seq]))
+    .map(|_| ())
+    .map_err(StoreError::sqlite("moving the audit shipping cursor"))
+}
+
+/// The last record shipped to the collector (0: none yet).
+pub(crate) fn shipped_upto(conn: &Connection) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT shipped_upto FROM audit_shipping WHERE id = 1")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+        .map(|v| v.unwrap_or(0))
+        .map_err(StoreError::sqlite("reading the audit shipping cursor"))
+}
+
 const SELECT_RECORD: &str = "SELECT seq, time_ms, node, actor, action, target, source, outcome, \
      details, prev_hash, hash FROM audit_log";
 
@@ -1200,6 +1223,11 @@ impl AuditSink {
     /// Events dropped because the buffer was full (or the sink closed).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`dropped`](Self::dropped), for a metrics exporter.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
     }
 
     /// Append everything queued before this call, then stop the task. Later

@@ -279,6 +279,26 @@ impl Store {
             .await
     }
 
+    /// The last audit record shipped to the external collector (0 when none was): shipping
+    /// resumes after it, so records written while the collector was down are sent once it is
+    /// back.
+    pub async fn audit_shipped_upto(&self) -> Result<i64, StoreError> {
+        self.inner
+            .reader
+            .run(|r| audit::shipped_upto(r.connection()))
+            .await
+    }
+
+    /// Durably record that the collector has every audit record up to `seq` (the cursor
+    /// never moves back).
+    pub async fn audit_set_shipped(&self, seq: i64) -> Result<(), StoreError> {
+        self.inner
+            .writer
+            .submit(writer::Op::AuditShipped(seq))
+            .await
+            .map(|_| ())
+    }
+
     /// Counters of the group-committing writer.
     pub fn stats(&self) -> WriterStats {
         self.inner.writer.stats()

@@ -34,6 +34,8 @@ pub(crate) enum Op {
     },
     /// Seal and append an audit record (boxed like `Ingest`).
     Audit(Box<crate::audit::AuditEvent>),
+    /// Move the audit shipping cursor.
+    AuditShipped(i64),
 }
 
 /// A message a duplicate repeats: its id and stored response.
@@ -140,7 +142,7 @@ fn op_bytes(op: &Op) -> usize {
             d.response.as_ref().map_or(0, Vec::len) + d.encoded.as_ref().map_or(0, Vec::len)
         }
         Op::SourceResponse { response, .. } => response.len(),
-        Op::Audit(_) => 0,
+        Op::Audit(_) | Op::AuditShipped(_) => 0,
     }
 }
 
@@ -239,7 +241,7 @@ impl Writer {
                 Op::Ingest(m) => &m.channel,
                 Op::Delivery(d) => &d.channel,
                 Op::SourceResponse { channel, .. } => channel,
-                Op::Audit(_) => continue,
+                Op::Audit(_) | Op::AuditShipped(_) => continue,
             };
             if !self.channel_ids.contains_key(name)
                 && let Err(e) = self.channel_id(name)
@@ -319,6 +321,9 @@ impl Writer {
                 .map(|()| Reply::Done),
             Op::Audit(event) => crate::audit::append(&self.conn, event)
                 .map(|record| Reply::Audited(Box::new(record))),
+            Op::AuditShipped(seq) => {
+                crate::audit::set_shipped(&self.conn, *seq).map(|()| Reply::Done)
+            }
         }
     }
 

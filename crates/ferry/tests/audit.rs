@@ -127,6 +127,11 @@ source = {{ type = "http", listen = "127.0.0.1:0", tls = {{ cert = {cert}, key =
     }
     // Give the handshake tasks a moment to log the refusals before stopping.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ferry.metric("ferry_audit_events_dropped_total").await,
+        Some(0),
+        "the audit drop counter is exported"
+    );
     assert!(ferry.terminate(), "{}", ferry.output());
 
     // The trail: engine_start (with the configuration's hash), a deploy per channel, the two

@@ -107,11 +107,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ferry_admin::router(runtime.engine().health_probe()),
         shutdown.clone(),
     ));
+    let shipper = match &config.audit.syslog {
+        Some(syslog) => {
+            let settings =
+                ferry_connectors::syslog::settings(syslog).map_err(anyhow::Error::msg)?;
+            println!(
+                "ferry: audit records shipped to syslog-tls://{}",
+                syslog.address
+            );
+            Some(tokio::spawn(
+                ferry_connectors::syslog::SyslogShipper::new(settings)
+                    .run(store.clone(), shutdown.clone()),
+            ))
+        }
+        None => None,
+    };
     println!("ferry: ready in {} ms", started.elapsed().as_millis());
 
     wait_for_signal().await;
     println!("ferry: stopping (no new connections; finishing in-flight messages)");
     shutdown.cancel();
+    if let Some(shipper) = shipper {
+        let _ = shipper.await;
+    }
     let stop = AuditEvent::new(AuditAction::EngineStop)
         .detail("reason", "signal")
         .detail("uptime_ms", started.elapsed().as_millis() as u64)
