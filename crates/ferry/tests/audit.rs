@@ -235,3 +235,84 @@ fn verify_of_a_missing_store_is_an_error_not_ok() {
         "verify created a store"
     );
 }
+
+/// `[audit.syslog]` through the real binary: the run's records reach a TLS collector.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_ships_its_audit_records_to_a_syslog_tls_collector() {
+    use tokio::io::AsyncReadExt;
+    let pki = TestPki::new("siem");
+    let server = pki.server(&["localhost", "127.0.0.1"]);
+    let server_tls = ferry_tls::server_config(&ferry_tls::ServerTlsSettings::new(
+        &server.cert,
+        &server.key,
+    ))
+    .expect("server tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_tls);
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(space) = buf.iter().position(|b| *b == b' ') {
+                    let len: usize = std::str::from_utf8(&buf[..space])
+                        .expect("ascii")
+                        .parse()
+                        .expect("octet count");
+                    if buf.len() < space + 1 + len {
+                        break;
+                    }
+                    let msg =
+                        String::from_utf8_lossy(&buf[space + 1..space + 1 + len]).into_owned();
+                    buf.drain(..space + 1 + len);
+                    let _ = tx.send(msg);
+                }
+            }
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::write_config(
+        dir.path(),
+        &format!(
+            "[store]\npath = {store}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [audit.syslog]\naddress = \"{address}\"\nserver_name = \"localhost\"\n\
+             tls = {{ ca = {ca} }}\n\n\
+             [[channel]]\nname = \"adt\"\nsource = {{ type = \"mllp\", listen = \"127.0.0.1:0\" }}\n\n\
+             [[channel.destination]]\nname = \"out\"\ntype = \"file\"\ndirectory = {out}\n",
+            store = toml_path(&dir.path().join("ferry.db")),
+            ca = toml_path(&pki.ca_cert_path()),
+            out = toml_path(&dir.path().join("out")),
+        ),
+    );
+    let check = Command::new(ferry_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .expect("ferry check");
+    assert!(check.status.success(), "{check:?}");
+    let mut ferry = Ferry::start(&config, &[]);
+    let mut actions = Vec::new();
+    for _ in 0..2 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a syslog message within 10 s")
+            .expect("collector");
+        assert!(msg.starts_with("<85>1 "), "{msg}");
+        let json = msg.split(" ferry-audit - ").nth(1).expect("MSG");
+        let record: serde_json::Value = serde_json::from_str(json).expect("JSON record");
+        actions.push(record["action"].as_str().expect("action").to_owned());
+    }
+    assert_eq!(actions, ["engine_start", "deploy"]);
+    assert!(ferry.terminate(), "{}", ferry.output());
+}
