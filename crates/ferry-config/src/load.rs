@@ -234,6 +234,7 @@ impl Config {
         Config {
             store: StoreConfig::default(),
             admin: Default::default(),
+            audit: Default::default(),
             include: Vec::new(),
             channels: Vec::new(),
             warnings: Vec::new(),
@@ -273,6 +274,9 @@ impl Config {
             self.store.path = Some(p);
         }
         if let Some(t) = self.admin.tls.as_mut() {
+            fix_tls(t);
+        }
+        if let Some(t) = self.audit.syslog.as_mut().and_then(|s| s.tls.as_mut()) {
             fix_tls(t);
         }
         let fix_transforms = |steps: &mut Vec<TransformConfig>| {

@@ -18,6 +18,9 @@ pub struct Config {
     /// `[admin]`: the admin listener (health, metrics).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[audit]`: the audit trail (shipping to an external collector).
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// `include = ["channels/*.toml"]`: more files holding `[[channel]]` tables, relative to
     /// this file; `*` matches within a file name. Matched files are read in name order.
     #[serde(default)]
@@ -40,6 +43,30 @@ pub struct StoreConfig {
     /// PostgreSQL URL (`postgres://…`) instead of SQLite. Reserved: this version reports it as
     /// not supported yet rather than silently using SQLite.
     pub url: Option<Secret>,
+}
+
+/// `[audit]`: the tamper-evident audit trail. Records are always kept in the store; this
+/// section only says where else to send them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `[audit.syslog]`: ship every record to a syslog collector over TLS.
+    pub syslog: Option<AuditSyslogConfig>,
+}
+
+/// `[audit.syslog]`: syslog RFC 5424 over TLS (RFC 5425 octet-counting framing), one JSON audit
+/// record per message (MSGID `ferry-audit`, facility 10). Records written while the collector
+/// is unreachable stay in the store and are sent once it is back, oldest first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSyslogConfig {
+    /// Collector address, `host:port` (the registered syslog-TLS port is 6514).
+    pub address: String,
+    /// Name the collector's certificate must carry. Default: the host part of `address`.
+    pub server_name: Option<String>,
+    /// Trust for the collector (`ca`; default: the system's roots) and, for mTLS, this node's
+    /// `cert` and `key`.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[admin]`: the admin listener.

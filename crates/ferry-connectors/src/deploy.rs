@@ -17,7 +17,7 @@ use ferry_engine::{
     FilterRule, ResponseMode, RetryPolicy, Router, Shutdown,
 };
 use ferry_hl7::Path;
-use ferry_store::Store;
+use ferry_store::{AuditEvent, AuditSink, Store};
 use ferry_tls::TlsError;
 use tokio::task::JoinSet;
 
@@ -89,7 +89,11 @@ pub struct Runtime {
     sources: JoinSet<()>,
     shutdown: Shutdown,
     listeners: Vec<ListenerInfo>,
+    audit: AuditSink,
 }
+
+/// Audit events that listeners may queue before further ones are dropped (and counted).
+const AUDIT_BUFFER: usize = 1024;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -118,11 +122,30 @@ impl Runtime {
             .map(|l| l.address)
     }
 
+    /// The non-blocking audit sink the listeners record refused TLS handshakes into (give it
+    /// to other listeners, such as the admin server's, with `with_audit`).
+    pub fn audit_sink(&self) -> &AuditSink {
+        &self.audit
+    }
+
     /// Stop cleanly: sources stop accepting and finish the message in hand, destination
     /// workers finish the attempt in flight, the store is flushed and closed.
-    pub async fn shutdown(mut self) -> Result<(), EngineError> {
+    pub async fn shutdown(self) -> Result<(), EngineError> {
+        self.shutdown_audited(None).await
+    }
+
+    /// [`shutdown`](Self::shutdown), appending `last` (e.g. `engine_stop`) to the audit trail
+    /// once the sources have stopped and every queued audit event is written, just before
+    /// the store closes. A failed append is logged, not returned.
+    pub async fn shutdown_audited(mut self, last: Option<AuditEvent>) -> Result<(), EngineError> {
         self.shutdown.cancel();
         while self.sources.join_next().await.is_some() {}
+        self.audit.close().await;
+        if let Some(event) = last
+            && let Err(error) = self.engine.store().audit_append(event).await
+        {
+            tracing::error!(%error, "could not append the last audit record");
+        }
         self.engine.shutdown().await
     }
 }
@@ -197,7 +220,9 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
         sources.push((p.spec.name.clone(), p.source));
         specs.push(p.spec);
     }
+    let audit = AuditSink::spawn(store.clone(), AUDIT_BUFFER);
     let engine = Engine::start_with_router(store, specs, router).await?;
+    engine.stats().attach_audit_dropped(audit.dropped_counter());
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
@@ -221,7 +246,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
                 };
                 let listen = settings.listen;
                 let src = match MllpSource::bind(settings).await {
-                    Ok(s) => s,
+                    Ok(s) => s.with_audit(audit.clone()),
                     Err(e) => return Err(abort(engine, bind_error(listen, e)).await),
                 };
                 let address = src.local_addr().unwrap_or(listen);
@@ -241,7 +266,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
             } => {
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 let listener = match HttpListener::bind(listen, tls, read_timeout).await {
-                    Ok(l) => l,
+                    Ok(l) => l.with_audit(audit.clone(), format!("channel/{channel}")),
                     Err(e) => return Err(abort(engine, bind_error(listen, e)).await),
                 };
                 let address = listener.local_addr().unwrap_or(listen);
@@ -279,6 +304,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
         sources: tasks,
         shutdown,
         listeners,
+        audit,
     })
 }
 

@@ -22,6 +22,7 @@ pub mod deploy;
 pub mod file;
 pub mod http;
 pub mod mllp;
+pub mod syslog;
 mod tls;
 
 pub use deploy::{DeployError, Runtime, deploy};

@@ -77,11 +77,21 @@ impl ChannelStats {
 #[derive(Debug, Default)]
 pub struct Stats {
     channels: Vec<Arc<ChannelStats>>,
+    audit_dropped: std::sync::OnceLock<Arc<AtomicU64>>,
 }
 
 impl Stats {
     pub(crate) fn new(channels: Vec<Arc<ChannelStats>>) -> Stats {
-        Stats { channels }
+        Stats {
+            channels,
+            audit_dropped: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Export `counter` (audit events dropped because the audit buffer was full) as
+    /// `ferry_audit_events_dropped_total`. The first counter attached wins.
+    pub fn attach_audit_dropped(&self, counter: Arc<AtomicU64>) {
+        let _ = self.audit_dropped.set(counter);
     }
 
     /// Counters of every channel, in configuration order.
@@ -194,6 +204,19 @@ impl Stats {
                     );
                 }
             }
+        }
+        if let Some(dropped) = self.audit_dropped.get() {
+            family(
+                &mut out,
+                "ferry_audit_events_dropped_total",
+                "counter",
+                "Audit events lost because the audit buffer was full (each loss is also logged).",
+            );
+            let _ = writeln!(
+                out,
+                "ferry_audit_events_dropped_total {}",
+                dropped.load(Ordering::Relaxed)
+            );
         }
         out
     }

@@ -19,6 +19,7 @@
 //! fails, because acknowledging anything after a failed fsync could acknowledge a message that
 //! is not on disk.
 
+pub mod audit;
 mod checkpoint;
 mod model;
 mod reader;
@@ -28,6 +29,10 @@ mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use audit::{
+    AuditAction, AuditEvent, AuditFilter, AuditHead, AuditOutcome, AuditProblem, AuditRecord,
+    AuditSink, ProblemKind, VerifyReport,
+};
 pub use model::{
     ConnectorRecord, ContentStage, DedupeKey, DeliveryUpdate, Ingested, MessageId, MessageSummary,
     NewMessage, QueuedMessage, SOURCE, Status, StatusCount,
@@ -130,7 +135,7 @@ impl Store {
             .await?
         {
             writer::Reply::Ingested(ingested) => Ok(ingested),
-            writer::Reply::Done => Err(StoreError::Corrupt("ingest returned no id".into())),
+            _ => Err(StoreError::Corrupt("ingest returned no id".into())),
         }
     }
 
@@ -230,6 +235,68 @@ impl Store {
             .reader
             .run(move |r| r.messages(&c, after, limit))
             .await
+    }
+
+    /// Seal `event` into the audit chain. Returns the record once it is durable (group-committed
+    /// with whatever else is being written, like every write).
+    pub async fn audit_append(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
+        match self
+            .inner
+            .writer
+            .submit(writer::Op::Audit(Box::new(event)))
+            .await?
+        {
+            writer::Reply::Audited(record) => Ok(*record),
+            _ => Err(StoreError::Corrupt(
+                "audit append returned no record".into(),
+            )),
+        }
+    }
+
+    /// Audit records matching `filter`, in sequence order.
+    pub async fn audit_search(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner
+            .reader
+            .run(move |r| audit::search(r.connection(), &filter))
+            .await
+    }
+
+    /// Check the whole audit chain (see [`audit`] for what it finds and cannot find).
+    pub async fn audit_verify(&self) -> Result<VerifyReport, StoreError> {
+        self.audit_verify_expecting(None).await
+    }
+
+    /// [`audit_verify`](Self::audit_verify), also requiring that a head recorded earlier
+    /// outside the database (a hash, or `seq:hash` as [`AuditHead`] prints) is a record of the
+    /// chain.
+    pub async fn audit_verify_expecting(
+        &self,
+        expect_head: Option<String>,
+    ) -> Result<VerifyReport, StoreError> {
+        self.inner
+            .reader
+            .run(move |r| audit::verify(r.connection(), expect_head.as_deref()))
+            .await
+    }
+
+    /// The last audit record shipped to the external collector (0 when none was): shipping
+    /// resumes after it, so records written while the collector was down are sent once it is
+    /// back.
+    pub async fn audit_shipped_upto(&self) -> Result<i64, StoreError> {
+        self.inner
+            .reader
+            .run(|r| audit::shipped_upto(r.connection()))
+            .await
+    }
+
+    /// Durably record that the collector has every audit record up to `seq` (the cursor
+    /// never moves back).
+    pub async fn audit_set_shipped(&self, seq: i64) -> Result<(), StoreError> {
+        self.inner
+            .writer
+            .submit(writer::Op::AuditShipped(seq))
+            .await
+            .map(|_| ())
     }
 
     /// Counters of the group-committing writer.

@@ -66,6 +66,11 @@ fn status(text: String) -> Result<Status, StoreError> {
 }
 
 impl Reader<'_> {
+    /// The pooled connection, for modules with their own queries (the audit trail).
+    pub(crate) fn connection(&self) -> &Connection {
+        self.conn
+    }
+
     /// The queue scan names the partial `QUEUED` index: without table statistics SQLite may
     /// otherwise walk the primary key and visit every sent message of the channel.
     pub(crate) fn queue_batch(

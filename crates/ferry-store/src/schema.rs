@@ -107,6 +107,9 @@ pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
             )));
         }
     }
+    // Tables outside the versioned schema: each module creates its own if missing.
+    conn.execute_batch(crate::audit::AUDIT_SCHEMA)
+        .map_err(StoreError::sqlite("creating the audit tables"))?;
     Ok(conn)
 }
 

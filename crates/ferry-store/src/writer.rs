@@ -32,6 +32,10 @@ pub(crate) enum Op {
         id: MessageId,
         response: Vec<u8>,
     },
+    /// Seal and append an audit record (boxed like `Ingest`).
+    Audit(Box<crate::audit::AuditEvent>),
+    /// Move the audit shipping cursor.
+    AuditShipped(i64),
 }
 
 /// A message a duplicate repeats: its id and stored response.
@@ -39,6 +43,7 @@ type Original = (MessageId, Option<Vec<u8>>);
 
 pub(crate) enum Reply {
     Ingested(Ingested),
+    Audited(Box<crate::audit::AuditRecord>),
     Done,
 }
 
@@ -137,6 +142,7 @@ fn op_bytes(op: &Op) -> usize {
             d.response.as_ref().map_or(0, Vec::len) + d.encoded.as_ref().map_or(0, Vec::len)
         }
         Op::SourceResponse { response, .. } => response.len(),
+        Op::Audit(_) | Op::AuditShipped(_) => 0,
     }
 }
 
@@ -235,6 +241,7 @@ impl Writer {
                 Op::Ingest(m) => &m.channel,
                 Op::Delivery(d) => &d.channel,
                 Op::SourceResponse { channel, .. } => channel,
+                Op::Audit(_) | Op::AuditShipped(_) => continue,
             };
             if !self.channel_ids.contains_key(name)
                 && let Err(e) = self.channel_id(name)
@@ -312,6 +319,11 @@ impl Writer {
             } => self
                 .source_response(channel, *id, response)
                 .map(|()| Reply::Done),
+            Op::Audit(event) => crate::audit::append(&self.conn, event)
+                .map(|record| Reply::Audited(Box::new(record))),
+            Op::AuditShipped(seq) => {
+                crate::audit::set_shipped(&self.conn, *seq).map(|()| Reply::Done)
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use ferry_engine::Shutdown;
+use ferry_store::{AuditAction, AuditEvent, AuditSink};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,6 +33,7 @@ pub struct HttpListener {
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    audit: Option<(AuditSink, String)>,
 }
 
 impl HttpListener {
@@ -45,7 +47,15 @@ impl HttpListener {
             listener: TcpListener::bind(addr).await?,
             tls: tls.map(TlsAcceptor::from),
             handshake_timeout,
+            audit: None,
         })
+    }
+
+    /// Record refused TLS handshakes (`tls_rejected`, with `target` such as `channel/adt` or
+    /// `admin`) in the audit trail through `sink`, which never makes the accept loop wait.
+    pub fn with_audit(mut self, sink: AuditSink, target: impl Into<String>) -> HttpListener {
+        self.audit = Some((sink, target.into()));
+        self
     }
 
     /// The address actually bound.
@@ -74,6 +84,7 @@ impl HttpListener {
             let acceptor = self.tls.clone();
             let timeout = self.handshake_timeout;
             let watcher = graceful.watcher();
+            let audit = self.audit.clone();
             let Ok(permit) = handshakes.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, "too many pending connections; closing");
                 continue;
@@ -90,10 +101,16 @@ impl HttpListener {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(error)) => {
                                 tracing::warn!(%peer, %error, "TLS handshake refused");
+                                audit_rejection(audit.as_ref(), peer, error.to_string());
                                 return;
                             }
                             Err(_) => {
                                 tracing::warn!(%peer, "TLS handshake timed out");
+                                audit_rejection(
+                                    audit.as_ref(),
+                                    peer,
+                                    "TLS handshake timed out".to_owned(),
+                                );
                                 return;
                             }
                         };
@@ -117,6 +134,19 @@ impl HttpListener {
         {
             tracing::warn!("HTTP connections still open after 10 s; closing them");
         }
+    }
+}
+
+fn audit_rejection(audit: Option<&(AuditSink, String)>, peer: SocketAddr, reason: String) {
+    if let Some((sink, target)) = audit {
+        sink.record(
+            AuditEvent::new(AuditAction::TlsRejected)
+                .failure()
+                .target(target.clone())
+                .peer(peer)
+                .detail("listener", "http")
+                .detail("reason", reason),
+        );
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use ferry_engine::{ChannelIngest, Shutdown};
 use ferry_mllp::{MllpCodec, MllpError, encode_frame};
+use ferry_store::{AuditAction, AuditEvent, AuditSink};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -41,13 +42,25 @@ pub struct MllpSourceSettings {
 pub struct MllpSource {
     listener: TcpListener,
     settings: MllpSourceSettings,
+    audit: Option<AuditSink>,
 }
 
 impl MllpSource {
     /// Bind the listening socket.
     pub async fn bind(settings: MllpSourceSettings) -> std::io::Result<MllpSource> {
         let listener = TcpListener::bind(settings.listen).await?;
-        Ok(MllpSource { listener, settings })
+        Ok(MllpSource {
+            listener,
+            settings,
+            audit: None,
+        })
+    }
+
+    /// Record refused TLS handshakes (`tls_rejected`) in the audit trail through `sink`,
+    /// which never makes the accept loop wait.
+    pub fn with_audit(mut self, sink: AuditSink) -> MllpSource {
+        self.audit = Some(sink);
+        self
     }
 
     /// The address actually bound (differs from the configured one with port 0).
@@ -87,6 +100,7 @@ impl MllpSource {
                 settings: self.settings.clone(),
                 peer,
                 shutdown: shutdown.clone(),
+                audit: self.audit.clone(),
             };
             let acceptor = acceptor.clone();
             connections.spawn(async move {
@@ -103,6 +117,7 @@ struct Connection {
     settings: MllpSourceSettings,
     peer: SocketAddr,
     shutdown: Shutdown,
+    audit: Option<AuditSink>,
 }
 
 impl Connection {
@@ -126,13 +141,28 @@ impl Connection {
                         self.frames(tls, identity).await
                     }
                     Ok(Err(error)) => {
-                        tracing::warn!(%channel, peer = %self.peer, %error, "TLS handshake refused")
+                        tracing::warn!(%channel, peer = %self.peer, %error, "TLS handshake refused");
+                        self.audit_rejection(&channel, error.to_string());
                     }
                     Err(_) => {
-                        tracing::warn!(%channel, peer = %self.peer, "TLS handshake timed out")
+                        tracing::warn!(%channel, peer = %self.peer, "TLS handshake timed out");
+                        self.audit_rejection(&channel, "TLS handshake timed out".to_owned());
                     }
                 }
             }
+        }
+    }
+
+    fn audit_rejection(&self, channel: &str, reason: String) {
+        if let Some(sink) = &self.audit {
+            sink.record(
+                AuditEvent::new(AuditAction::TlsRejected)
+                    .failure()
+                    .target(format!("channel/{channel}"))
+                    .peer(self.peer)
+                    .detail("listener", "mllp")
+                    .detail("reason", reason),
+            );
         }
     }
 

@@ -26,6 +26,12 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}: {error}", path.display());
         return Ok(ExitCode::from(1));
     }
+    if let Some(syslog) = &config.audit.syslog
+        && let Err(error) = ferry_connectors::syslog::settings(syslog)
+    {
+        eprintln!("{}: {error}", path.display());
+        return Ok(ExitCode::from(1));
+    }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

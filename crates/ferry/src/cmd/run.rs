@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use ferry_connectors::http::HttpListener;
 use ferry_engine::Shutdown;
-use ferry_store::Store;
+use ferry_store::{AuditAction, AuditEvent, Store};
 
 /// Arguments of `ferry run`.
 #[derive(Debug, clap::Args)]
@@ -47,12 +47,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&store_path)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
     println!("ferry: store {}", store_path.display());
-    let runtime = ferry_connectors::deploy(&config, store).await?;
+    // The first record of every run names the exact configuration it runs on.
+    let config_sha256 = match &path {
+        Some(p) => ferry_store::audit::sha256_hex(
+            &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        ),
+        None => "embedded-defaults".to_owned(),
+    };
+    let start = store
+        .audit_append(
+            AuditEvent::new(AuditAction::EngineStart)
+                .detail("version", env!("CARGO_PKG_VERSION"))
+                .detail(
+                    "config",
+                    path.as_ref()
+                        .map_or_else(|| "(embedded)".to_owned(), |p| p.display().to_string()),
+                )
+                .detail("config_sha256", config_sha256.clone()),
+        )
+        .await
+        .context("recording engine_start in the audit trail")?;
+    tracing::info!(seq = start.seq, "audit: engine_start recorded");
+    let runtime = ferry_connectors::deploy(&config, store.clone()).await?;
     for listener in runtime.listeners() {
         println!(
             "ferry: channel {} listening on {}://{}",
             listener.channel, listener.scheme, listener.address
         );
+    }
+    for channel in config.channels.iter().filter(|c| c.enabled) {
+        let mut event = AuditEvent::new(AuditAction::Deploy)
+            .target(format!("channel/{}", channel.name))
+            .detail("config_sha256", config_sha256.clone());
+        if let Some(address) = runtime.listener(&channel.name) {
+            event = event.detail("listen", address.to_string());
+        }
+        if let Err(error) = store.audit_append(event).await {
+            tracing::error!(channel = %channel.name, %error, "could not record deploy in the audit trail");
+        }
     }
 
     let shutdown = Shutdown::new();
@@ -65,7 +97,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = HttpListener::bind(config.admin.listen(), admin_tls, Duration::from_secs(10))
         .await
-        .with_context(|| format!("binding the admin listener {}", config.admin.listen()))?;
+        .with_context(|| format!("binding the admin listener {}", config.admin.listen()))?
+        .with_audit(runtime.audit_sink().clone(), "admin");
     println!(
         "ferry: admin listening on {scheme}://{}",
         admin.local_addr()?
@@ -74,12 +107,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ferry_admin::router(runtime.engine().health_probe()),
         shutdown.clone(),
     ));
+    let shipper = match &config.audit.syslog {
+        Some(syslog) => {
+            let settings =
+                ferry_connectors::syslog::settings(syslog).map_err(anyhow::Error::msg)?;
+            println!(
+                "ferry: audit records shipped to syslog-tls://{}",
+                syslog.address
+            );
+            Some(tokio::spawn(
+                ferry_connectors::syslog::SyslogShipper::new(settings)
+                    .run(store.clone(), shutdown.clone()),
+            ))
+        }
+        None => None,
+    };
     println!("ferry: ready in {} ms", started.elapsed().as_millis());
 
     wait_for_signal().await;
     println!("ferry: stopping (no new connections; finishing in-flight messages)");
     shutdown.cancel();
-    let result = runtime.shutdown().await;
+    if let Some(shipper) = shipper {
+        let _ = shipper.await;
+    }
+    let stop = AuditEvent::new(AuditAction::EngineStop)
+        .detail("reason", "signal")
+        .detail("uptime_ms", started.elapsed().as_millis() as u64)
+        .detail("config_sha256", config_sha256);
+    let result = runtime.shutdown_audited(Some(stop)).await;
     let _ = admin_task.await;
     result?;
     println!("ferry: stopped cleanly");
