@@ -40,6 +40,100 @@ pub struct StoreConfig {
     /// PostgreSQL URL (`postgres://…`) instead of SQLite. Reserved: this version reports it as
     /// not supported yet rather than silently using SQLite.
     pub url: Option<Secret>,
+    /// Encryption at rest of message content, maps, responses and error texts with
+    /// AES-256-GCM, e.g. `encryption = { key = "${file:/etc/ferry/key}", key_id = "2026-12",
+    /// old_keys = { "2026-06" = "${env:OLD_KEY}" } }`. Absent: content is stored in the clear
+    /// (and a store holding encrypted records refuses to open).
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `[store] encryption`: the keys of encryption at rest.
+///
+/// A key is 32 random bytes written as 64 hexadecimal digits or as standard base64 (44
+/// characters with the `=` padding), for example from `openssl rand -base64 32`. Give it with
+/// `${file:…}` or `${env:…}`, never in the file itself. Rotation: make a new key the `key`
+/// with a new `key_id`, move the previous one into `old_keys`, restart, and run `ferry keys
+/// rotate` (or let `ferry run` re-encrypt in the background); remove the old key once
+/// rotation reports done.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The current key: encrypts every record written, decrypts those under `key_id`.
+    pub key: Secret,
+    /// The current key's id, stored with every record it encrypts: 1 to 64 letters, digits,
+    /// `-`, `_` or `.` (a date such as `"2026-12"` works well). Required.
+    pub key_id: Text,
+    /// Previous keys by id: they only decrypt records written under them, until rotation has
+    /// re-encrypted those under `key`. Default none.
+    #[serde(default)]
+    pub old_keys: BTreeMap<String, Secret>,
+}
+
+/// Decoded key material; wiped when dropped.
+pub type KeyBytes = zeroize::Zeroizing<Vec<u8>>;
+
+impl EncryptionConfig {
+    /// The current key id and key, then each old key id and key, decoded. Errors name the key
+    /// id, never the value.
+    pub fn keys(&self) -> Result<Vec<(String, KeyBytes)>, String> {
+        let mut out = Vec::with_capacity(1 + self.old_keys.len());
+        let current = self.key_id.as_str();
+        check_key_id(current)?;
+        out.push((current.to_owned(), decode_key(current, self.key.expose())?));
+        for (id, key) in &self.old_keys {
+            check_key_id(id)?;
+            if id == current {
+                return Err(format!("key id `{id}` is both `key_id` and in `old_keys`"));
+            }
+            out.push((id.clone(), decode_key(id, key.expose())?));
+        }
+        Ok(out)
+    }
+}
+
+fn check_key_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid key id `{id}`: use 1 to 64 letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}
+
+fn decode_key(id: &str, text: &str) -> Result<KeyBytes, String> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut out = Vec::with_capacity(32);
+        for pair in text.as_bytes().chunks(2) {
+            let digits = std::str::from_utf8(pair).map_err(|_| "not hex".to_owned())?;
+            out.push(u8::from_str_radix(digits, 16).map_err(|_| "not hex".to_owned())?);
+        }
+        KeyBytes::new(out)
+    } else {
+        KeyBytes::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| {
+                    format!(
+                        "key `{id}` is neither 64 hex digits nor base64 (the value is not shown)"
+                    )
+                })?,
+        )
+    };
+    if bytes.len() != 32 {
+        return Err(format!(
+            "key `{id}` is {} bytes; AES-256 needs exactly 32 (64 hex digits or 44 base64 characters)",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `[admin]`: the admin listener.

@@ -32,6 +32,8 @@ enum Command {
     Test(cmd::test::TestArgs),
     /// Inspect HL7 v2 files: parse, get, validate, to-json, from-json.
     Hl7(cmd::hl7::Hl7Args),
+    /// Encryption-at-rest keys: `ferry keys rotate` re-encrypts records under old keys.
+    Keys(cmd::keys::KeysArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Test(args) => cmd::test::run(args).await,
             Command::Hl7(args) => cmd::hl7::run(args),
+            Command::Keys(args) => cmd::keys::run(args).await,
         }
     });
     finish(result)
