@@ -1099,3 +1099,47 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
         ))
     })
 }
+
+#[cfg(test)]
+mod encryption_tests {
+    use super::*;
+
+    fn config(key: &str, id: &str, old: &[(&str, &str)]) -> EncryptionConfig {
+        EncryptionConfig {
+            key: Secret::from(key),
+            key_id: Text::from(id),
+            old_keys: old
+                .iter()
+                .map(|(i, k)| ((*i).to_owned(), Secret::from(*k)))
+                .collect(),
+        }
+    }
+
+    const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+    const B64: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+    #[test]
+    fn keys_are_hex_or_base64_of_32_bytes() {
+        let keys = config(HEX, "2026-12", &[("2026-06", B64)])
+            .keys()
+            .expect("keys");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].0, "2026-12");
+        assert_eq!(keys[0].1[1], 0x11);
+        assert_eq!(keys[1].1.as_slice(), &[2u8; 32]);
+    }
+
+    #[test]
+    fn bad_keys_are_refused_without_showing_them() {
+        let short = "AwMDAwMDAwMDAwMDAwMDAw==";
+        let err = config(short, "k", &[]).keys().expect_err("16 bytes");
+        assert!(err.contains("16 bytes") && !err.contains(short), "{err}");
+        let err = config("not a key!", "k", &[]).keys().expect_err("garbage");
+        assert!(!err.contains("not a key"), "{err}");
+        assert!(config(HEX, "bad id", &[]).keys().is_err());
+        assert!(config(HEX, "", &[]).keys().is_err());
+        let err = config(HEX, "k", &[("k", B64)]).keys().expect_err("twice");
+        assert!(err.contains("both"), "{err}");
+        assert!(!format!("{:?}", config(HEX, "k", &[])).contains("0011"));
+    }
+}
