@@ -20,9 +20,10 @@ pub use load::ConfigError;
 pub use schema::{
     AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, ChannelConfig,
     ChannelDestinationConfig, ChannelSourceConfig, Config, CopyConfig, DedupeConfig, DeleteConfig,
-    DestinationConfig, EncodeConfig, FileDestinationConfig, FilterConfig, HttpDestinationConfig,
-    HttpPollSourceConfig, HttpSourceConfig, MapConfig, MllpDestinationConfig, MllpSourceConfig,
-    NakAction, RenameSegmentConfig, ResponseMode, RetryConfig, ScriptConfig, ScriptSettings,
-    SetConfig, SourceConfig, StoreConfig, TlsConfig, TransformConfig,
+    DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig, FilterConfig,
+    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
+    MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
+    RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig, TlsConfig,
+    TransformConfig,
 };
 pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};

@@ -382,6 +382,16 @@ impl Config {
                     .into(),
             ));
         }
+        if let Some(e) = &self.store.encryption {
+            e.keys().map_err(|m| {
+                fail(
+                    &main_file,
+                    Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
+                    "encryption",
+                    format!("[store] encryption: {m}"),
+                )
+            })?;
+        }
         if let Some(t) = &self.admin.tls {
             listener_tls(t).map_err(|m| fail(&main_file, None, "", format!("[admin] tls: {m}")))?;
         }

@@ -43,6 +43,100 @@ pub struct StoreConfig {
     /// PostgreSQL URL (`postgres://…`) instead of SQLite. Reserved: this version reports it as
     /// not supported yet rather than silently using SQLite.
     pub url: Option<Secret>,
+    /// Encryption at rest of message content, maps, responses and error texts with
+    /// AES-256-GCM, e.g. `encryption = { key = "${file:/etc/ferry/key}", key_id = "2026-12",
+    /// old_keys = { "2026-06" = "${env:OLD_KEY}" } }`. Absent: content is stored in the clear
+    /// (and a store holding encrypted records refuses to open).
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `[store] encryption`: the keys of encryption at rest.
+///
+/// A key is 32 random bytes written as 64 hexadecimal digits or as standard base64 (44
+/// characters with the `=` padding), for example from `openssl rand -base64 32`. Give it with
+/// `${file:…}` or `${env:…}`, never in the file itself. Rotation: make a new key the `key`
+/// with a new `key_id`, move the previous one into `old_keys`, restart, and run `ferry keys
+/// rotate` (or let `ferry run` re-encrypt in the background); remove the old key once
+/// rotation reports done.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The current key: encrypts every record written, decrypts those under `key_id`.
+    pub key: Secret,
+    /// The current key's id, stored with every record it encrypts: 1 to 64 letters, digits,
+    /// `-`, `_` or `.` (a date such as `"2026-12"` works well). Required.
+    pub key_id: Text,
+    /// Previous keys by id: they only decrypt records written under them, until rotation has
+    /// re-encrypted those under `key`. Default none.
+    #[serde(default)]
+    pub old_keys: BTreeMap<String, Secret>,
+}
+
+/// Decoded key material; wiped when dropped.
+pub type KeyBytes = zeroize::Zeroizing<Vec<u8>>;
+
+impl EncryptionConfig {
+    /// The current key id and key, then each old key id and key, decoded. Errors name the key
+    /// id, never the value.
+    pub fn keys(&self) -> Result<Vec<(String, KeyBytes)>, String> {
+        let mut out = Vec::with_capacity(1 + self.old_keys.len());
+        let current = self.key_id.as_str();
+        check_key_id(current)?;
+        out.push((current.to_owned(), decode_key(current, self.key.expose())?));
+        for (id, key) in &self.old_keys {
+            check_key_id(id)?;
+            if id == current {
+                return Err(format!("key id `{id}` is both `key_id` and in `old_keys`"));
+            }
+            out.push((id.clone(), decode_key(id, key.expose())?));
+        }
+        Ok(out)
+    }
+}
+
+fn check_key_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid key id `{id}`: use 1 to 64 letters, digits, `-`, `_` or `.`"
+        ))
+    }
+}
+
+fn decode_key(id: &str, text: &str) -> Result<KeyBytes, String> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut out = Vec::with_capacity(32);
+        for pair in text.as_bytes().chunks(2) {
+            let digits = std::str::from_utf8(pair).map_err(|_| "not hex".to_owned())?;
+            out.push(u8::from_str_radix(digits, 16).map_err(|_| "not hex".to_owned())?);
+        }
+        KeyBytes::new(out)
+    } else {
+        KeyBytes::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| {
+                    format!(
+                        "key `{id}` is neither 64 hex digits nor base64 (the value is not shown)"
+                    )
+                })?,
+        )
+    };
+    if bytes.len() != 32 {
+        return Err(format!(
+            "key `{id}` is {} bytes; AES-256 needs exactly 32 (64 hex digits or 44 base64 characters)",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `[audit]`: the tamper-evident audit trail. Records are always kept in the store; this
@@ -1031,4 +1125,48 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
             "invalid address `{text}`: expected IP:port, like \"0.0.0.0:2575\" or \"127.0.0.1:8480\""
         ))
     })
+}
+
+#[cfg(test)]
+mod encryption_tests {
+    use super::*;
+
+    fn config(key: &str, id: &str, old: &[(&str, &str)]) -> EncryptionConfig {
+        EncryptionConfig {
+            key: Secret::from(key),
+            key_id: Text::from(id),
+            old_keys: old
+                .iter()
+                .map(|(i, k)| ((*i).to_owned(), Secret::from(*k)))
+                .collect(),
+        }
+    }
+
+    const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+    const B64: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+    #[test]
+    fn keys_are_hex_or_base64_of_32_bytes() {
+        let keys = config(HEX, "2026-12", &[("2026-06", B64)])
+            .keys()
+            .expect("keys");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].0, "2026-12");
+        assert_eq!(keys[0].1[1], 0x11);
+        assert_eq!(keys[1].1.as_slice(), &[2u8; 32]);
+    }
+
+    #[test]
+    fn bad_keys_are_refused_without_showing_them() {
+        let short = "AwMDAwMDAwMDAwMDAwMDAw==";
+        let err = config(short, "k", &[]).keys().expect_err("16 bytes");
+        assert!(err.contains("16 bytes") && !err.contains(short), "{err}");
+        let err = config("not a key!", "k", &[]).keys().expect_err("garbage");
+        assert!(!err.contains("not a key"), "{err}");
+        assert!(config(HEX, "bad id", &[]).keys().is_err());
+        assert!(config(HEX, "", &[]).keys().is_err());
+        let err = config(HEX, "k", &[("k", B64)]).keys().expect_err("twice");
+        assert!(err.contains("both"), "{err}");
+        assert!(!format!("{:?}", config(HEX, "k", &[])).contains("0011"));
+    }
 }

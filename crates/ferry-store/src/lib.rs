@@ -18,11 +18,19 @@
 //! A failed commit is fatal ([`StoreError::Fatal`]): the writer stops and every later write
 //! fails, because acknowledging anything after a failed fsync could acknowledge a message that
 //! is not on disk.
+//!
+//! **Encryption at rest** ([`StoreOptions::keyring`]): every blob that can hold PHI (the raw
+//! message, every content stage, the maps, responses and error texts) is stored as an
+//! AES-256-GCM envelope bound to its row; see [`crypto`](crate::crypto) for the format. Key
+//! rotation ([`Store::rotate_batch`]) re-encrypts old records in bounded batches while the
+//! store is in use.
 
 pub mod audit;
 mod checkpoint;
+pub mod crypto;
 mod model;
 mod reader;
+mod rotate;
 mod schema;
 mod writer;
 
@@ -33,11 +41,30 @@ pub use audit::{
     AuditAction, AuditEvent, AuditFilter, AuditHead, AuditOutcome, AuditProblem, AuditRecord,
     AuditSink, ProblemKind, VerifyReport,
 };
+pub use crypto::{Key, Keyring};
 pub use model::{
     ConnectorRecord, ContentStage, DedupeKey, DeliveryUpdate, Ingested, MessageId, MessageSummary,
     NewMessage, QueuedMessage, SOURCE, Status, StatusCount,
 };
 pub use writer::WriterStats;
+
+/// How to open a store.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Encrypt content at rest under these keys. `None`: store plaintext (and refuse to read
+    /// encrypted records, with [`StoreError::Crypto`]).
+    pub keyring: Option<Keyring>,
+}
+
+/// What one [`Store::rotate_batch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationProgress {
+    /// Records (blobs and error texts) re-encrypted under the current key by this batch.
+    pub rotated: u64,
+    /// The pass is complete: every record is under the current key (records written during
+    /// the pass are written under it anyway). The next call starts a new pass.
+    pub done: bool,
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +94,44 @@ pub enum StoreError {
     /// The database holds something the store cannot read.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// Encryption at rest: a record does not decrypt (wrong or missing key, altered or moved
+    /// record), or a key is unusable. Never carries key material or content.
+    #[error("encryption: {0}")]
+    Crypto(String),
+}
+
+/// Read back the newest message so a wrong or missing key fails at open, not at the first
+/// delivery.
+fn probe(conn: &rusqlite::Connection, keyring: Option<&Keyring>) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension as _;
+    let newest = conn
+        .query_row(
+            "SELECT c.name, m.id, m.raw FROM messages m JOIN channels c ON c.id = m.channel \
+             ORDER BY m.rowid DESC LIMIT 1",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, MessageId>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(StoreError::sqlite("reading the newest message"))?;
+    if let Some((channel, message_id, raw)) = newest {
+        let place = crypto::Place {
+            channel: &channel,
+            message_id,
+            connector: SOURCE,
+            stage: ContentStage::Raw.as_str(),
+        };
+        crypto::open(keyring, &place, raw).map_err(|e| match e {
+            StoreError::Crypto(m) => StoreError::Crypto(format!("refusing to open the store: {m}")),
+            other => other,
+        })?;
+    }
+    Ok(())
 }
 
 impl StoreError {
@@ -85,6 +150,8 @@ struct Inner {
     writer: writer::WriterHandle,
     reader: reader::ReadPool,
     checkpointer: std::sync::Mutex<checkpoint::Checkpointer>,
+    keyring: Option<Arc<Keyring>>,
+    rotation: std::sync::Mutex<rotate::Cursor>,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,26 +161,100 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open (or create) the store at `path`: creates parent directories, sets WAL and
-    /// `synchronous=FULL`, applies the schema, starts the writer thread.
+    /// Open (or create) the store at `path` without encryption: creates parent directories,
+    /// sets WAL and `synchronous=FULL`, applies the schema, starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, StoreOptions::default())
+    }
+
+    /// [`open`](Self::open) with options (encryption at rest).
+    ///
+    /// The newest message is read back at open: when it is encrypted under a key the options
+    /// do not hold, or does not decrypt with it (a wrong key), or the options hold no keys for
+    /// an encrypted store, the store refuses to open with [`StoreError::Crypto`] naming the key
+    /// id. Older records under a missing key fail when read, with the same error.
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
                 context: format!("creating {}", parent.display()),
                 source,
             })?;
         }
+        let keyring = options.keyring.map(Arc::new);
         let conn = schema::open_write(path)?;
-        let writer = writer::WriterHandle::start(conn)?;
-        let reader = reader::ReadPool::new(path, 4)?;
+        probe(&conn, keyring.as_deref())?;
+        if keyring.is_some() {
+            // Deleted and overwritten content (a replaced response, a record re-encrypted by
+            // rotation from plaintext) is zeroed in the file instead of left in free space.
+            conn.pragma_update(None, "secure_delete", "ON")
+                .map_err(StoreError::sqlite("enabling secure_delete"))?;
+        }
+        let writer = writer::WriterHandle::start(conn, keyring.clone())?;
+        let reader = reader::ReadPool::new(path, 4, keyring.clone())?;
         let checkpointer = std::sync::Mutex::new(checkpoint::Checkpointer::start(path)?);
         Ok(Store {
             inner: Arc::new(Inner {
                 writer,
                 reader,
                 checkpointer,
+                keyring,
+                rotation: std::sync::Mutex::new(rotate::Cursor::Start),
             }),
         })
+    }
+
+    /// Whether the store encrypts at rest, and under which key id.
+    pub fn current_key_id(&self) -> Option<&str> {
+        self.inner.keyring.as_deref().map(Keyring::current_id)
+    }
+
+    /// Re-encrypt up to `limit` records that are not under the current key (older keys, or
+    /// plaintext from before encryption was enabled), in one write transaction through the
+    /// writer, so it is safe while the engine ingests and delivers. Call until
+    /// [`RotationProgress::done`]. A record that does not decrypt stops the pass with
+    /// [`StoreError::Crypto`] naming it; the next call retries from the same place.
+    pub async fn rotate_batch(&self, limit: usize) -> Result<RotationProgress, StoreError> {
+        let cursor = self
+            .inner
+            .rotation
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let cursor = if cursor == rotate::Cursor::Done {
+            rotate::Cursor::Start
+        } else {
+            cursor
+        };
+        let reply = self
+            .inner
+            .writer
+            .submit(writer::Op::Rotate { cursor, limit })
+            .await?;
+        let writer::Reply::Rotated(r) = reply else {
+            return Err(StoreError::Corrupt("rotation returned no progress".into()));
+        };
+        let done = r.next == rotate::Cursor::Done;
+        if let Ok(mut c) = self.inner.rotation.lock() {
+            *c = r.next;
+        }
+        Ok(RotationProgress {
+            rotated: r.rotated,
+            done,
+        })
+    }
+
+    /// How many records are not under the current key: a full scan, for progress reports.
+    /// Fails with [`StoreError::Crypto`] when the store does not encrypt.
+    pub async fn rotation_pending(&self) -> Result<u64, StoreError> {
+        let Some(keyring) = self.inner.keyring.clone() else {
+            return Err(StoreError::Crypto(
+                "key rotation needs [store] encryption to be configured".into(),
+            ));
+        };
+        self.inner
+            .reader
+            .run(move |r| rotate::pending(r.connection(), &keyring))
+            .await
     }
 
     /// Store a received message, its source status and one `QUEUED` row per destination, in one

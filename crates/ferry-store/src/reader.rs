@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::StoreError;
+use crate::crypto::{self, Keyring, Place};
 use crate::model::{
     ConnectorRecord, ContentStage, MessageId, MessageSummary, QueuedMessage, SOURCE, Status,
     StatusCount,
@@ -16,16 +17,22 @@ pub(crate) struct ReadPool {
     path: PathBuf,
     idle: Arc<Mutex<Vec<Connection>>>,
     max_idle: usize,
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl ReadPool {
-    pub(crate) fn new(path: &Path, max_idle: usize) -> Result<ReadPool, StoreError> {
+    pub(crate) fn new(
+        path: &Path,
+        max_idle: usize,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<ReadPool, StoreError> {
         // Open one now so a bad path fails at open, not at the first read.
         let first = schema::open_read(path)?;
         Ok(ReadPool {
             path: path.to_owned(),
             idle: Arc::new(Mutex::new(vec![first])),
             max_idle,
+            keyring,
         })
     }
 
@@ -38,13 +45,17 @@ impl ReadPool {
         let idle = self.idle.clone();
         let path = self.path.clone();
         let max_idle = self.max_idle;
+        let keyring = self.keyring.clone();
         tokio::task::spawn_blocking(move || {
             let taken = idle.lock().ok().and_then(|mut v| v.pop());
             let conn = match taken {
                 Some(c) => c,
                 None => schema::open_read(&path)?,
             };
-            let result = f(&Reader { conn: &conn });
+            let result = f(&Reader {
+                conn: &conn,
+                keyring: keyring.as_deref(),
+            });
             if let Ok(mut v) = idle.lock()
                 && v.len() < max_idle
             {
@@ -59,6 +70,7 @@ impl ReadPool {
 
 pub(crate) struct Reader<'c> {
     conn: &'c Connection,
+    keyring: Option<&'c Keyring>,
 }
 
 fn status(text: String) -> Result<Status, StoreError> {
@@ -87,7 +99,9 @@ impl Reader<'_> {
                    COALESCE( \
                      (SELECT data FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = q.connector AND stage = 'encoded'), \
                      (SELECT data FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = ?5 AND stage = 'transformed'), \
-                     m.raw) \
+                     m.raw), \
+                   EXISTS (SELECT 1 FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = q.connector AND stage = 'encoded'), \
+                   EXISTS (SELECT 1 FROM content WHERE channel = q.channel AND message_id = q.message_id AND connector = ?5 AND stage = 'transformed') \
                  FROM connector_messages q INDEXED BY connector_messages_queued \
                  JOIN messages m ON m.channel = q.channel AND m.id = q.message_id \
                  WHERE q.channel = (SELECT id FROM channels WHERE name = ?1) \
@@ -99,18 +113,43 @@ impl Reader<'_> {
             .query_map(
                 params![channel, destination, after, limit as i64, SOURCE],
                 |r| {
-                    Ok(QueuedMessage {
-                        message_id: r.get(0)?,
-                        attempts: r.get(1)?,
-                        received_at_ms: r.get(2)?,
-                        control_id: r.get(3)?,
-                        payload: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
-                    })
+                    Ok((
+                        QueuedMessage {
+                            message_id: r.get(0)?,
+                            attempts: r.get(1)?,
+                            received_at_ms: r.get(2)?,
+                            control_id: r.get(3)?,
+                            payload: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                        },
+                        r.get::<_, bool>(5)?,
+                        r.get::<_, bool>(6)?,
+                    ))
                 },
             )
             .map_err(StoreError::sqlite("scanning a queue"))?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(StoreError::sqlite("reading a queue row"))
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for row in rows {
+            let (mut queued, encoded, transformed) =
+                row.map_err(StoreError::sqlite("reading a queue row"))?;
+            // Which stage the payload came from decides the place its envelope is bound to.
+            let (connector, stage) = if encoded {
+                (destination, ContentStage::Encoded)
+            } else if transformed {
+                (SOURCE, ContentStage::Transformed)
+            } else {
+                (SOURCE, ContentStage::Raw)
+            };
+            let place = Place {
+                channel,
+                message_id: queued.message_id,
+                connector,
+                stage: stage.as_str(),
+            };
+            queued.payload =
+                crypto::open(self.keyring, &place, std::mem::take(&mut queued.payload))?;
+            out.push(queued);
+        }
+        Ok(out)
     }
 
     pub(crate) fn queue_depth(&self, channel: &str, destination: &str) -> Result<u64, StoreError> {
@@ -151,10 +190,18 @@ impl Reader<'_> {
             })
             .map_err(StoreError::sqlite("reading a connector status"))?;
         row.map(|(s, attempts, error, updated_at_ms)| {
+            let place = Place {
+                channel,
+                message_id: id,
+                connector,
+                stage: ContentStage::Error.as_str(),
+            };
             Ok(ConnectorRecord {
                 status: status(s)?,
                 attempts,
-                error,
+                error: error
+                    .map(|e| crypto::open_text(self.keyring, &place, e))
+                    .transpose()?,
                 updated_at_ms,
             })
         })
@@ -168,6 +215,12 @@ impl Reader<'_> {
         connector: &str,
         stage: ContentStage,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        let place = Place {
+            channel,
+            message_id: id,
+            connector,
+            stage: stage.as_str(),
+        };
         // The source's raw message and response live in its message row, and every
         // connector's error in its status row.
         const BY_MESSAGE: &str =
@@ -178,7 +231,7 @@ impl Reader<'_> {
                 Some(format!("SELECT source_response {BY_MESSAGE}"))
             }
             (_, ContentStage::Error) => Some(
-                "SELECT CAST(error AS BLOB) FROM connector_messages \
+                "SELECT error FROM connector_messages \
                  WHERE channel = (SELECT id FROM channels WHERE name = ?1) \
                    AND message_id = ?2 AND connector = ?3"
                     .to_owned(),
@@ -192,7 +245,21 @@ impl Reader<'_> {
             } else {
                 &with_connector[..2]
             };
-            return self
+            if stage == ContentStage::Error {
+                let text = self
+                    .conn
+                    .prepare_cached(&sql)
+                    .and_then(|mut s| {
+                        s.query_row(args, |r| r.get::<_, Option<String>>(0))
+                            .optional()
+                    })
+                    .map(Option::flatten)
+                    .map_err(StoreError::sqlite("reading content"))?;
+                return text
+                    .map(|t| crypto::open_text(self.keyring, &place, t).map(String::into_bytes))
+                    .transpose();
+            }
+            let blob = self
                 .conn
                 .prepare_cached(&sql)
                 .and_then(|mut s| {
@@ -200,9 +267,13 @@ impl Reader<'_> {
                         .optional()
                 })
                 .map(Option::flatten)
-                .map_err(StoreError::sqlite("reading content"));
+                .map_err(StoreError::sqlite("reading content"))?;
+            return blob
+                .map(|b| crypto::open(self.keyring, &place, b))
+                .transpose();
         }
-        self.conn
+        let blob: Option<Vec<u8>> = self
+            .conn
             .prepare_cached(
                 "SELECT data FROM content \
                  WHERE channel = (SELECT id FROM channels WHERE name = ?1) \
@@ -214,7 +285,9 @@ impl Reader<'_> {
                 })
                 .optional()
             })
-            .map_err(StoreError::sqlite("reading content"))
+            .map_err(StoreError::sqlite("reading content"))?;
+        blob.map(|b| crypto::open(self.keyring, &place, b))
+            .transpose()
     }
 
     pub(crate) fn status_counts(&self, channel: &str) -> Result<Vec<StatusCount>, StoreError> {

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
+use std::borrow::Cow;
+
+use crate::crypto::{self, Keyring, Place};
 use crate::model::{DeliveryUpdate, Ingested, MessageId, NewMessage, SOURCE, Status};
+use crate::rotate::{self, Cursor, Rotated};
 use crate::{StoreError, model::ContentStage};
 
 /// Most operations committed together.
@@ -36,6 +40,11 @@ pub(crate) enum Op {
     Audit(Box<crate::audit::AuditEvent>),
     /// Move the audit shipping cursor.
     AuditShipped(i64),
+    /// Re-encrypt up to `limit` records not under the current key, from `cursor` on.
+    Rotate {
+        cursor: Cursor,
+        limit: usize,
+    },
 }
 
 /// A message a duplicate repeats: its id and stored response.
@@ -45,6 +54,7 @@ pub(crate) enum Reply {
     Ingested(Ingested),
     Audited(Box<crate::audit::AuditRecord>),
     Done,
+    Rotated(Rotated),
 }
 
 enum Command {
@@ -74,13 +84,16 @@ pub(crate) struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub(crate) fn start(conn: Connection) -> Result<WriterHandle, StoreError> {
+    pub(crate) fn start(
+        conn: Connection,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<WriterHandle, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
-            .spawn(move || Writer::new(conn, thread_counters).run(rx))
+            .spawn(move || Writer::new(conn, thread_counters, keyring).run(rx))
             .map_err(|source| StoreError::Io {
                 context: "starting the store writer thread".into(),
                 source,
@@ -119,6 +132,7 @@ impl WriterHandle {
 struct Writer {
     conn: Connection,
     counters: Arc<Counters>,
+    keyring: Option<Arc<Keyring>>,
     channel_ids: HashMap<String, i64>,
     next_ids: HashMap<i64, MessageId>,
 }
@@ -142,15 +156,16 @@ fn op_bytes(op: &Op) -> usize {
             d.response.as_ref().map_or(0, Vec::len) + d.encoded.as_ref().map_or(0, Vec::len)
         }
         Op::SourceResponse { response, .. } => response.len(),
-        Op::Audit(_) | Op::AuditShipped(_) => 0,
+        Op::Audit(_) | Op::AuditShipped(_) | Op::Rotate { .. } => 0,
     }
 }
 
 impl Writer {
-    fn new(conn: Connection, counters: Arc<Counters>) -> Writer {
+    fn new(conn: Connection, counters: Arc<Counters>, keyring: Option<Arc<Keyring>>) -> Writer {
         Writer {
             conn,
             counters,
+            keyring,
             channel_ids: HashMap::new(),
             next_ids: HashMap::new(),
         }
@@ -241,7 +256,7 @@ impl Writer {
                 Op::Ingest(m) => &m.channel,
                 Op::Delivery(d) => &d.channel,
                 Op::SourceResponse { channel, .. } => channel,
-                Op::Audit(_) | Op::AuditShipped(_) => continue,
+                Op::Audit(_) | Op::AuditShipped(_) | Op::Rotate { .. } => continue,
             };
             if !self.channel_ids.contains_key(name)
                 && let Err(e) = self.channel_id(name)
@@ -324,6 +339,14 @@ impl Writer {
             Op::AuditShipped(seq) => {
                 crate::audit::set_shipped(&self.conn, *seq).map(|()| Reply::Done)
             }
+            Op::Rotate { cursor, limit } => match &self.keyring {
+                Some(keyring) => {
+                    rotate::batch(&self.conn, keyring, cursor, *limit).map(Reply::Rotated)
+                }
+                None => Err(StoreError::Crypto(
+                    "key rotation needs [store] encryption to be configured".into(),
+                )),
+            },
         }
     }
 
@@ -358,6 +381,27 @@ impl Writer {
             .map_err(StoreError::sqlite("reading a channel id"))?;
         self.channel_ids.insert(name.to_owned(), id);
         Ok(id)
+    }
+
+    /// `plain` as it is to be stored at its place: sealed under the current key when the
+    /// store encrypts, else as is.
+    fn seal<'p>(&self, place: Place<'_>, plain: &'p [u8]) -> Result<Cow<'p, [u8]>, StoreError> {
+        match &self.keyring {
+            Some(k) => k.seal(&place, plain).map(Cow::Owned),
+            None => Ok(Cow::Borrowed(plain)),
+        }
+    }
+
+    /// [`seal`](Self::seal) for an error text.
+    fn seal_text<'p>(
+        &self,
+        place: Place<'_>,
+        plain: Option<&'p str>,
+    ) -> Result<Option<Cow<'p, str>>, StoreError> {
+        match (&self.keyring, plain) {
+            (Some(k), Some(p)) => k.seal_text(&place, p).map(|s| Some(Cow::Owned(s))),
+            (_, p) => Ok(p.map(Cow::Borrowed)),
+        }
     }
 
     fn next_id(&mut self, channel: i64) -> Result<MessageId, StoreError> {
@@ -411,6 +455,23 @@ impl Writer {
             Some(d) => self.find_original(channel, &d.key, d.since_ms)?,
             None => None,
         };
+        // The original's response is sealed for the original's row: open it to store it again
+        // (sealed for this row) with the duplicate.
+        let original = match original {
+            Some((oid, Some(sealed))) => {
+                let place = Place {
+                    channel: &m.channel,
+                    message_id: oid,
+                    connector: SOURCE,
+                    stage: ContentStage::Response.as_str(),
+                };
+                Some((
+                    oid,
+                    Some(crypto::open(self.keyring.as_deref(), &place, sealed)?),
+                ))
+            }
+            other => other,
+        };
         let id = self.next_id(channel)?;
         let now = now_ms();
         // A duplicate is stored without a key of its own, answered with the original's
@@ -429,6 +490,18 @@ impl Writer {
                 m.source_error.clone(),
             ),
         };
+        let place = |connector: &'static str, stage: ContentStage| Place {
+            channel: &m.channel,
+            message_id: id,
+            connector,
+            stage: stage.as_str(),
+        };
+        let raw = self.seal(place(SOURCE, ContentStage::Raw), &m.raw)?;
+        let response = response
+            .map(|r| self.seal(place(SOURCE, ContentStage::Response), r))
+            .transpose()?;
+        let source_error =
+            self.seal_text(place(SOURCE, ContentStage::Error), source_error.as_deref())?;
         let c = &self.conn;
         // The raw message and the source's response are columns of the message row, so the
         // hot path is one message insert plus one status row per connector.
@@ -445,7 +518,7 @@ impl Writer {
                 m.received_at_ms,
                 m.control_id,
                 m.message_type,
-                m.raw,
+                raw,
                 response,
                 dedupe_key
             ])
@@ -500,6 +573,15 @@ impl Writer {
                 .map_err(StoreError::sqlite("recording a destination's filter"))?;
         }
         for (destination, error) in &m.errored_destinations {
+            let error = self.seal_text(
+                Place {
+                    channel: &m.channel,
+                    message_id: id,
+                    connector: destination,
+                    stage: ContentStage::Error.as_str(),
+                },
+                Some(error),
+            )?;
             status
                 .execute(params![channel, id, destination, "ERROR", error, now])
                 .map_err(StoreError::sqlite("recording a destination's error"))?;
@@ -514,6 +596,7 @@ impl Writer {
             )
             .map_err(StoreError::sqlite("preparing content insert"))?;
         if let Some(transformed) = &m.transformed {
+            let transformed = self.seal(place(SOURCE, ContentStage::Transformed), transformed)?;
             content
                 .execute(params![
                     channel,
@@ -525,6 +608,7 @@ impl Writer {
                 .map_err(StoreError::sqlite("storing transformed content"))?;
         }
         if let Some(maps) = &m.maps {
+            let maps = self.seal(place(SOURCE, ContentStage::Maps), maps)?;
             content
                 .execute(params![
                     channel,
@@ -536,6 +620,15 @@ impl Writer {
                 .map_err(StoreError::sqlite("storing maps"))?;
         }
         for (destination, encoded) in &m.encoded {
+            let encoded = self.seal(
+                Place {
+                    channel: &m.channel,
+                    message_id: id,
+                    connector: destination,
+                    stage: ContentStage::Encoded.as_str(),
+                },
+                encoded,
+            )?;
             content
                 .execute(params![
                     channel,
@@ -556,6 +649,15 @@ impl Writer {
         response: &[u8],
     ) -> Result<(), StoreError> {
         let channel_id = self.channel_id(channel)?;
+        let response = self.seal(
+            Place {
+                channel,
+                message_id: id,
+                connector: SOURCE,
+                stage: ContentStage::Response.as_str(),
+            },
+            response,
+        )?;
         let changed = self
             .conn
             .prepare_cached(
@@ -573,6 +675,23 @@ impl Writer {
 
     fn delivery(&mut self, d: &DeliveryUpdate) -> Result<(), StoreError> {
         let channel = self.channel_id(&d.channel)?;
+        let place = |stage: ContentStage| Place {
+            channel: &d.channel,
+            message_id: d.message_id,
+            connector: &d.destination,
+            stage: stage.as_str(),
+        };
+        let error = self.seal_text(place(ContentStage::Error), d.error.as_deref())?;
+        let response = d
+            .response
+            .as_ref()
+            .map(|r| self.seal(place(ContentStage::Response), r))
+            .transpose()?;
+        let encoded = d
+            .encoded
+            .as_ref()
+            .map(|e| self.seal(place(ContentStage::Encoded), e))
+            .transpose()?;
         let c = &self.conn;
         let changed = c
             .prepare_cached(
@@ -583,7 +702,7 @@ impl Writer {
                 s.execute(params![
                     d.status.as_str(),
                     d.attempts,
-                    d.error,
+                    error,
                     now_ms(),
                     channel,
                     d.message_id,
@@ -603,7 +722,7 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(StoreError::sqlite("preparing content insert"))?;
-        if let Some(response) = &d.response {
+        if let Some(response) = &response {
             content
                 .execute(params![
                     channel,
@@ -614,7 +733,7 @@ impl Writer {
                 ])
                 .map_err(StoreError::sqlite("storing a response"))?;
         }
-        if let Some(encoded) = &d.encoded {
+        if let Some(encoded) = &encoded {
             content
                 .execute(params![
                     channel,

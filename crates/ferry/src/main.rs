@@ -34,6 +34,8 @@ enum Command {
     Hl7(cmd::hl7::Hl7Args),
     /// The tamper-evident audit trail: verify the hash chain, list records.
     Audit(cmd::audit::AuditArgs),
+    /// Encryption-at-rest keys: `ferry keys rotate` re-encrypts records under old keys.
+    Keys(cmd::keys::KeysArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
             Command::Test(args) => cmd::test::run(args).await,
             Command::Hl7(args) => cmd::hl7::run(args),
             Command::Audit(args) => cmd::audit::run(args).await,
+            Command::Keys(args) => cmd::keys::run(args).await,
         }
     });
     finish(result)

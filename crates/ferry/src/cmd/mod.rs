@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bench;
 pub mod check;
 pub mod hl7;
+pub mod keys;
 pub mod run;
 pub mod send;
 pub mod test;

@@ -44,9 +44,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("{warning}");
     }
     let store_path = config.store_path();
-    let store = Store::open(&store_path)
+    let options = super::keys::store_options(&config)?;
+    let store = Store::open_with(&store_path, options)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
-    println!("ferry: store {}", store_path.display());
+    match store.current_key_id() {
+        Some(id) => println!(
+            "ferry: store {} (encrypted, key `{id}`)",
+            store_path.display()
+        ),
+        None => println!("ferry: store {}", store_path.display()),
+    }
+    // Records under old keys (or from before encryption) are re-encrypted while running.
+    let rotation = store
+        .current_key_id()
+        .is_some()
+        .then(|| super::keys::spawn_background_rotation(store.clone()));
     // The first record of every run names the exact configuration it runs on.
     let config_sha256 = match &path {
         Some(p) => ferry_store::audit::sha256_hex(
@@ -127,6 +139,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     wait_for_signal().await;
     println!("ferry: stopping (no new connections; finishing in-flight messages)");
     shutdown.cancel();
+    if let Some(rotation) = rotation {
+        rotation.abort();
+        let _ = rotation.await;
+    }
     if let Some(shipper) = shipper {
         let _ = shipper.await;
     }

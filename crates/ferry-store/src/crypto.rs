@@ -1,0 +1,371 @@
+//! Encryption at rest: AES-256-GCM envelopes around every stored blob that can hold PHI.
+//!
+//! **Envelope** (binary columns: `messages.raw`, `messages.source_response`, `content.data`):
+//!
+//! ```text
+//! FF 'F' 'E' '1' | key_id_len (1 byte, 1..=64) | key_id (ASCII) | nonce (12 random bytes)
+//!                | ciphertext | tag (16 bytes)
+//! ```
+//!
+//! The associated data binds the envelope to its place: `"ferry-store-v1"`, then the channel
+//! name, message id, connector name, stage and key id, each length-prefixed. A blob copied to
+//! another row, stage, message or channel fails authentication instead of being read as that
+//! row's content.
+//!
+//! **Telling envelopes from plaintext.** Stores written before encryption was enabled hold
+//! plaintext blobs; they stay readable. The first byte of an envelope is `0xFF`, which never
+//! begins UTF-8 text, so no HL7 message (`MSH`, a UTF-8 BOM `EF BB BF`, or an MLLP-stripped
+//! segment), JSON, XML or text response starts with the 4-byte magic. The rule: a blob that
+//! starts with the magic **is** an envelope and must decrypt — an unknown key id, a truncated
+//! header or a failed tag is an error ([`StoreError::Crypto`]), never a fallback to returning
+//! the bytes. A blob without the magic is legacy plaintext and is returned as stored (and is
+//! re-encrypted by key rotation).
+//!
+//! **Error texts** (`connector_messages.error`, a `TEXT` column) may quote message data, so
+//! they are encrypted too, as `ferry:enc1:` followed by the standard base64 of an envelope
+//! whose stage is `error`.
+//!
+//! Metadata stays in the clear because the store indexes and lists by it: channel and
+//! connector names, statuses, times, `control_id` (MSH-10), `message_type` (MSH-9) and the
+//! duplicate-detection key (MSH-3/MSH-4/MSH-10).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+use crate::StoreError;
+use crate::model::MessageId;
+
+/// First bytes of every envelope.
+pub(crate) const MAGIC: &[u8; 4] = b"\xFFFE1";
+/// Prefix of an encrypted error text.
+pub(crate) const TEXT_PREFIX: &str = "ferry:enc1:";
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Longest key id.
+pub const MAX_KEY_ID_LEN: usize = 64;
+const AAD_LABEL: &[u8] = b"ferry-store-v1";
+
+/// A 256-bit data-encryption key. Wiped from memory when dropped; `Debug` prints nothing of
+/// it.
+#[derive(Clone)]
+pub struct Key(Zeroizing<[u8; 32]>);
+
+impl Key {
+    /// A key from exactly 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Key, StoreError> {
+        let array: [u8; 32] = bytes.try_into().map_err(|_| {
+            StoreError::Crypto(format!(
+                "an AES-256 key is 32 bytes, this one is {}",
+                bytes.len()
+            ))
+        })?;
+        Ok(Key(Zeroizing::new(array)))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key([redacted])")
+    }
+}
+
+/// Whether `id` is a usable key id: 1 to 64 of ASCII letters, digits, `-`, `_`, `.`.
+pub fn valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_KEY_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The keys of a store: the current one, which encrypts everything written, and old ones that
+/// still decrypt records written under them until rotation has re-encrypted those.
+#[derive(Clone)]
+pub struct Keyring {
+    current_id: String,
+    current: Aes256Gcm,
+    keys: HashMap<String, Aes256Gcm>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut old: Vec<&String> = self
+            .keys
+            .keys()
+            .filter(|k| **k != self.current_id)
+            .collect();
+        old.sort();
+        f.debug_struct("Keyring")
+            .field("current", &self.current_id)
+            .field("old", &old)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    /// A keyring whose current key is `key`, named `id`.
+    pub fn new(id: &str, key: Key) -> Result<Keyring, StoreError> {
+        let cipher = cipher(id, &key)?;
+        let mut keys = HashMap::new();
+        keys.insert(id.to_owned(), cipher.clone());
+        Ok(Keyring {
+            current_id: id.to_owned(),
+            current: cipher,
+            keys,
+        })
+    }
+
+    /// Add an old key that still decrypts (never encrypts).
+    pub fn with_old(mut self, id: &str, key: Key) -> Result<Keyring, StoreError> {
+        if id == self.current_id {
+            return Err(StoreError::Crypto(format!(
+                "key id `{id}` is both the current key and an old key"
+            )));
+        }
+        let cipher = cipher(id, &key)?;
+        self.keys.insert(id.to_owned(), cipher);
+        Ok(self)
+    }
+
+    /// The id of the key new records are encrypted under.
+    pub fn current_id(&self) -> &str {
+        &self.current_id
+    }
+
+    /// The envelope header (magic, key id) of the current key: a blob starting with it needs
+    /// no rotation.
+    pub(crate) fn current_header(&self) -> Vec<u8> {
+        let mut h = MAGIC.to_vec();
+        h.push(self.current_id.len() as u8);
+        h.extend_from_slice(self.current_id.as_bytes());
+        h
+    }
+
+    /// Encrypt `plain` for its place under the current key.
+    pub(crate) fn seal(&self, place: &Place<'_>, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| StoreError::Crypto(format!("no randomness for a nonce: {e}")))?;
+        let header = self.current_header();
+        let mut out = Vec::with_capacity(header.len() + NONCE_LEN + plain.len() + TAG_LEN);
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plain);
+        let aad = place.aad(&self.current_id);
+        let tag = self
+            .current
+            .encrypt_inout_detached(&Nonce::from(nonce), &aad, (&mut out[start..]).into())
+            .map_err(|_| StoreError::Crypto(format!("cannot encrypt {place}")))?;
+        out.extend_from_slice(tag.as_slice());
+        Ok(out)
+    }
+
+    /// Encrypt an error text for its place.
+    pub(crate) fn seal_text(&self, place: &Place<'_>, plain: &str) -> Result<String, StoreError> {
+        let sealed = self.seal(place, plain.as_bytes())?;
+        let mut out = String::from(TEXT_PREFIX);
+        base64::engine::general_purpose::STANDARD.encode_string(sealed, &mut out);
+        Ok(out)
+    }
+}
+
+fn cipher(id: &str, key: &Key) -> Result<Aes256Gcm, StoreError> {
+    if !valid_key_id(id) {
+        return Err(StoreError::Crypto(format!(
+            "invalid key id `{id}`: use 1 to {MAX_KEY_ID_LEN} letters, digits, `-`, `_` or `.`"
+        )));
+    }
+    Aes256Gcm::new_from_slice(key.0.as_slice())
+        .map_err(|_| StoreError::Crypto("an AES-256 key is 32 bytes".into()))
+}
+
+/// Where a blob is stored: what its associated data binds it to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Place<'a> {
+    pub channel: &'a str,
+    pub message_id: MessageId,
+    pub connector: &'a str,
+    pub stage: &'a str,
+}
+
+impl Place<'_> {
+    fn aad(&self, key_id: &str) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(
+            64 + self.channel.len() + self.connector.len() + self.stage.len() + key_id.len(),
+        );
+        let mut field = |bytes: &[u8]| {
+            aad.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            aad.extend_from_slice(bytes);
+        };
+        field(AAD_LABEL);
+        field(self.channel.as_bytes());
+        field(&self.message_id.to_be_bytes());
+        field(self.connector.as_bytes());
+        field(self.stage.as_bytes());
+        field(key_id.as_bytes());
+        aad
+    }
+}
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the {} content of connector `{}` of message {} in channel `{}`",
+            self.stage, self.connector, self.message_id, self.channel
+        )
+    }
+}
+
+/// What a stored blob is.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Sealed<'a> {
+    /// Written before encryption was enabled.
+    Plain,
+    /// An envelope under this key id.
+    Envelope(&'a str),
+}
+
+/// Classify a stored blob by its header.
+pub(crate) fn classify<'a>(blob: &'a [u8], place: &Place<'_>) -> Result<Sealed<'a>, StoreError> {
+    let Some(rest) = blob.strip_prefix(MAGIC.as_slice()) else {
+        return Ok(Sealed::Plain);
+    };
+    let truncated = || StoreError::Crypto(format!("{place} is a truncated envelope"));
+    let (&len, rest) = rest.split_first().ok_or_else(truncated)?;
+    let id = rest.get(..len as usize).ok_or_else(truncated)?;
+    let id = std::str::from_utf8(id)
+        .ok()
+        .filter(|id| valid_key_id(id))
+        .ok_or_else(|| StoreError::Crypto(format!("{place} has a malformed key id")))?;
+    Ok(Sealed::Envelope(id))
+}
+
+/// Decrypt (or pass through legacy plaintext of) a stored blob. `keyring` is `None` when the
+/// store runs without encryption: then an envelope is an error naming its key id.
+pub(crate) fn open(
+    keyring: Option<&Keyring>,
+    place: &Place<'_>,
+    blob: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    let id = match classify(&blob, place)? {
+        Sealed::Plain => return Ok(blob),
+        Sealed::Envelope(id) => id,
+    };
+    let Some(keyring) = keyring else {
+        return Err(StoreError::Crypto(format!(
+            "{place} is encrypted under key `{id}`, but the store was opened without encryption \
+             keys ([store] encryption)"
+        )));
+    };
+    let cipher = keyring.keys.get(id).ok_or_else(|| {
+        StoreError::Crypto(format!(
+            "{place} is encrypted under key `{id}`, which is not configured (add it to [store] \
+             encryption.old_keys until `ferry keys rotate` has finished)"
+        ))
+    })?;
+    let body = MAGIC.len() + 1 + id.len();
+    if blob.len() < body + NONCE_LEN + TAG_LEN {
+        return Err(StoreError::Crypto(format!(
+            "{place} is a truncated envelope"
+        )));
+    }
+    let aad = place.aad(id);
+    let nonce = Nonce::try_from(&blob[body..body + NONCE_LEN])
+        .map_err(|_| StoreError::Crypto(format!("{place} is a truncated envelope")))?;
+    let tag_at = blob.len() - TAG_LEN;
+    let tag = Tag::try_from(&blob[tag_at..])
+        .map_err(|_| StoreError::Crypto(format!("{place} is a truncated envelope")))?;
+    let mut plain = blob[body + NONCE_LEN..tag_at].to_vec();
+    cipher
+        .decrypt_inout_detached(&nonce, &aad, plain.as_mut_slice().into(), &tag)
+        .map_err(|_| {
+            StoreError::Crypto(format!(
+                "{place} fails authentication under key `{id}`: the key is wrong, or the \
+                 record was altered or moved from another row"
+            ))
+        })?;
+    Ok(plain)
+}
+
+/// [`open`] for an error text.
+pub(crate) fn open_text(
+    keyring: Option<&Keyring>,
+    place: &Place<'_>,
+    text: String,
+) -> Result<String, StoreError> {
+    let Some(encoded) = text.strip_prefix(TEXT_PREFIX) else {
+        return Ok(text);
+    };
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| StoreError::Crypto(format!("{place} is a malformed encrypted text")))?;
+    let plain = open(keyring, place, blob)?;
+    String::from_utf8(plain)
+        .map_err(|_| StoreError::Crypto(format!("{place} decrypts to invalid UTF-8")))
+}
+
+/// Whether an error text is sealed under the key whose envelope header is `header`.
+pub(crate) fn text_has_header(text: &str, header: &[u8]) -> bool {
+    text.strip_prefix(TEXT_PREFIX)
+        .and_then(|e| base64::engine::general_purpose::STANDARD.decode(e).ok())
+        .is_some_and(|blob| blob.starts_with(header))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(id: MessageId) -> Place<'static> {
+        Place {
+            channel: "adt",
+            message_id: id,
+            connector: "source",
+            stage: "raw",
+        }
+    }
+
+    fn ring() -> Keyring {
+        Keyring::new("k1", Key::from_bytes(&[7u8; 32]).expect("key")).expect("ring")
+    }
+
+    #[test]
+    fn round_trip_and_binding() {
+        let ring = ring();
+        let sealed = ring.seal(&place(1), b"MSH|^~\\&|DOE^JANE").expect("seal");
+        assert!(sealed.starts_with(MAGIC));
+        assert!(!sealed.windows(8).any(|w| w == b"DOE^JANE"));
+        assert_eq!(
+            open(Some(&ring), &place(1), sealed.clone()).expect("open"),
+            b"MSH|^~\\&|DOE^JANE"
+        );
+        let moved = open(Some(&ring), &place(2), sealed.clone()).expect_err("moved");
+        assert!(
+            moved.to_string().contains("fails authentication"),
+            "{moved}"
+        );
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 20;
+        tampered[last] ^= 1;
+        assert!(open(Some(&ring), &place(1), tampered).is_err());
+        let no_keys = open(None, &place(1), sealed).expect_err("no keys");
+        assert!(no_keys.to_string().contains("`k1`"), "{no_keys}");
+        assert_eq!(
+            open(Some(&ring), &place(1), b"MSH|plain".to_vec()).expect("plain"),
+            b"MSH|plain"
+        );
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let key = Key::from_bytes(&[0x41u8; 32]).expect("key");
+        assert_eq!(format!("{key:?}"), "Key([redacted])");
+        assert!(!format!("{:?}", ring()).contains("7, 7"));
+    }
+}
