@@ -144,6 +144,8 @@ enum SourcePlan {
 struct ChannelPlan {
     spec: ChannelSpec,
     source: SourcePlan,
+    /// Per connector, the certificates its TLS loaded (for the expiry gauge).
+    certificates: Vec<(String, Vec<ferry_engine::CertificateGauge>)>,
 }
 
 /// Build every connector of the configuration without binding or connecting: what
@@ -193,11 +195,19 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
     }
     let mut sources = Vec::with_capacity(plans.len());
     let mut specs = Vec::with_capacity(plans.len());
+    let mut certificates = Vec::new();
     for p in plans {
         sources.push((p.spec.name.clone(), p.source));
+        certificates.push((p.spec.name.clone(), p.certificates));
         specs.push(p.spec);
     }
     let engine = Engine::start_with_router(store, specs, router).await?;
+    let stats = engine.stats();
+    for (channel, connectors) in certificates {
+        for (connector, certs) in connectors {
+            stats.certificates().replace(&channel, &connector, certs);
+        }
+    }
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
@@ -383,6 +393,26 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
         connector: connector.to_owned(),
         message,
     };
+    let mut certificates = Vec::new();
+    let source_tls = match &channel.source {
+        SourceConfig::Mllp(s) => s
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::server_certificates(&name, "source", t)),
+        SourceConfig::Http(s) => s
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::server_certificates(&name, "source", t)),
+        SourceConfig::HttpPoll(s) => Some(crate::tls::client_certificates(
+            &name,
+            "source",
+            s.tls.as_ref(),
+        )),
+        SourceConfig::Channel(_) => None,
+    };
+    if let Some(certs) = source_tls {
+        certificates.push(("source".to_owned(), certs));
+    }
     let source = match &channel.source {
         SourceConfig::Mllp(s) => SourcePlan::Mllp(MllpSourceSettings {
             listen: s.listen,
@@ -433,6 +463,17 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
     let mut destinations = Vec::with_capacity(channel.destinations.len());
     for dest in &channel.destinations {
         let connector = format!("destination `{}`", dest.name());
+        let dest_tls = match dest {
+            DestinationConfig::Http(d) => d.tls.as_ref(),
+            DestinationConfig::Mllp(d) => d.tls.as_ref(),
+            _ => None,
+        };
+        if dest_tls.is_some() {
+            certificates.push((
+                dest.name().to_owned(),
+                crate::tls::client_certificates(&name, dest.name(), dest_tls),
+            ));
+        }
         let sender: Arc<dyn Destination> = match dest {
             DestinationConfig::Http(d) => {
                 let url = reqwest::Url::parse(d.url.as_str())
@@ -558,5 +599,6 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             dedupe_window: channel.dedupe.as_ref().map(|d| d.window.get()),
         },
         source,
+        certificates,
     })
 }

@@ -22,6 +22,6 @@ pub mod deploy;
 pub mod file;
 pub mod http;
 pub mod mllp;
-mod tls;
+pub mod tls;
 
 pub use deploy::{DeployError, Runtime, deploy};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use ferry_config::TlsConfig;
-use ferry_tls::{ClientTlsSettings, ServerTlsSettings, TlsError};
+use ferry_tls::{CertificateKind, ClientTlsSettings, ServerTlsSettings, TlsError};
 
 /// A listener's TLS (cert and key required; `client_ca` turns on mTLS).
 pub(crate) fn server(
@@ -34,4 +34,75 @@ pub(crate) fn client(tls: Option<&TlsConfig>) -> Result<Arc<rustls::ClientConfig
         },
     };
     ferry_tls::client_config(&settings)
+}
+
+/// The certificates a listener's TLS table loads (its own chain, its client CA bundle), for
+/// the expiry gauge. Files that cannot be read are left out: loading the configuration has
+/// already reported them.
+pub fn server_certificates(
+    channel: &str,
+    connector: &str,
+    tls: &TlsConfig,
+) -> Vec<ferry_engine::CertificateGauge> {
+    let mut out = gauges(
+        channel,
+        connector,
+        tls.cert.as_deref(),
+        CertificateKind::Server,
+    );
+    out.extend(gauges(
+        channel,
+        connector,
+        tls.client_ca.as_deref(),
+        CertificateKind::Ca,
+    ));
+    out
+}
+
+/// The certificates a client's TLS table loads (its own chain, its `ca` bundle; not the
+/// operating system's store), for the expiry gauge.
+pub fn client_certificates(
+    channel: &str,
+    connector: &str,
+    tls: Option<&TlsConfig>,
+) -> Vec<ferry_engine::CertificateGauge> {
+    let Some(tls) = tls else {
+        return Vec::new();
+    };
+    let mut out = gauges(
+        channel,
+        connector,
+        tls.cert.as_deref(),
+        CertificateKind::Client,
+    );
+    out.extend(gauges(
+        channel,
+        connector,
+        tls.ca.as_deref(),
+        CertificateKind::Ca,
+    ));
+    out
+}
+
+pub(crate) fn gauges(
+    channel: &str,
+    connector: &str,
+    path: Option<&std::path::Path>,
+    kind: CertificateKind,
+) -> Vec<ferry_engine::CertificateGauge> {
+    let Some(path) = path else {
+        return Vec::new();
+    };
+    ferry_tls::certificates(path, kind)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| ferry_engine::CertificateGauge {
+            channel: channel.to_owned(),
+            connector: connector.to_owned(),
+            kind: c.kind.as_str().to_owned(),
+            subject: c.subject,
+            serial: c.serial,
+            not_after: c.not_after,
+        })
+        .collect()
 }

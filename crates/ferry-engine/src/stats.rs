@@ -77,11 +77,20 @@ impl ChannelStats {
 #[derive(Debug, Default)]
 pub struct Stats {
     channels: Vec<Arc<ChannelStats>>,
+    certificates: crate::certs::Certificates,
 }
 
 impl Stats {
     pub(crate) fn new(channels: Vec<Arc<ChannelStats>>) -> Stats {
-        Stats { channels }
+        Stats {
+            channels,
+            certificates: Default::default(),
+        }
+    }
+
+    /// The certificates the node loaded (`ferry_tls_certificate_expiry_days`).
+    pub fn certificates(&self) -> &crate::certs::Certificates {
+        &self.certificates
     }
 
     /// Counters of every channel, in configuration order.
@@ -195,6 +204,7 @@ impl Stats {
                 }
             }
         }
+        self.certificates.render(&mut out, crate::certs::unix_now());
         out
     }
 }
@@ -204,7 +214,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: i64) {
+pub(crate) fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: i64) {
     out.push_str(name);
     out.push('{');
     for (i, (k, v)) in labels.iter().enumerate() {

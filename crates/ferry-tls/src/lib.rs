@@ -67,6 +67,7 @@
 mod client;
 mod error;
 mod identity;
+mod inventory;
 mod pem;
 mod server;
 mod verifier;
@@ -84,6 +85,7 @@ pub use error::TlsError;
 pub use identity::{
     ClientNotAllowed, PeerIdentity, identity_allowed, not_after, peer_identity, refused_client,
 };
+pub use inventory::{CertificateInfo, CertificateKind, certificate_info, certificates};
 pub use pem::{load_certs, load_private_key, load_roots};
 pub use server::{ServerTlsSettings, server_config, server_config_with_alpn};
 
