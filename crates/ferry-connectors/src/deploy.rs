@@ -146,6 +146,8 @@ struct ChannelPlan {
     source: SourcePlan,
     /// Per connector, the certificates its TLS loaded (for the expiry gauge).
     certificates: Vec<(String, Vec<ferry_engine::CertificateGauge>)>,
+    /// The listener certificate to reload when its files change.
+    watched: Option<crate::tls::Watched>,
 }
 
 /// Build every connector of the configuration without binding or connecting: what
@@ -196,9 +198,11 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
     let mut sources = Vec::with_capacity(plans.len());
     let mut specs = Vec::with_capacity(plans.len());
     let mut certificates = Vec::new();
+    let mut watched = Vec::new();
     for p in plans {
         sources.push((p.spec.name.clone(), p.source));
         certificates.push((p.spec.name.clone(), p.certificates));
+        watched.extend(p.watched);
         specs.push(p.spec);
     }
     let engine = Engine::start_with_router(store, specs, router).await?;
@@ -284,6 +288,11 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
             Bound::Channel => {}
         }
     }
+    tasks.spawn(crate::tls::watch(
+        watched,
+        engine.stats(),
+        shutdown.child_token(),
+    ));
     Ok(Runtime {
         engine,
         sources: tasks,
@@ -413,13 +422,24 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
     if let Some(certs) = source_tls {
         certificates.push(("source".to_owned(), certs));
     }
+    let mut watched = None;
+    let mut watch = |t: &ferry_config::TlsConfig, alpn: &[&[u8]]| {
+        let (config, cert) = crate::tls::server_reloadable(t, alpn)?;
+        watched = Some(crate::tls::Watched {
+            channel: name.clone(),
+            connector: "source".to_owned(),
+            tls: t.clone(),
+            cert,
+        });
+        Ok::<_, TlsError>(config)
+    };
     let source = match &channel.source {
         SourceConfig::Mllp(s) => SourcePlan::Mllp(MllpSourceSettings {
             listen: s.listen,
             tls: s
                 .tls
                 .as_ref()
-                .map(|t| crate::tls::server(t, &[]))
+                .map(|t| watch(t, &[]))
                 .transpose()
                 .map_err(tls_error("source".into()))?,
             max_frame_bytes: s.max_frame_size.bytes(),
@@ -432,7 +452,7 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             tls: s
                 .tls
                 .as_ref()
-                .map(|t| crate::tls::server(t, &[b"http/1.1"]))
+                .map(|t| watch(t, &[b"http/1.1"]))
                 .transpose()
                 .map_err(tls_error("source".into()))?,
             path: s.path.clone(),
@@ -600,5 +620,6 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
         },
         source,
         certificates,
+        watched,
     })
 }

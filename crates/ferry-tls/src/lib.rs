@@ -69,6 +69,7 @@ mod error;
 mod identity;
 mod inventory;
 mod pem;
+mod reload;
 mod server;
 mod verifier;
 
@@ -87,7 +88,10 @@ pub use identity::{
 };
 pub use inventory::{CertificateInfo, CertificateKind, certificate_info, certificates};
 pub use pem::{load_certs, load_private_key, load_roots};
-pub use server::{ServerTlsSettings, server_config, server_config_with_alpn};
+pub use reload::ReloadingCert;
+pub use server::{
+    ServerTlsSettings, reloadable_server_config, server_config, server_config_with_alpn,
+};
 
 /// The protocol versions Ferry speaks, most preferred first: TLS 1.3, then TLS 1.2.
 pub static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
