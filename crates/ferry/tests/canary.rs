@@ -3,10 +3,11 @@
 //!
 //! The real binary runs with `FERRY_LOG=trace` on a configuration whose HTTP destination
 //! header, poller header and script `configMap` values are canary secrets from `${env:…}` and
-//! `${file:…}`. Messages whose PID-5 holds a canary patient name go in over MLLP, HTTP and the
-//! poller, including every way a message can fail: the destination answers 500 then 400, a
-//! filter rejects, a script throws with the name in its message, an oversized frame or body,
-//! malformed input. Then the complete stdout/stderr, every ACK and HTTP body returned to a
+//! `${file:…}`, and whose TLS listener's private key lines are canaries as well. Messages
+//! whose PID-5 holds a canary patient name go in over MLLP, HTTP and the poller (and as
+//! plaintext to the TLS listener), including every way a message can fail: the destination
+//! answers 500 then 400, a filter rejects, a script throws with the name in its message, an
+//! oversized frame or body, malformed input. Then the complete stdout/stderr, every ACK and HTTP body returned to a
 //! sender, and `/metrics` are searched for the canaries. A second run with the explicit
 //! opt-in `FERRY_LOG_PHI=1` proves the search can find them (the name does appear then).
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use common::{Ferry, config_with_channels, plain, toml_path};
 use ferry_connectors::mllp::MllpConnection;
 use ferry_testkit::http_peer::HttpPeer;
+use ferry_testkit::{CertFiles, TestPki};
 
 /// Canary secrets: from the environment and from a file.
 const SECRET_ENV: &str = "CanarySecretEnv7f3a9c";
@@ -39,7 +41,7 @@ fn message(control_id: &str, extra: &str) -> Vec<u8> {
 /// A config with three channels that all see canary names: MLLP in → HTTP out (with a secret
 /// header), HTTP in → file, HTTP poll (with a secret header) → file. Each runs a script that
 /// reads the secret `configMap` values and throws with the patient's name on `THROW*`.
-fn config(dir: &Path, api: &HttpPeer, poll: &HttpPeer) -> std::path::PathBuf {
+fn config(dir: &Path, api: &HttpPeer, poll: &HttpPeer, tls: &CertFiles) -> std::path::PathBuf {
     std::fs::write(dir.join("secret.txt"), SECRET_FILE).expect("secret file");
     let script = r#"
       [channel.scripts]
@@ -87,6 +89,15 @@ reject_filtered = true
   directory = {files}
 
 [[channel]]
+name = "tls_in"
+source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {{ cert = {cert}, key = {key} }} }}
+
+  [[channel.destination]]
+  name = "files"
+  type = "file"
+  directory = {files}
+
+[[channel]]
 name = "poll_in"
 source = {{ type = "http-poll", url = "http://{poll}/events", interval = "100ms", headers = {{ X-Api-Key = "${{file:secret.txt}}", Authorization = "Token ${{env:FERRY_CANARY_SECRET}}" }} }}
 {script}
@@ -99,6 +110,8 @@ source = {{ type = "http-poll", url = "http://{poll}/events", interval = "100ms"
             poll = poll.addr(),
             files = toml_path(&dir.join("files")),
             polled = toml_path(&dir.join("polled")),
+            cert = toml_path(&tls.cert),
+            key = toml_path(&tls.key),
         ),
     )
 }
@@ -209,6 +222,21 @@ async fn traffic(ferry: &Ferry, api: &HttpPeer, poll: &HttpPeer) -> Answers {
     assert_eq!(post(ferry, no_msh.into_bytes(), &mut answers).await, 400);
     assert_eq!(post(ferry, no_id.into_bytes(), &mut answers).await, 400);
 
+    // The TLS listener: a plaintext client (an HL7 frame with the name) fails the handshake.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(ferry.listener("tls_in"))
+            .await
+            .expect("connect");
+        let mut frame = vec![0x0b];
+        frame.extend_from_slice(&message("TLS1", ""));
+        frame.extend_from_slice(&[0x1c, 0x0d]);
+        let _ = tcp.write_all(&frame).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        answers.push("tls listener", &answer);
+    }
+
     // Poller: a good message and a throwing one in one body.
     let mut body = message("P-OK1", "");
     body.extend_from_slice(&message("THROW3", ""));
@@ -270,7 +298,9 @@ async fn canary_secrets_and_patient_names_never_reach_logs_or_answers_at_trace()
     let dir = tempfile::tempdir().expect("tempdir");
     let api = HttpPeer::start(None).await.expect("api");
     let poll = HttpPeer::start(None).await.expect("poll");
-    let config = config(dir.path(), &api, &poll);
+    let pki = TestPki::new("canary");
+    let tls = pki.server(&["localhost", "127.0.0.1"]);
+    let config = config(dir.path(), &api, &poll, &tls);
     let mut ferry = Ferry::start(
         &config,
         &[("FERRY_LOG", "trace"), ("FERRY_CANARY_SECRET", SECRET_ENV)],
@@ -282,7 +312,15 @@ async fn canary_secrets_and_patient_names_never_reach_logs_or_answers_at_trace()
         logs.contains("TRACE") && logs.contains("DEBUG"),
         "TRACE logging was on"
     );
-    let canaries = [SECRET_ENV, SECRET_FILE, FAMILY, GIVEN];
+    // The private key's PEM body (each base64 line) is a canary too.
+    let key_pem = std::fs::read_to_string(&tls.key).expect("key");
+    let key_lines: Vec<&str> = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let mut canaries = vec![SECRET_ENV, SECRET_FILE, FAMILY, GIVEN];
+    canaries.extend(key_lines);
     let leaked = hits(&logs, &canaries);
     assert!(
         leaked.is_empty(),
@@ -305,7 +343,9 @@ async fn with_the_explicit_opt_in_message_content_is_logged_but_secrets_still_ar
     let dir = tempfile::tempdir().expect("tempdir");
     let api = HttpPeer::start(None).await.expect("api");
     let poll = HttpPeer::start(None).await.expect("poll");
-    let config = config(dir.path(), &api, &poll);
+    let pki = TestPki::new("canary");
+    let tls = pki.server(&["localhost", "127.0.0.1"]);
+    let config = config(dir.path(), &api, &poll, &tls);
     let mut ferry = Ferry::start(
         &config,
         &[
