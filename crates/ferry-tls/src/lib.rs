@@ -18,6 +18,12 @@
 //!   refused peer.
 //! - **Precise errors:** every [`TlsError`] about a file starts with the file's path and says
 //!   what is wrong with it (`certs/client.pem: no certificate found in PEM file …`).
+//! - **Hot reload:** a listener's certificate is served through a [`ReloadingCert`]
+//!   ([`reloadable_server_config`]); [`ReloadingCert::reload_if_changed`] re-reads the pair
+//!   when its files change, checks it, and swaps it in for new handshakes only. A pair that
+//!   does not load leaves the previous certificate in service.
+//! - **Inventory:** [`certificates`] describes every certificate of a PEM file (role, subject,
+//!   serial, `notAfter`) for the expiry gauge `ferry_tls_certificate_expiry_days`.
 //!
 //! # A listener
 //!
