@@ -7,7 +7,7 @@
 //! whose PID-5 holds a canary patient name go in over MLLP, HTTP and the poller (and as
 //! plaintext to the TLS listener), including every way a message can fail: the destination
 //! answers 500 then 400, a filter rejects, a script throws with the name in its message, an
-//! oversized frame or body, malformed input. Then the complete stdout/stderr, every ACK and HTTP body returned to a
+//! oversized frame or body, malformed input; the scripts also `logger.info` the name. Then the complete stdout/stderr, every ACK and HTTP body returned to a
 //! sender, and `/metrics` are searched for the canaries. A second run with the explicit
 //! opt-in `FERRY_LOG_PHI=1` proves the search can find them (the name does appear then).
 
@@ -55,6 +55,7 @@ fn config(dir: &Path, api: &HttpPeer, poll: &HttpPeer, tls: &CertFiles) -> std::
       [[channel.transform]]
       js_inline = '''
     if (configMap.get("env_key").length + configMap.get("file_key").length === 0) throw new Error("no config");
+    logger.info("admitting", msg.get("PID-5.1"), msg.get("PID-5.2"));
     if (msg.get("MSH-10").indexOf("THROW") === 0) {
       throw new Error("cannot admit " + msg.get("PID-5.1") + " " + msg.get("PID-5.2"));
     }
@@ -358,8 +359,14 @@ async fn with_the_explicit_opt_in_message_content_is_logged_but_secrets_still_ar
     assert!(ferry.terminate(), "clean stop:\n{}", ferry.output());
     let logs = ferry.output();
     assert!(
-        !hits(&logs, &[FAMILY]).is_empty(),
+        logs.lines()
+            .any(|l| l.contains("message processing failed") && l.contains(FAMILY)),
         "with FERRY_LOG_PHI=1 the failing script's error (with the name) is logged:\n{logs}"
+    );
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("ferry_script") && l.contains(&format!("admitting {FAMILY}"))),
+        "with FERRY_LOG_PHI=1 script logger lines are logged:\n{logs}"
     );
     let secrets = [SECRET_ENV, SECRET_FILE];
     assert!(

@@ -19,12 +19,21 @@ pub struct RunArgs {
 
 /// Logging to stderr, filtered by `FERRY_LOG` (else `RUST_LOG`, else `info`), e.g.
 /// `FERRY_LOG=trace` or `FERRY_LOG=ferry_engine=debug`. Message content (errors that may quote
-/// a message) stays out of the logs at every level unless `FERRY_LOG_PHI=1` opts in.
+/// a message, script `logger` lines) stays out of the logs at every level unless
+/// `FERRY_LOG_PHI=1` opts in (or, for script `logger` lines, the channel's `log_phi_at_info`).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let phi = std::env::var("FERRY_LOG_PHI").is_ok_and(|v| v == "1" || v == "true");
+    if !phi {
+        // Script `logger` output may quote the message and goes out at DEBUG unless the
+        // channel sets `log_phi_at_info` (its own opt-in): without FERRY_LOG_PHI those
+        // DEBUG lines are dropped, whatever FERRY_LOG says.
+        if let Ok(cap) = "ferry_script=info".parse() {
+            filter = filter.add_directive(cap);
+        }
+    }
     ferry_engine::phi::allow_in_logs(phi);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
