@@ -167,6 +167,10 @@ enum SourcePlan {
 struct ChannelPlan {
     spec: ChannelSpec,
     source: SourcePlan,
+    /// Per connector, the certificates its TLS loaded (for the expiry gauge).
+    certificates: Vec<(String, Vec<ferry_engine::CertificateGauge>)>,
+    /// The listener certificate to reload when its files change.
+    watched: Option<crate::tls::Watched>,
 }
 
 /// Build every connector of the configuration without binding or connecting: what
@@ -216,13 +220,23 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
     }
     let mut sources = Vec::with_capacity(plans.len());
     let mut specs = Vec::with_capacity(plans.len());
+    let mut certificates = Vec::new();
+    let mut watched = Vec::new();
     for p in plans {
         sources.push((p.spec.name.clone(), p.source));
+        certificates.push((p.spec.name.clone(), p.certificates));
+        watched.extend(p.watched);
         specs.push(p.spec);
     }
     let audit = AuditSink::spawn(store.clone(), AUDIT_BUFFER);
     let engine = Engine::start_with_router(store, specs, router).await?;
     engine.stats().attach_audit_dropped(audit.dropped_counter());
+    let stats = engine.stats();
+    for (channel, connectors) in certificates {
+        for (connector, certs) in connectors {
+            stats.certificates().replace(&channel, &connector, certs);
+        }
+    }
     let shutdown = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
@@ -299,6 +313,11 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
             Bound::Channel => {}
         }
     }
+    tasks.spawn(crate::tls::watch(
+        watched,
+        engine.stats(),
+        shutdown.child_token(),
+    ));
     Ok(Runtime {
         engine,
         sources: tasks,
@@ -409,13 +428,44 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
         connector: connector.to_owned(),
         message,
     };
+    let mut certificates = Vec::new();
+    let source_tls = match &channel.source {
+        SourceConfig::Mllp(s) => s
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::server_certificates(&name, "source", t)),
+        SourceConfig::Http(s) => s
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::server_certificates(&name, "source", t)),
+        SourceConfig::HttpPoll(s) => Some(crate::tls::client_certificates(
+            &name,
+            "source",
+            s.tls.as_ref(),
+        )),
+        SourceConfig::Channel(_) => None,
+    };
+    if let Some(certs) = source_tls {
+        certificates.push(("source".to_owned(), certs));
+    }
+    let mut watched = None;
+    let mut watch = |t: &ferry_config::TlsConfig, alpn: &[&[u8]]| {
+        let (config, cert) = crate::tls::server_reloadable(t, alpn)?;
+        watched = Some(crate::tls::Watched {
+            channel: name.clone(),
+            connector: "source".to_owned(),
+            tls: t.clone(),
+            cert,
+        });
+        Ok::<_, TlsError>(config)
+    };
     let source = match &channel.source {
         SourceConfig::Mllp(s) => SourcePlan::Mllp(MllpSourceSettings {
             listen: s.listen,
             tls: s
                 .tls
                 .as_ref()
-                .map(|t| crate::tls::server(t, &[]))
+                .map(|t| watch(t, &[]))
                 .transpose()
                 .map_err(tls_error("source".into()))?,
             max_frame_bytes: s.max_frame_size.bytes(),
@@ -428,7 +478,7 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             tls: s
                 .tls
                 .as_ref()
-                .map(|t| crate::tls::server(t, &[b"http/1.1"]))
+                .map(|t| watch(t, &[b"http/1.1"]))
                 .transpose()
                 .map_err(tls_error("source".into()))?,
             path: s.path.clone(),
@@ -459,6 +509,17 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
     let mut destinations = Vec::with_capacity(channel.destinations.len());
     for dest in &channel.destinations {
         let connector = format!("destination `{}`", dest.name());
+        let dest_tls = match dest {
+            DestinationConfig::Http(d) => d.tls.as_ref(),
+            DestinationConfig::Mllp(d) => d.tls.as_ref(),
+            _ => None,
+        };
+        if dest_tls.is_some() {
+            certificates.push((
+                dest.name().to_owned(),
+                crate::tls::client_certificates(&name, dest.name(), dest_tls),
+            ));
+        }
         let sender: Arc<dyn Destination> = match dest {
             DestinationConfig::Http(d) => {
                 let url = reqwest::Url::parse(d.url.as_str())
@@ -584,5 +645,7 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             dedupe_window: channel.dedupe.as_ref().map(|d| d.window.get()),
         },
         source,
+        certificates,
+        watched,
     })
 }

@@ -23,6 +23,6 @@ pub mod file;
 pub mod http;
 pub mod mllp;
 pub mod syslog;
-mod tls;
+pub mod tls;
 
 pub use deploy::{DeployError, Runtime, deploy};

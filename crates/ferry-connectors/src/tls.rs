@@ -3,20 +3,83 @@
 use std::sync::Arc;
 
 use ferry_config::TlsConfig;
-use ferry_tls::{ClientTlsSettings, ServerTlsSettings, TlsError};
+use ferry_tls::{CertificateKind, ClientTlsSettings, ReloadingCert, ServerTlsSettings, TlsError};
 
 /// A listener's TLS (cert and key required; `client_ca` turns on mTLS).
 pub(crate) fn server(
     tls: &TlsConfig,
     alpn: &[&[u8]],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_reloadable(tls, alpn).map(|(config, _)| config)
+}
+
+/// A listener's TLS and the handle that reloads its certificate and key.
+pub(crate) fn server_reloadable(
+    tls: &TlsConfig,
+    alpn: &[&[u8]],
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ReloadingCert>), TlsError> {
     let settings = ServerTlsSettings {
         cert: tls.cert.clone().unwrap_or_default(),
         key: tls.key.clone().unwrap_or_default(),
         client_ca: tls.client_ca.clone(),
         allowed_clients: tls.allowed_clients.clone(),
     };
-    ferry_tls::server_config_with_alpn(&settings, alpn)
+    ferry_tls::reloadable_server_config(&settings, alpn)
+}
+
+/// How often listeners look at their certificate and key files for a change.
+pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A listener certificate to watch: who owns it (for logs and the gauge), its TLS table
+/// (for the gauge) and the handle that reloads it.
+pub(crate) struct Watched {
+    pub(crate) channel: String,
+    pub(crate) connector: String,
+    pub(crate) tls: TlsConfig,
+    pub(crate) cert: Arc<ReloadingCert>,
+}
+
+/// Every [`RELOAD_INTERVAL`] until `stop`: reload each watched certificate whose files
+/// changed, update its expiry gauge, and log the outcome (a pair that does not load is
+/// reported and the old certificate kept).
+pub(crate) async fn watch(
+    watched: Vec<Watched>,
+    certificates: Arc<ferry_engine::Stats>,
+    stop: ferry_engine::Shutdown,
+) {
+    if watched.is_empty() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(RELOAD_INTERVAL) => {}
+        }
+        for w in &watched {
+            let cert = w.cert.clone();
+            let outcome = tokio::task::spawn_blocking(move || cert.reload_if_changed()).await;
+            match outcome {
+                Ok(Ok(true)) => {
+                    tracing::info!(channel = %w.channel, connector = %w.connector,
+                        cert = %w.cert.cert_path().display(),
+                        "TLS certificate reloaded; new handshakes use it");
+                    certificates.certificates().replace(
+                        &w.channel,
+                        &w.connector,
+                        server_certificates(&w.channel, &w.connector, &w.tls),
+                    );
+                }
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(channel = %w.channel, connector = %w.connector, %error,
+                        "new TLS certificate or key does not load; still serving the previous one");
+                }
+                Err(error) => {
+                    tracing::error!(channel = %w.channel, %error, "certificate reload task failed");
+                }
+            }
+        }
+    }
 }
 
 /// A client's TLS: trust from `ca` (else the OS store), identity from `cert` and `key`.
@@ -34,4 +97,75 @@ pub(crate) fn client(tls: Option<&TlsConfig>) -> Result<Arc<rustls::ClientConfig
         },
     };
     ferry_tls::client_config(&settings)
+}
+
+/// The certificates a listener's TLS table loads (its own chain, its client CA bundle), for
+/// the expiry gauge. Files that cannot be read are left out: loading the configuration has
+/// already reported them.
+pub fn server_certificates(
+    channel: &str,
+    connector: &str,
+    tls: &TlsConfig,
+) -> Vec<ferry_engine::CertificateGauge> {
+    let mut out = gauges(
+        channel,
+        connector,
+        tls.cert.as_deref(),
+        CertificateKind::Server,
+    );
+    out.extend(gauges(
+        channel,
+        connector,
+        tls.client_ca.as_deref(),
+        CertificateKind::Ca,
+    ));
+    out
+}
+
+/// The certificates a client's TLS table loads (its own chain, its `ca` bundle; not the
+/// operating system's store), for the expiry gauge.
+pub fn client_certificates(
+    channel: &str,
+    connector: &str,
+    tls: Option<&TlsConfig>,
+) -> Vec<ferry_engine::CertificateGauge> {
+    let Some(tls) = tls else {
+        return Vec::new();
+    };
+    let mut out = gauges(
+        channel,
+        connector,
+        tls.cert.as_deref(),
+        CertificateKind::Client,
+    );
+    out.extend(gauges(
+        channel,
+        connector,
+        tls.ca.as_deref(),
+        CertificateKind::Ca,
+    ));
+    out
+}
+
+pub(crate) fn gauges(
+    channel: &str,
+    connector: &str,
+    path: Option<&std::path::Path>,
+    kind: CertificateKind,
+) -> Vec<ferry_engine::CertificateGauge> {
+    let Some(path) = path else {
+        return Vec::new();
+    };
+    ferry_tls::certificates(path, kind)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| ferry_engine::CertificateGauge {
+            channel: channel.to_owned(),
+            connector: connector.to_owned(),
+            kind: c.kind.as_str().to_owned(),
+            subject: c.subject,
+            serial: c.serial,
+            not_after: c.not_after,
+        })
+        .collect()
 }

@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::DeliveryOutcome;
+use crate::phi::{Delivery, Redacted};
 use crate::pipeline::{Context, TransformStep};
 use crate::retry::RetryPolicy;
 use crate::stats::DestinationStats;
@@ -240,7 +241,7 @@ impl Worker {
             Ok((Ok(()), context)) => rebuild(sent, reason, context.message.into_bytes()),
             Ok((Err(e), _)) | Err(e) => {
                 tracing::warn!(channel = %self.channel, destination = %self.destination,
-                    error = %e, "response transformer failed; message marked ERROR");
+                    error = %Redacted(&e.to_string()), "response transformer failed; message marked ERROR");
                 SendOutcome::Failed {
                     reason: match reason {
                         Some(r) => format!("{r}; {e}"),
@@ -350,7 +351,7 @@ impl Worker {
                     self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     tracing::warn!(channel = %self.channel, destination = %self.destination,
                         message_id = outbound.message_id, attempt = outbound.attempt,
-                        %reason, "delivery failed; message marked ERROR");
+                        reason = %Delivery(&reason), "delivery failed; message marked ERROR");
                     return Ok(Some(update(Status::Error, Some(reason), response)));
                 }
                 SendOutcome::Retry { reason, response } => {
@@ -360,14 +361,14 @@ impl Worker {
                         let reason =
                             format!("{reason} (gave up after {} attempts)", outbound.attempt);
                         tracing::warn!(channel = %self.channel, destination = %self.destination,
-                            message_id = outbound.message_id, %reason, "delivery failed; message marked ERROR");
+                            message_id = outbound.message_id, reason = %Delivery(&reason), "delivery failed; message marked ERROR");
                         return Ok(Some(update(Status::Error, Some(reason), response)));
                     }
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     let delay = self.retry.delay(outbound.attempt);
                     tracing::warn!(channel = %self.channel, destination = %self.destination,
                         message_id = outbound.message_id, attempt = outbound.attempt,
-                        %reason, retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                        reason = %Delivery(&reason), retry_in_ms = delay.as_millis() as u64, "delivery failed; will retry");
                     // Flush earlier completions first so the store never shows a later message
                     // SENT while an earlier completion is still unwritten for long.
                     while let Some(done) = pending.next().await {

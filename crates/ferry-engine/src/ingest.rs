@@ -16,6 +16,7 @@ use ferry_store::{ContentStage, Ingested, MessageId, NewMessage, Status, Store, 
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, broadcast};
 
+use crate::phi::Redacted;
 use crate::pipeline::{Accepted, DestinationResult, Pipeline, Processed};
 use crate::stats::ChannelStats;
 
@@ -296,7 +297,7 @@ impl ChannelIngest {
             }
             Processed::Failed { message, reason } => {
                 shared.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(channel = %shared.name, %reason, "message processing failed; stored as ERROR");
+                tracing::warn!(channel = %shared.name, reason = %Redacted(&reason), "message processing failed; stored as ERROR");
                 self.store_verdict(&raw, &message.message(), Verdict::Failed(reason), maps)
                     .await
             }
@@ -368,7 +369,7 @@ impl ChannelIngest {
                     filtered.push(name.clone());
                 }
                 DestinationResult::Failed { reason } => {
-                    tracing::warn!(channel = %shared.name, destination = %name, %reason,
+                    tracing::warn!(channel = %shared.name, destination = %name, reason = %Redacted(&reason),
                         "destination processing failed; stored as ERROR");
                     errored.push((name.clone(), reason));
                 }
@@ -597,7 +598,9 @@ impl ChannelIngest {
                 } => (AckCode::AR, Some(reason.clone())),
                 _ => (AckCode::AA, None),
             },
-            Verdict::Failed(reason) => (AckCode::AE, Some(reason.clone())),
+            // The sender learns which step failed, not the step's error text (it may quote the
+            // message); the whole text is stored with the message.
+            Verdict::Failed(reason) => (AckCode::AE, Some(crate::phi::public(reason))),
             Verdict::Relayed(outcome) => relayed(outcome),
         };
         let application = match verdict {
@@ -684,7 +687,7 @@ impl ChannelIngest {
     ) -> IngestReply {
         let shared = &self.shared;
         shared.stats.errored.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(channel = %shared.name, %reason, "inbound message rejected");
+        tracing::warn!(channel = %shared.name, reason = %Redacted(&reason), "inbound message rejected");
         let enhanced = message
             .and_then(|m| m.accept_ack_type())
             .is_some_and(|t| !t.is_empty());

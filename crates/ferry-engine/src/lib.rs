@@ -35,11 +35,13 @@
 //! [`transform`] holds the declarative steps ([`Step`], [`apply_all`]), code tables, the
 //! JSON ↔ HL7 templates and the destination [`Encoder`]s.
 
+mod certs;
 mod dedupe;
 mod destination;
 mod engine;
 mod filter;
 mod ingest;
+pub mod phi;
 mod pipeline;
 mod retry;
 mod router;
@@ -47,6 +49,7 @@ mod stages;
 mod stats;
 pub mod transform;
 
+pub use certs::{CertificateGauge, Certificates};
 pub use destination::{Destination, Outbound, SendFuture, SendOutcome};
 pub use engine::{
     ChannelSpec, DEFAULT_ORDER_BY, DestinationSpec, Engine, EngineError, Health, HealthProbe,

@@ -78,6 +78,7 @@ impl ChannelStats {
 pub struct Stats {
     channels: Vec<Arc<ChannelStats>>,
     audit_dropped: std::sync::OnceLock<Arc<AtomicU64>>,
+    certificates: crate::certs::Certificates,
 }
 
 impl Stats {
@@ -85,7 +86,13 @@ impl Stats {
         Stats {
             channels,
             audit_dropped: std::sync::OnceLock::new(),
+            certificates: Default::default(),
         }
+    }
+
+    /// The certificates the node loaded (`ferry_tls_certificate_expiry_days`).
+    pub fn certificates(&self) -> &crate::certs::Certificates {
+        &self.certificates
     }
 
     /// Export `counter` (audit events dropped because the audit buffer was full) as
@@ -218,6 +225,7 @@ impl Stats {
                 dropped.load(Ordering::Relaxed)
             );
         }
+        self.certificates.render(&mut out, crate::certs::unix_now());
         out
     }
 }
@@ -227,7 +235,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: i64) {
+pub(crate) fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: i64) {
     out.push_str(name);
     out.push('{');
     for (i, (k, v)) in labels.iter().enumerate() {

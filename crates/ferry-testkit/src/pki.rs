@@ -180,6 +180,24 @@ impl TestPki {
         )
     }
 
+    /// A server certificate like [`TestPki::server`] whose validity ended on 2001-01-01: what
+    /// a client must refuse.
+    ///
+    /// # Panics
+    /// As [`TestPki::server`].
+    pub fn expired_server(&self, names: &[&str]) -> CertFiles {
+        let first = names
+            .first()
+            .expect("TestPki::expired_server needs at least one name");
+        self.issue(
+            "expired-server",
+            first,
+            names,
+            Role::Server,
+            Validity::Expired,
+        )
+    }
+
     fn issue(
         &self,
         kind: &str,
@@ -287,7 +305,8 @@ mod tests {
         let server = pki.server(&["localhost", "127.0.0.1"]);
         let client = pki.client("his01", &["his01.hospital.local"]);
         let expired = pki.expired_client("old");
-        for files in [&server, &client, &expired] {
+        let expired_server = pki.expired_server(&["localhost"]);
+        for files in [&server, &client, &expired, &expired_server] {
             assert!(files.cert.starts_with(&dir) && files.key.starts_with(&dir));
             assert!(read(&files.cert).starts_with("-----BEGIN CERTIFICATE-----"));
             assert!(read(&files.key).starts_with("-----BEGIN PRIVATE KEY-----"));

@@ -18,6 +18,12 @@
 //!   refused peer.
 //! - **Precise errors:** every [`TlsError`] about a file starts with the file's path and says
 //!   what is wrong with it (`certs/client.pem: no certificate found in PEM file …`).
+//! - **Hot reload:** a listener's certificate is served through a [`ReloadingCert`]
+//!   ([`reloadable_server_config`]); [`ReloadingCert::reload_if_changed`] re-reads the pair
+//!   when its files change, checks it, and swaps it in for new handshakes only. A pair that
+//!   does not load leaves the previous certificate in service.
+//! - **Inventory:** [`certificates`] describes every certificate of a PEM file (role, subject,
+//!   serial, `notAfter`) for the expiry gauge `ferry_tls_certificate_expiry_days`.
 //!
 //! # A listener
 //!
@@ -67,7 +73,9 @@
 mod client;
 mod error;
 mod identity;
+mod inventory;
 mod pem;
+mod reload;
 mod server;
 mod verifier;
 
@@ -84,8 +92,12 @@ pub use error::TlsError;
 pub use identity::{
     ClientNotAllowed, PeerIdentity, identity_allowed, not_after, peer_identity, refused_client,
 };
+pub use inventory::{CertificateInfo, CertificateKind, certificate_info, certificates};
 pub use pem::{load_certs, load_private_key, load_roots};
-pub use server::{ServerTlsSettings, server_config, server_config_with_alpn};
+pub use reload::ReloadingCert;
+pub use server::{
+    ServerTlsSettings, reloadable_server_config, server_config, server_config_with_alpn,
+};
 
 /// The protocol versions Ferry speaks, most preferred first: TLS 1.3, then TLS 1.2.
 pub static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 
+use crate::reload::ReloadingCert;
 use crate::verifier::AllowListVerifier;
-use crate::{PROTOCOL_VERSIONS, TlsError, crypto_provider, load_identity, load_roots};
+use crate::{PROTOCOL_VERSIONS, TlsError, crypto_provider, load_roots};
 
 /// The TLS table of a listener.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,6 +70,19 @@ pub fn server_config_with_alpn(
     settings: &ServerTlsSettings,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    reloadable_server_config(settings, alpn).map(|(config, _)| config)
+}
+
+/// As [`server_config_with_alpn`], with the handle that reloads the certificate and key when
+/// their files change ([`ReloadingCert::reload_if_changed`]); the configuration serves
+/// whatever the handle holds at each handshake.
+///
+/// # Errors
+/// As [`server_config`].
+pub fn reloadable_server_config(
+    settings: &ServerTlsSettings,
+    alpn: &[&[u8]],
+) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>), TlsError> {
     let allowed = allow_list(settings)?;
     let cert = required(
         &settings.cert,
@@ -77,7 +91,7 @@ pub fn server_config_with_alpn(
     )?;
     let key = required(&settings.key, "key", "the private key PEM file of `cert`")?;
     let provider = crypto_provider();
-    let (chain, private_key) = load_identity(cert, key, &provider)?;
+    let resolver = Arc::new(ReloadingCert::load(cert, key)?);
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(PROTOCOL_VERSIONS)
@@ -95,11 +109,9 @@ pub fn server_config_with_alpn(
             builder.with_client_cert_verifier(Arc::new(AllowListVerifier::new(inner, allowed)))
         }
     };
-    let mut config = builder
-        .with_single_cert(chain, private_key)
-        .map_err(|source| TlsError::Config { source })?;
+    let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), resolver))
 }
 
 /// The validated allow-list: `None` when empty (any client of the CA).

@@ -17,13 +17,33 @@ pub struct RunArgs {
     config: Option<PathBuf>,
 }
 
+/// Logging to stderr, filtered by `FERRY_LOG` (else `RUST_LOG`, else `info`), e.g.
+/// `FERRY_LOG=trace` or `FERRY_LOG=ferry_engine=debug`. Message content (errors that may quote
+/// a message, script `logger` lines) stays out of the logs at every level unless
+/// `FERRY_LOG_PHI=1` opts in (or, for script `logger` lines, the channel's `log_phi_at_info`).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let phi = std::env::var("FERRY_LOG_PHI").is_ok_and(|v| v == "1" || v == "true");
+    if !phi {
+        // Script `logger` output may quote the message and goes out at DEBUG unless the
+        // channel sets `log_phi_at_info` (its own opt-in): without FERRY_LOG_PHI those
+        // DEBUG lines are dropped, whatever FERRY_LOG says.
+        if let Ok(cap) = "ferry_script=info".parse() {
+            filter = filter.add_directive(cap);
+        }
+    }
+    ferry_engine::phi::allow_in_logs(phi);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    if phi {
+        tracing::warn!(
+            "FERRY_LOG_PHI is set: errors that quote message content are logged in full"
+        );
+    }
 }
 
 /// Start everything, print where it listens, wait for a stop signal, stop cleanly.
@@ -106,6 +126,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(ferry_connectors::deploy::server_tls)
         .transpose()?;
+    if let Some(tls) = &config.admin.tls {
+        let certs = ferry_connectors::tls::server_certificates("", "admin", tls);
+        runtime
+            .engine()
+            .stats()
+            .certificates()
+            .replace("", "admin", certs);
+    }
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = HttpListener::bind(config.admin.listen(), admin_tls, Duration::from_secs(10))
         .await
