@@ -48,6 +48,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening the store {}", store_path.display()))?;
     println!("ferry: store {}", store_path.display());
     let runtime = ferry_connectors::deploy(&config, store).await?;
+    let shutdown = Shutdown::new();
+    // The failed-login signal is for the admin interface's authentication to report into.
+    let (_alert_signals, alerts_task) =
+        ferry_alerts::start(&config, runtime.engine().stats(), shutdown.clone())?;
+    if alerts_task.is_some() {
+        println!(
+            "ferry: {} alert(s) watching every {} ms",
+            config.alert_rules.len(),
+            config.alerts.interval.get().as_millis()
+        );
+    }
     for listener in runtime.listeners() {
         println!(
             "ferry: channel {} listening on {}://{}",
@@ -55,7 +66,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let shutdown = Shutdown::new();
     let admin_tls = config
         .admin
         .tls
@@ -81,6 +91,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     shutdown.cancel();
     let result = runtime.shutdown().await;
     let _ = admin_task.await;
+    if let Some(task) = alerts_task {
+        let _ = task.await;
+    }
     result?;
     println!("ferry: stopped cleanly");
     Ok(ExitCode::SUCCESS)
