@@ -457,3 +457,89 @@ fn host_name() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| "ferry".to_owned())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // configurations in tests are known good
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::rc::Rc;
+
+    fn config(text: &str) -> Config {
+        Config::from_str_with_env(text, Path::new("/tmp/ferry.toml"), Rc::new(|_: &str| None))
+            .unwrap()
+    }
+
+    const ACTION: &str = r#"
+[alerts.actions.hook]
+webhook = { url = "http://127.0.0.1:9/x" }
+"#;
+
+    #[test]
+    fn failed_logins_reported_through_signals_fire_the_rule_once_per_window() {
+        let config = config(&format!(
+            r#"{ACTION}
+[[alert]]
+name = "logins"
+when = {{ failed_logins = {{ count = 3, within = "5m" }} }}
+actions = ["hook"]
+throttle = "1h"
+"#
+        ));
+        let signals = AlertSignals::new();
+        let mut alerts = Alerts::new(&config, signals.clone()).unwrap();
+        let s = Sample::default();
+        signals.failed_login();
+        signals.failed_login();
+        assert!(alerts.step(&s, &s, Instant::now()).is_empty());
+        signals.failed_login();
+        let fired = alerts.step(&s, &s, Instant::now());
+        assert_eq!(fired.len(), 1);
+        let (n, actions) = &fired[0];
+        assert_eq!(n.alert, "logins");
+        assert!(n.observed.contains("3 failed login(s)"), "{}", n.observed);
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].0, "hook");
+        // Still a burst, but throttled.
+        signals.failed_login();
+        assert!(alerts.step(&s, &s, Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn an_invalid_text_regex_is_refused_at_start() {
+        let config = config(&format!(
+            r#"{ACTION}
+[[alert]]
+name = "bad"
+when = {{ errors = {{ text = "(unclosed" }} }}
+actions = ["hook"]
+"#
+        ));
+        let err = Alerts::new(&config, AlertSignals::new()).unwrap_err();
+        assert!(err.to_string().contains("alert `bad`"), "{err}");
+    }
+
+    #[test]
+    fn notifications_render_without_surprises() {
+        let n = Notification {
+            alert: "a".into(),
+            rule: "queue_depth above 2 (channel *, destination *)".into(),
+            observed: "one\ntwo".into(),
+            at: "2026-12-02T05:00:00Z".into(),
+            node: "node 1".into(),
+            suppressed: 4,
+        };
+        assert_eq!(n.subject(), "[ferry] ALERT a on node 1");
+        let text = n.text();
+        assert!(text.contains("Suppressed: 4 earlier firing(s)"), "{text}");
+        assert!(text.contains("Observed:\n  one\n  two\n"), "{text}");
+        assert_eq!(n.json()["observed"][1], "two");
+        let frame = n.syslog_frame();
+        let (len, msg) = frame.split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), msg.len());
+        assert!(
+            msg.starts_with("<129>1 2026-12-02T05:00:00Z node1 ferry - ALERT - "),
+            "{msg}"
+        );
+    }
+}
