@@ -506,6 +506,48 @@ throttle = "1h"
     }
 
     #[test]
+    fn certificate_expiry_reads_the_configured_certificate_files() {
+        let pki = ferry_testkit::TestPki::new("expiry");
+        let server = pki.server(&["localhost"]);
+        let rule = |days: u32| {
+            format!(
+                r#"{ACTION}
+[admin]
+listen = "127.0.0.1:0"
+tls = {{ cert = {cert:?}, key = {key:?} }}
+
+[[alert]]
+name = "certs"
+when = {{ certificate_expiry = {{ within_days = {days}, files = ["/nonexistent/ferry-test.pem"] }} }}
+actions = ["hook"]
+"#,
+                cert = server.cert.display().to_string(),
+                key = server.key.display().to_string(),
+            )
+        };
+        let s = Sample::default();
+        // A fresh TestPki certificate is valid for more than a day, far less than 100 years.
+        let mut far = Alerts::new(&config(&rule(36_500)), AlertSignals::new()).unwrap();
+        far.refresh_certs();
+        let fired = far.step(&s, &s, Instant::now());
+        let observed = &fired[0].0.observed;
+        let cert_name = server.cert.display().to_string();
+        assert!(
+            observed.contains(&format!("certificate {cert_name} expires in")),
+            "{observed}"
+        );
+        assert!(
+            observed.contains("ferry-test.pem cannot be read"),
+            "{observed}"
+        );
+        let mut near = Alerts::new(&config(&rule(1)), AlertSignals::new()).unwrap();
+        near.refresh_certs();
+        let fired = near.step(&s, &s, Instant::now());
+        let observed = &fired[0].0.observed;
+        assert!(!observed.contains(&cert_name), "{observed}");
+    }
+
+    #[test]
     fn an_invalid_text_regex_is_refused_at_start() {
         let config = config(&format!(
             r#"{ACTION}
