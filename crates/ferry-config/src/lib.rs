@@ -10,8 +10,10 @@
 //!   `[[channel.transform]]` steps, `encode`).
 //! - [`values`]: value types with their own syntax: [`Duration`] (`"500ms"`, `"2s"`, `"5m"`),
 //!   [`ByteSize`] (`"16MiB"`), [`Text`] and [`Secret`] (interpolated strings).
+//! - [`alerts`]: `[alerts]` and `[[alert]]` (rules, actions, throttling).
 //! - [`load`]: reading files, `include`, relative paths, error positions, validation.
 
+pub mod alerts;
 pub mod load;
 pub mod schema;
 pub mod values;

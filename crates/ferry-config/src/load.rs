@@ -237,6 +237,8 @@ impl Config {
             audit: Default::default(),
             include: Vec::new(),
             channels: Vec::new(),
+            alerts: Default::default(),
+            alert_rules: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -278,6 +280,21 @@ impl Config {
         }
         if let Some(t) = self.audit.syslog.as_mut().and_then(|s| s.tls.as_mut()) {
             fix_tls(t);
+        }
+        for action in self.alerts.actions.values_mut() {
+            let tls = match action {
+                crate::alerts::AlertActionConfig::Email(e) => e.tls.as_mut(),
+                crate::alerts::AlertActionConfig::Webhook(w) => w.tls.as_mut(),
+                crate::alerts::AlertActionConfig::Syslog(s) => s.tls.as_mut(),
+            };
+            if let Some(t) = tls {
+                fix_tls(t);
+            }
+        }
+        for rule in &mut self.alert_rules {
+            if let crate::alerts::AlertCondition::CertificateExpiry(c) = &mut rule.when {
+                c.files.iter_mut().for_each(fix);
+            }
         }
         let fix_transforms = |steps: &mut Vec<TransformConfig>| {
             for step in steps {
@@ -605,6 +622,8 @@ impl Config {
                 }
             }
         }
+        crate::alerts::validate(&self.alerts, &self.alert_rules, &mut warnings)
+            .map_err(|m| fail(&main_file, None, "", m))?;
         self.warnings = warnings;
         Ok(())
     }

@@ -28,6 +28,14 @@ pub struct Config {
     /// `[[channel]]`: the channels, in order.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+    /// `[alerts]`: sampling interval, node name and the named notification actions (see
+    /// [`crate::alerts`] for an example).
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
+    /// `[[alert]]`: rules that notify the actions of `[alerts.actions]` (see
+    /// [`crate::alerts`]).
+    #[serde(default, rename = "alert")]
+    pub alert_rules: Vec<crate::alerts::AlertConfig>,
     /// Non-fatal findings of validation (for example plain-HTTP URLs).
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,

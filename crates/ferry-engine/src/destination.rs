@@ -348,6 +348,7 @@ impl Worker {
                 }
                 SendOutcome::Failed { reason, response } => {
                     self.stats.errored.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record_error(&reason);
                     self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     tracing::warn!(channel = %self.channel, destination = %self.destination,
                         message_id = outbound.message_id, attempt = outbound.attempt,
@@ -355,6 +356,7 @@ impl Worker {
                     return Ok(Some(update(Status::Error, Some(reason), response)));
                 }
                 SendOutcome::Retry { reason, response } => {
+                    self.stats.record_error(&reason);
                     if !self.retry.allows_another(outbound.attempt) {
                         self.stats.errored.fetch_add(1, Ordering::Relaxed);
                         self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);

@@ -5,8 +5,8 @@
 //! counted once from the store at deploy, then moved by enqueue and completion.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Counters of one destination of a channel.
 #[derive(Debug, Default)]
@@ -21,6 +21,24 @@ pub struct DestinationStats {
     pub queue_depth: AtomicI64,
     /// Messages this destination's filter refused (status `FILTERED` at this destination).
     pub filtered: AtomicU64,
+    /// The reason of the most recent failed delivery attempt (the same text the worker logs at
+    /// WARN: a connection or protocol error, never message content). Read by alert rules that
+    /// match error text.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl DestinationStats {
+    /// Remember `reason` as the most recent delivery error.
+    pub fn record_error(&self, reason: &str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(reason.to_owned());
+        }
+    }
+
+    /// The most recent delivery error, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
 }
 
 /// Counters of one channel.
@@ -82,7 +100,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn new(channels: Vec<Arc<ChannelStats>>) -> Stats {
+    /// Counters of these channels (the engine builds its own; alert rule tests build samples).
+    pub fn new(channels: Vec<Arc<ChannelStats>>) -> Stats {
         Stats {
             channels,
             audit_dropped: std::sync::OnceLock::new(),

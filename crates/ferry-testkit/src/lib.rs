@@ -6,6 +6,8 @@
 //! - [`http_peer::HttpPeer`]: a scripted HTTP(S) server that records requests (a cloud API).
 //! - [`mllp_peer::MllpPeer`]: a scripted MLLP receiver that records messages and answers with
 //!   correct, mismatched, negative or no ACKs (a hospital system).
+//! - [`smtp_peer::SmtpPeer`]: a minimal SMTP server (STARTTLS, AUTH PLAIN) that records mails
+//!   (a mail relay, for alerts).
 //!
 //! Helpers favour short tests over error handling: they panic with a message saying what
 //! failed, because in a test a panic is the failure report.
@@ -13,5 +15,6 @@
 pub mod http_peer;
 pub mod mllp_peer;
 mod pki;
+pub mod smtp_peer;
 
 pub use pki::{CertFiles, TestPki};

@@ -101,6 +101,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("recording engine_start in the audit trail")?;
     tracing::info!(seq = start.seq, "audit: engine_start recorded");
     let runtime = ferry_connectors::deploy(&config, store.clone()).await?;
+    let shutdown = Shutdown::new();
+    // The failed-login signal is for the admin interface's authentication to report into.
+    let (_alert_signals, alerts_task) =
+        ferry_alerts::start(&config, runtime.engine().stats(), shutdown.clone())?;
+    if alerts_task.is_some() {
+        println!(
+            "ferry: {} alert(s) watching every {} ms",
+            config.alert_rules.len(),
+            config.alerts.interval.get().as_millis()
+        );
+    }
     for listener in runtime.listeners() {
         println!(
             "ferry: channel {} listening on {}://{}",
@@ -119,7 +130,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let shutdown = Shutdown::new();
     let admin_tls = config
         .admin
         .tls
@@ -180,6 +190,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .detail("config_sha256", config_sha256);
     let result = runtime.shutdown_audited(Some(stop)).await;
     let _ = admin_task.await;
+    if let Some(task) = alerts_task {
+        let _ = task.await;
+    }
     result?;
     println!("ferry: stopped cleanly");
     Ok(ExitCode::SUCCESS)
