@@ -19,6 +19,7 @@
 //! fails, because acknowledging anything after a failed fsync could acknowledge a message that
 //! is not on disk.
 
+mod accounts;
 mod checkpoint;
 mod model;
 mod reader;
@@ -28,6 +29,7 @@ mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use accounts::{Accounts, NewUser, SessionRecord, TokenRecord, UserRecord};
 pub use model::{
     ConnectorRecord, ContentStage, DedupeKey, DeliveryUpdate, Ingested, MessageId, MessageSummary,
     NewMessage, QueuedMessage, SOURCE, Status, StatusCount,
@@ -99,6 +101,7 @@ impl Store {
             })?;
         }
         let conn = schema::open_write(path)?;
+        accounts::ensure_schema(&conn)?;
         let writer = writer::WriterHandle::start(conn)?;
         let reader = reader::ReadPool::new(path, 4)?;
         let checkpointer = std::sync::Mutex::new(checkpoint::Checkpointer::start(path)?);
