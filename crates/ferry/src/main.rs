@@ -32,6 +32,8 @@ enum Command {
     Test(cmd::test::TestArgs),
     /// Inspect HL7 v2 files: parse, get, validate, to-json, from-json.
     Hl7(cmd::hl7::Hl7Args),
+    /// Manage admin users (add, list, disable) in the configured store.
+    User(cmd::user::UserArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
             Command::Send(args) => cmd::send::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Test(args) => cmd::test::run(args).await,
+            Command::User(args) => cmd::user::run(args).await,
             Command::Hl7(args) => cmd::hl7::run(args),
         }
     });

@@ -6,6 +6,7 @@ pub mod hl7;
 pub mod run;
 pub mod send;
 pub mod test;
+pub mod user;
 
 use std::path::PathBuf;
 
