@@ -1,22 +1,84 @@
-//! The admin surface of a Ferry node: `GET /health` and `GET /metrics` (Prometheus).
+//! The admin surface of a Ferry node: `GET /health` and `GET /metrics` (Prometheus), and the
+//! authenticated REST API under `/api/v1` (users, sessions, API tokens, channels, messages),
+//! described by the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! This crate builds the [`axum::Router`] only; the binary serves it on the admin listener with
-//! the same TCP/TLS accept loop as every other Ferry HTTP listener. The REST API, users, roles
-//! and the web console grow here (they are later issues).
+//! the same TCP/TLS accept loop as every other Ferry HTTP listener.
+//!
+//! - [`policy`]: roles and the route × role table; deny by default.
+//! - [`auth`]: argon2id, TOTP, hashed secrets, lockout.
+//! - [`sessions`]: server-side sessions with idle and absolute expiry.
+//! - [`users`]: creating users (shared with `ferry user add`).
+//! - [`api`]: the request guard and the handlers.
+//! - [`openapi`]: the OpenAPI document.
+
+pub mod api;
+pub mod auth;
+pub mod openapi;
+pub mod policy;
+pub mod sessions;
+pub mod users;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ferry_engine::HealthProbe;
 
-/// Build the admin router for an engine.
+pub use api::AdminContext;
+
+/// Build the admin router with only `/health` and `/metrics` (no REST API).
 pub fn router(probe: HealthProbe) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(probe)
+        .layer(axum::middleware::from_fn_with_state(
+            false,
+            security_headers,
+        ))
+}
+
+/// Build the full admin router: `/health`, `/metrics` (unauthenticated, no PHI) and the REST
+/// API, with security headers on every response.
+pub fn app(ctx: AdminContext) -> Router {
+    let tls = ctx.tls;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(ctx.probe.clone())
+        .merge(api::router(ctx))
+        .layer(axum::middleware::from_fn_with_state(tls, security_headers))
+}
+
+/// `X-Content-Type-Options`, `Cache-Control: no-store`, a deny-all CSP, `Referrer-Policy` and,
+/// over TLS, HSTS.
+async fn security_headers(State(tls): State<bool>, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if tls {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    response
 }
 
 /// `200 ok` when every channel is deployed and the store accepts writes, `503` otherwise with

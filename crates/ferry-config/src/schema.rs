@@ -180,6 +180,23 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Serve HTTPS with this certificate and key (and mTLS with `client_ca`).
     pub tls: Option<TlsConfig>,
+    /// A REST API session ends after this long without an authenticated request. Default
+    /// `"15m"`.
+    #[serde(default = "default_session_idle")]
+    pub session_idle_timeout: Duration,
+    /// A REST API session ends this long after login, however active. Default `"8h"`.
+    #[serde(default = "default_session_absolute")]
+    pub session_absolute_timeout: Duration,
+    /// Consecutive failed logins for one user name that lock it. Default `5`.
+    #[serde(default = "default_lockout_threshold")]
+    pub lockout_threshold: u32,
+    /// How long the first lockout lasts; each further lockout of the same name (without a
+    /// successful login in between) doubles it, up to `lockout_max`. Default `"1m"`.
+    #[serde(default = "default_lockout_base")]
+    pub lockout_base: Duration,
+    /// The longest lockout. Default `"15m"`.
+    #[serde(default = "default_lockout_max")]
+    pub lockout_max: Duration,
 }
 
 impl Default for AdminConfig {
@@ -187,8 +204,33 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: default_admin_listen(),
             tls: None,
+            session_idle_timeout: default_session_idle(),
+            session_absolute_timeout: default_session_absolute(),
+            lockout_threshold: default_lockout_threshold(),
+            lockout_base: default_lockout_base(),
+            lockout_max: default_lockout_max(),
         }
     }
+}
+
+fn default_session_idle() -> Duration {
+    Duration::secs(15 * 60)
+}
+
+fn default_session_absolute() -> Duration {
+    Duration::secs(8 * 3600)
+}
+
+fn default_lockout_threshold() -> u32 {
+    5
+}
+
+fn default_lockout_base() -> Duration {
+    Duration::secs(60)
+}
+
+fn default_lockout_max() -> Duration {
+    Duration::secs(15 * 60)
 }
 
 impl AdminConfig {

@@ -25,6 +25,7 @@
 //! rotation ([`Store::rotate_batch`]) re-encrypts old records in bounded batches while the
 //! store is in use.
 
+mod accounts;
 pub mod audit;
 mod checkpoint;
 pub mod crypto;
@@ -37,6 +38,7 @@ mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use accounts::{Accounts, NewUser, SessionRecord, TokenRecord, UserRecord};
 pub use audit::{
     AuditAction, AuditEvent, AuditFilter, AuditHead, AuditOutcome, AuditProblem, AuditRecord,
     AuditSink, ProblemKind, VerifyReport,
@@ -182,6 +184,7 @@ impl Store {
         }
         let keyring = options.keyring.map(Arc::new);
         let conn = schema::open_write(path)?;
+        accounts::ensure_schema(&conn)?;
         probe(&conn, keyring.as_deref())?;
         if keyring.is_some() {
             // Deleted and overwritten content (a replaced response, a record re-encrypted by

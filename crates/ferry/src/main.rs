@@ -36,6 +36,8 @@ enum Command {
     Audit(cmd::audit::AuditArgs),
     /// Encryption-at-rest keys: `ferry keys rotate` re-encrypts records under old keys.
     Keys(cmd::keys::KeysArgs),
+    /// Manage admin users (add, list, disable) in the configured store.
+    User(cmd::user::UserArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
             Command::Send(args) => cmd::send::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
             Command::Test(args) => cmd::test::run(args).await,
+            Command::User(args) => cmd::user::run(args).await,
             Command::Hl7(args) => cmd::hl7::run(args),
             Command::Audit(args) => cmd::audit::run(args).await,
             Command::Keys(args) => cmd::keys::run(args).await,

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod run;
 pub mod send;
 pub mod test;
+pub mod user;
 
 use std::path::PathBuf;
 

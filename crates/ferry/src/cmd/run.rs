@@ -67,6 +67,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = super::keys::store_options(&config)?;
     let store = Store::open_with(&store_path, options)
         .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let accounts = ferry_store::Accounts::open(&store_path)
+        .with_context(|| format!("opening the account tables of {}", store_path.display()))?;
     match store.current_key_id() {
         Some(id) => println!(
             "ferry: store {} (encrypted, key `{id}`)",
@@ -153,10 +155,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "ferry: admin listening on {scheme}://{}",
         admin.local_addr()?
     );
-    let admin_task = tokio::spawn(admin.serve(
-        ferry_admin::router(runtime.engine().health_probe()),
-        shutdown.clone(),
-    ));
+    let admin_config = &config.admin;
+    let admin_context = ferry_admin::AdminContext::new(
+        runtime.engine(),
+        accounts,
+        ferry_admin::sessions::SessionPolicy {
+            idle: admin_config.session_idle_timeout.get(),
+            absolute: admin_config.session_absolute_timeout.get(),
+        },
+        ferry_admin::auth::LockoutPolicy {
+            threshold: admin_config.lockout_threshold,
+            base: admin_config.lockout_base.get(),
+            max: admin_config.lockout_max.get(),
+        },
+        scheme == "https",
+    );
+    let admin_task = tokio::spawn(admin.serve(ferry_admin::app(admin_context), shutdown.clone()));
     let shipper = match &config.audit.syslog {
         Some(syslog) => {
             let settings =

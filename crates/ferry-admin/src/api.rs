@@ -1,0 +1,805 @@
+//! The REST API under `/api/v1`: the request guard (authentication, policy, CSRF, body limit)
+//! and the handlers.
+//!
+//! Order of work on every API request, before any handler runs and so before any body byte is
+//! read: find the route's policy entry (none → 403), authenticate (none → 401), check the role
+//! (→ 403), check CSRF for cookie sessions on unsafe methods (→ 403), refuse a declared body
+//! over the limit (→ 413). Handlers then read at most [`BODY_LIMIT`] bytes and parse them only
+//! into typed structs that refuse unknown fields.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Extension, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ferry_engine::{ChannelIngest, Engine, HealthProbe, ReprocessError, Stats};
+use ferry_store::{Accounts, ContentStage, SOURCE, Store, StoreError};
+use http_body_util::BodyExt as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::auth::{self, Lockout, LockoutPolicy, TOKEN_PREFIX};
+use crate::policy::{self, Access, Role};
+use crate::sessions::{self, SessionPolicy};
+use crate::users::{self, UserError, now_ms};
+
+/// Largest request body any route reads (JSON bodies are small).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "ferry_session";
+/// Header that cookie-authenticated unsafe requests must carry: the CSRF token of the login.
+pub const CSRF_HEADER: &str = "x-ferry-csrf";
+
+/// Everything the admin server needs from the rest of the node.
+pub struct AdminContext {
+    /// Health and counters.
+    pub probe: HealthProbe,
+    /// Counters of every channel.
+    pub stats: Arc<Stats>,
+    /// The message store (message metadata and content).
+    pub store: Store,
+    /// Users, sessions and API tokens.
+    pub accounts: Accounts,
+    /// Each deployed channel's ingest handle (for reprocessing).
+    pub channels: BTreeMap<String, ChannelIngest>,
+    /// Session lifetimes.
+    pub sessions: SessionPolicy,
+    /// Failed-login lockout.
+    pub lockout: LockoutPolicy,
+    /// Whether the admin listener serves HTTPS (cookies get `Secure`, responses HSTS).
+    pub tls: bool,
+}
+
+impl std::fmt::Debug for AdminContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminContext")
+            .field("channels", &self.channels.keys().collect::<Vec<_>>())
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminContext {
+    /// The context of a running engine.
+    pub fn new(
+        engine: &Engine,
+        accounts: Accounts,
+        sessions: SessionPolicy,
+        lockout: LockoutPolicy,
+        tls: bool,
+    ) -> AdminContext {
+        let stats = engine.stats();
+        let channels = stats
+            .channels()
+            .iter()
+            .filter_map(|c| engine.ingest(&c.name).map(|i| (c.name.clone(), i)))
+            .collect();
+        AdminContext {
+            probe: engine.health_probe(),
+            stats,
+            store: engine.store().clone(),
+            accounts,
+            channels,
+            sessions,
+            lockout,
+            tls,
+        }
+    }
+}
+
+pub(crate) struct Api {
+    ctx: AdminContext,
+    lockout: Lockout,
+    /// Last TOTP time step used per user id: a code is accepted once.
+    totp_steps: Mutex<BTreeMap<i64, u64>>,
+    openapi: String,
+}
+
+/// How the caller authenticated.
+#[derive(Clone)]
+pub enum Credential {
+    /// A login session.
+    Session {
+        /// The session id (kept to end it on logout).
+        id: String,
+        /// SHA-256 of its CSRF token.
+        csrf_hash: Vec<u8>,
+        /// Whether it came in the cookie (then unsafe methods need the CSRF header).
+        cookie: bool,
+    },
+    /// An API token.
+    Token {
+        /// Its id.
+        id: i64,
+    },
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone)]
+pub struct Principal {
+    /// User name, or the API token's name.
+    pub name: String,
+    /// The role it acts with.
+    pub role: Role,
+    /// How it authenticated.
+    pub credential: Credential,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error answer: a status and a short JSON `{"error": …}` body.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn internal(what: impl std::fmt::Display) -> ApiError {
+        tracing::error!("admin API: {what}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+    fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not found")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.status, &json!({ "error": self.message }))
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    let mut body = value.to_string();
+    body.push('\n');
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Read a JSON body of at most [`BODY_LIMIT`] bytes into `T`.
+async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be application/json",
+        ));
+    }
+    let bytes = read_body(body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid request body ({:?} at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    http_body_util::Limited::new(body, BODY_LIMIT)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large"))
+}
+
+/// The API router (its routes are exactly the policy table's).
+pub(crate) fn router(ctx: AdminContext) -> Router {
+    let lockout = Lockout::new(ctx.lockout);
+    auth::warm_up();
+    let api = Arc::new(Api {
+        ctx,
+        lockout,
+        totp_steps: Mutex::new(BTreeMap::new()),
+        openapi: crate::openapi::document().to_string(),
+    });
+    Router::new()
+        .route("/api/v1/session", post(login).get(whoami).delete(logout))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{name}/disable", post(disable_user))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/channels", get(list_channels))
+        .route("/api/v1/channels/{channel}/stats", get(channel_stats))
+        .route("/api/v1/channels/{channel}/messages/{id}", get(get_message))
+        .route(
+            "/api/v1/channels/{channel}/messages/{id}/reprocess",
+            post(reprocess),
+        )
+        .route("/api/v1/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(api.clone(), guard))
+        .with_state(api)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Authenticate from the `Authorization: Bearer` header (an API token or a session id) or the
+/// session cookie.
+async fn authenticate(api: &Arc<Api>, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+    let (secret, cookie) = match (bearer(headers), session_cookie(headers)) {
+        (Some(b), _) => (b.to_owned(), false),
+        (None, Some(c)) => (c.to_owned(), true),
+        (None, None) => return Ok(None),
+    };
+    let accounts = api.ctx.accounts.clone();
+    if secret.starts_with(TOKEN_PREFIX) && !cookie {
+        let token =
+            blocking(move || Ok(accounts.active_token(&auth::secret_hash(&secret))?)).await?;
+        return Ok(token.and_then(|t| {
+            Some(Principal {
+                role: Role::parse(&t.role)?,
+                name: t.name,
+                credential: Credential::Token { id: t.id },
+            })
+        }));
+    }
+    let policy = api.ctx.sessions;
+    let found = blocking(move || {
+        Ok(sessions::validate(&accounts, policy, &secret)?.map(|(s, u)| (secret, s, u)))
+    })
+    .await?;
+    Ok(found.and_then(|(id, s, u)| {
+        Some(Principal {
+            role: Role::parse(&u.role)?,
+            name: u.name,
+            credential: Credential::Session {
+                id,
+                csrf_hash: s.csrf_hash,
+                cookie,
+            },
+        })
+    }))
+}
+
+async fn guard(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| policy::lookup(req.method(), m.as_str()));
+    let Some(route) = route else {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden").into_response();
+    };
+    if route.access != Access::Public {
+        let principal = match authenticate(&api, req.headers()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return ApiError::new(StatusCode::UNAUTHORIZED, "authentication required")
+                    .into_response();
+            }
+            Err(e) => return e.into_response(),
+        };
+        if !route.access.allows(principal.role) {
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden").into_response();
+        }
+        if let Credential::Session {
+            csrf_hash,
+            cookie: true,
+            ..
+        } = &principal.credential
+        {
+            let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+            let sent = req
+                .headers()
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(auth::secret_hash);
+            if !safe && !sent.is_some_and(|h| auth::hashes_equal(&h, csrf_hash)) {
+                return ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-Ferry-CSRF")
+                    .into_response();
+            }
+        }
+        req.extensions_mut().insert(principal);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "the body is too large")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// `POST /api/v1/session` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    user: String,
+    password: String,
+    #[serde(default)]
+    totp: Option<String>,
+}
+
+fn unix_secs() -> u64 {
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
+async fn login(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let LoginRequest {
+        user,
+        password,
+        totp,
+    } = read_json(&headers, body).await?;
+    if let Some(wait) = api.lockout.locked_for(&user, Instant::now()) {
+        tracing::warn!(user = %user, "admin login refused: locked after repeated failures");
+        let mut r = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many failed logins; try again later",
+        )
+        .into_response();
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Ok(r);
+    }
+    let accounts = api.ctx.accounts.clone();
+    let name = user.clone();
+    let (record, password_ok) = blocking(move || {
+        let record = accounts.user_by_name(&name)?;
+        let ok =
+            auth::verify_password(&password, record.as_ref().map(|u| u.password_hash.as_str()));
+        Ok((record, ok))
+    })
+    .await?;
+    let accepted = record.filter(|u| {
+        if !password_ok || u.disabled {
+            return false;
+        }
+        let Some(role) = Role::parse(&u.role) else {
+            return false;
+        };
+        match &u.totp_secret {
+            Some(secret) => {
+                let step = totp
+                    .as_deref()
+                    .and_then(|code| auth::check_totp(secret, code, unix_secs()));
+                let Some(step) = step else { return false };
+                let Ok(mut steps) = api.totp_steps.lock() else {
+                    return false;
+                };
+                if steps.get(&u.id).is_some_and(|last| *last >= step) {
+                    return false; // a code is good once
+                }
+                steps.insert(u.id, step);
+                true
+            }
+            None => !role.requires_mfa(),
+        }
+    });
+    let Some(record) = accepted else {
+        api.lockout.failure(&user, Instant::now());
+        tracing::warn!(user = %user, "admin login failed");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid credentials",
+        ));
+    };
+    api.lockout.success(&user);
+    let accounts = api.ctx.accounts.clone();
+    let policy = api.ctx.sessions;
+    let previous = session_cookie(&headers).map(str::to_owned);
+    let rec = record.clone();
+    let session = blocking(move || {
+        sessions::start(&accounts, policy, &rec, previous.as_deref()).map_err(ApiError::internal)
+    })
+    .await?;
+    tracing::info!(user = %record.name, role = %record.role, "admin login");
+    let mut cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        session.id,
+        policy.absolute.as_secs()
+    );
+    if api.ctx.tls {
+        cookie.push_str("; Secure");
+    }
+    let mut response = json_response(
+        StatusCode::OK,
+        &json!({
+            "user": record.name,
+            "role": record.role,
+            "session": session.id,
+            "csrf": session.csrf,
+            "expires_at_ms": session.expires_at_ms,
+        }),
+    );
+    let value = HeaderValue::from_str(&cookie).map_err(ApiError::internal)?;
+    response.headers_mut().insert(header::SET_COOKIE, value);
+    Ok(response)
+}
+
+async fn whoami(Extension(p): Extension<Principal>) -> Response {
+    let via = match p.credential {
+        Credential::Session { .. } => "session",
+        Credential::Token { .. } => "token",
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({ "user": p.name, "role": p.role.as_str(), "auth": via }),
+    )
+}
+
+async fn logout(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let Credential::Session { id, .. } = p.credential else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "an API token has no session; revoke the token instead",
+        ));
+    };
+    let accounts = api.ctx.accounts.clone();
+    blocking(move || Ok(sessions::end(&accounts, &id)?)).await?;
+    tracing::info!(user = %p.name, "admin logout");
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let mut clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if api.ctx.tls {
+        clear.push_str("; Secure");
+    }
+    let value = HeaderValue::from_str(&clear).map_err(ApiError::internal)?;
+    r.headers_mut().insert(header::SET_COOKIE, value);
+    Ok(r)
+}
+
+async fn list_users(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let accounts = api.ctx.accounts.clone();
+    let users = blocking(move || Ok(accounts.users()?)).await?;
+    let list: Vec<Value> = users
+        .into_iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "role": u.role,
+                "mfa": u.totp_secret.is_some(),
+                "disabled": u.disabled,
+                "created_at_ms": u.created_at_ms,
+            })
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &Value::Array(list)))
+}
+
+/// `POST /api/v1/users` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUserRequest {
+    name: String,
+    role: String,
+    password: String,
+}
+
+async fn create_user(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: CreateUserRequest = read_json(&headers, body).await?;
+    let role = Role::parse(&req.role)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "unknown role"))?;
+    let accounts = api.ctx.accounts.clone();
+    let created = blocking(move || {
+        users::create_user(&accounts, &req.name, role, &req.password, now_ms()).map_err(|e| match e
+        {
+            UserError::BadName | UserError::BadPassword => {
+                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            UserError::Exists => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            e => ApiError::internal(e),
+        })
+    })
+    .await?;
+    tracing::info!(by = %p.name, user = %created.name, role = created.role.as_str(), "admin user created");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({
+            "name": created.name,
+            "role": created.role.as_str(),
+            "totp_secret": created.totp_secret,
+            "otpauth_uri": created.otpauth_uri,
+        }),
+    ))
+}
+
+async fn disable_user(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let accounts = api.ctx.accounts.clone();
+    let n = name.clone();
+    if !blocking(move || Ok(accounts.disable_user(&n)?)).await? {
+        return Err(ApiError::not_found());
+    }
+    tracing::info!(by = %p.name, user = %name, "admin user disabled, sessions ended");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_tokens(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let accounts = api.ctx.accounts.clone();
+    let tokens = blocking(move || Ok(accounts.tokens()?)).await?;
+    let list: Vec<Value> = tokens
+        .into_iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "name": t.name,
+                "role": t.role,
+                "created_by": t.created_by,
+                "created_at_ms": t.created_at_ms,
+                "revoked_at_ms": t.revoked_at_ms,
+            })
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &Value::Array(list)))
+}
+
+/// `POST /api/v1/tokens` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTokenRequest {
+    name: String,
+    role: String,
+}
+
+async fn create_token(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: CreateTokenRequest = read_json(&headers, body).await?;
+    let role = Role::parse(&req.role)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "unknown role"))?;
+    if req.name.is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a token name is 1 to 128 printable characters",
+        ));
+    }
+    let token = format!(
+        "{TOKEN_PREFIX}{}",
+        auth::random_secret().map_err(ApiError::internal)?
+    );
+    let accounts = api.ctx.accounts.clone();
+    let hash = auth::secret_hash(&token);
+    let (name, by) = (req.name.clone(), p.name.clone());
+    let id =
+        blocking(move || Ok(accounts.create_token(&name, role.as_str(), &hash, &by, now_ms())?))
+            .await?;
+    tracing::info!(by = %p.name, id, role = role.as_str(), "admin API token created");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({ "id": id, "name": req.name, "role": role.as_str(), "token": token }),
+    ))
+}
+
+async fn revoke_token(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: i64 = id.parse().map_err(|_| ApiError::not_found())?;
+    let accounts = api.ctx.accounts.clone();
+    if !blocking(move || Ok(accounts.revoke_token(id, now_ms())?)).await? {
+        return Err(ApiError::not_found());
+    }
+    tracing::info!(by = %p.name, id, "admin API token revoked");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn channel_summary(c: &ferry_engine::ChannelStats) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "name": c.name,
+        "deployed": c.deployed.load(Relaxed),
+        "received": c.received.load(Relaxed),
+        "filtered": c.filtered.load(Relaxed),
+        "errored": c.errored.load(Relaxed),
+        "failed": c.failed.load(Relaxed),
+        "duplicates": c.duplicates.load(Relaxed),
+    })
+}
+
+async fn list_channels(State(api): State<Arc<Api>>) -> Response {
+    let list: Vec<Value> = api
+        .ctx
+        .stats
+        .channels()
+        .iter()
+        .map(|c| channel_summary(c))
+        .collect();
+    json_response(StatusCode::OK, &Value::Array(list))
+}
+
+async fn channel_stats(
+    State(api): State<Arc<Api>>,
+    Path(channel): Path<String>,
+) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = api
+        .ctx
+        .stats
+        .channel(&channel)
+        .ok_or_else(ApiError::not_found)?;
+    let mut v = channel_summary(c);
+    let destinations: Vec<Value> = c
+        .destinations
+        .iter()
+        .map(|(name, d)| {
+            json!({
+                "name": name,
+                "sent": d.sent.load(Relaxed),
+                "errored": d.errored.load(Relaxed),
+                "retries": d.retries.load(Relaxed),
+                "queue_depth": d.queue_depth.load(Relaxed),
+                "filtered": d.filtered.load(Relaxed),
+            })
+        })
+        .collect();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("destinations".into(), Value::Array(destinations));
+    }
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+async fn get_message(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    Path((channel, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let stats = api
+        .ctx
+        .stats
+        .channel(&channel)
+        .ok_or_else(ApiError::not_found)?;
+    let id: i64 = id.parse().map_err(|_| ApiError::not_found())?;
+    let store = &api.ctx.store;
+    let mut connectors = Vec::new();
+    let names = std::iter::once(SOURCE).chain(stats.destinations.iter().map(|(n, _)| n.as_str()));
+    for name in names {
+        if let Some(r) = store.connector(&channel, id, name).await? {
+            connectors.push(json!({
+                "name": name,
+                "status": r.status.as_str(),
+                "attempts": r.attempts,
+                "error": r.error,
+                "updated_at_ms": r.updated_at_ms,
+            }));
+        }
+    }
+    if connectors.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    let raw = store
+        .content(&channel, id, SOURCE, ContentStage::Raw)
+        .await?
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    tracing::info!(by = %p.name, channel = %channel, id, "message viewed (PHI access)");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "channel": channel, "id": id, "connectors": connectors, "raw": raw }),
+    ))
+}
+
+/// `POST …/reprocess` body (optional).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReprocessRequest {
+    #[serde(default)]
+    destinations: Option<Vec<String>>,
+}
+
+async fn reprocess(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+    Path((channel, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ingest = api
+        .ctx
+        .channels
+        .get(&channel)
+        .ok_or_else(ApiError::not_found)?;
+    let id: i64 = id.parse().map_err(|_| ApiError::not_found())?;
+    let req: ReprocessRequest = if headers.contains_key(header::CONTENT_TYPE) {
+        read_json(&headers, body).await?
+    } else {
+        ReprocessRequest::default()
+    };
+    let reply = match ingest.reprocess(id, req.destinations.as_deref()).await {
+        Ok(reply) => reply,
+        Err(ReprocessError::UnknownMessage(_)) => return Err(ApiError::not_found()),
+        Err(e @ ReprocessError::UnknownDestination(_)) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, e.to_string()));
+        }
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    tracing::info!(by = %p.name, channel = %channel, id, new = ?reply.message_id, "message reprocessed (PHI access)");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "original": id,
+            "message_id": reply.message_id,
+            "ack_code": reply.code.as_str(),
+        }),
+    ))
+}
+
+async fn openapi(State(api): State<Arc<Api>>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        api.openapi.clone(),
+    )
+        .into_response()
+}

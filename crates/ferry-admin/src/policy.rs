@@ -1,0 +1,191 @@
+//! Roles and the one policy table: every REST API route (method + path pattern) and who may
+//! call it. Anything not in the table is denied.
+//!
+//! The table is the single source the request guard consults; the OpenAPI document lists the
+//! same routes and the end-to-end matrix test checks every documented route against it for
+//! every role and for an unauthenticated caller.
+
+use axum::http::Method;
+
+/// A role (PRODUCT.md §8). Roles are not ordered: each route names the roles it allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Manages users and API tokens; everything else an operator may do.
+    Admin,
+    /// Edits channels; sees statistics, no message content.
+    Developer,
+    /// Deploys, reprocesses and views messages (PHI).
+    Operator,
+    /// Reads the audit log only.
+    Auditor,
+    /// Statistics only, no PHI.
+    Viewer,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Developer,
+        Role::Operator,
+        Role::Auditor,
+        Role::Viewer,
+    ];
+
+    /// The stored and configured name, e.g. `"operator"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// Parse a role name.
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// Whether logging in with this role requires a TOTP code.
+    pub fn requires_mfa(self) -> bool {
+        self == Role::Admin
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No authentication (only the login itself).
+    Public,
+    /// Any authenticated caller, whatever the role.
+    AnyRole,
+    /// Authenticated callers with one of these roles.
+    Roles(&'static [Role]),
+}
+
+impl Access {
+    /// Whether a caller with `role` passes.
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Public | Access::AnyRole => true,
+            Access::Roles(roles) => roles.contains(&role),
+        }
+    }
+}
+
+/// One route of the REST API.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path pattern with `{name}` parameters, as the router and the OpenAPI document spell it.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+}
+
+const ADMIN: &[Role] = &[Role::Admin];
+/// Statistics (no PHI): everyone except the auditor, whose role is the audit log only.
+const STATS: &[Role] = &[Role::Admin, Role::Developer, Role::Operator, Role::Viewer];
+/// Message content and reprocessing (PHI).
+const PHI: &[Role] = &[Role::Admin, Role::Operator];
+
+/// The policy table.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "POST",
+        path: "/api/v1/session",
+        access: Access::Public,
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/session",
+        access: Access::AnyRole,
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/v1/session",
+        access: Access::AnyRole,
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/users",
+        access: Access::Roles(ADMIN),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/users",
+        access: Access::Roles(ADMIN),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/users/{name}/disable",
+        access: Access::Roles(ADMIN),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/tokens",
+        access: Access::Roles(ADMIN),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/tokens",
+        access: Access::Roles(ADMIN),
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/v1/tokens/{id}",
+        access: Access::Roles(ADMIN),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/channels",
+        access: Access::Roles(STATS),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/channels/{channel}/stats",
+        access: Access::Roles(STATS),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/channels/{channel}/messages/{id}",
+        access: Access::Roles(PHI),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/messages/{id}/reprocess",
+        access: Access::Roles(PHI),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/openapi.json",
+        access: Access::AnyRole,
+    },
+];
+
+/// The policy entry of a method and a matched path pattern; `None` means deny.
+pub fn lookup(method: &Method, pattern: &str) -> Option<&'static Route> {
+    ROUTES
+        .iter()
+        .find(|r| r.method == method.as_str() && r.path == pattern)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_and_unknown_routes_are_denied() {
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("root"), None);
+        assert!(lookup(&Method::GET, "/api/v1/nothing").is_none());
+        assert!(lookup(&Method::PUT, "/api/v1/users").is_none());
+        let users = lookup(&Method::POST, "/api/v1/users").map(|r| r.access);
+        assert_eq!(users, Some(Access::Roles(ADMIN)));
+    }
+}
