@@ -733,105 +733,67 @@ pub enum DestinationConfig {
     Channel(ChannelDestinationConfig),
 }
 
+/// The same expression on whichever destination table `$d` is (the settings every kind has).
+macro_rules! each_destination {
+    ($self:expr, $d:ident => $e:expr) => {
+        match $self {
+            DestinationConfig::Http($d) => $e,
+            DestinationConfig::Mllp($d) => $e,
+            DestinationConfig::File($d) => $e,
+            DestinationConfig::Channel($d) => $e,
+        }
+    };
+}
+
 impl DestinationConfig {
     /// The destination's name.
     pub fn name(&self) -> &str {
-        match self {
-            DestinationConfig::Http(d) => &d.name,
-            DestinationConfig::Mllp(d) => &d.name,
-            DestinationConfig::File(d) => &d.name,
-            DestinationConfig::Channel(d) => &d.name,
-        }
+        each_destination!(self, d => &d.name)
     }
 
     /// The destination's retry settings.
     pub fn retry(&self) -> &RetryConfig {
-        match self {
-            DestinationConfig::Http(d) => &d.retry,
-            DestinationConfig::Mllp(d) => &d.retry,
-            DestinationConfig::File(d) => &d.retry,
-            DestinationConfig::Channel(d) => &d.retry,
-        }
+        each_destination!(self, d => &d.retry)
     }
 
     /// The destination's filters.
     pub fn filters(&self) -> &[FilterConfig] {
-        match self {
-            DestinationConfig::Http(d) => &d.filters,
-            DestinationConfig::Mllp(d) => &d.filters,
-            DestinationConfig::File(d) => &d.filters,
-            DestinationConfig::Channel(d) => &d.filters,
-        }
+        each_destination!(self, d => &d.filters)
     }
 
     /// Mutable access to the filters, for resolving relative paths.
     pub(crate) fn filters_mut(&mut self) -> &mut Vec<FilterConfig> {
-        match self {
-            DestinationConfig::Http(d) => &mut d.filters,
-            DestinationConfig::Mllp(d) => &mut d.filters,
-            DestinationConfig::File(d) => &mut d.filters,
-            DestinationConfig::Channel(d) => &mut d.filters,
-        }
+        each_destination!(self, d => &mut d.filters)
     }
 
     /// The destination's delivery lanes (`workers`).
     pub fn workers(&self) -> usize {
-        match self {
-            DestinationConfig::Http(d) => d.workers,
-            DestinationConfig::Mllp(d) => d.workers,
-            DestinationConfig::File(d) => d.workers,
-            DestinationConfig::Channel(d) => d.workers,
-        }
+        each_destination!(self, d => d.workers)
     }
 
     /// The destination's lane key path (`order_by`), as written.
     pub fn order_by(&self) -> Option<&str> {
-        match self {
-            DestinationConfig::Http(d) => d.order_by.as_deref(),
-            DestinationConfig::Mllp(d) => d.order_by.as_deref(),
-            DestinationConfig::File(d) => d.order_by.as_deref(),
-            DestinationConfig::Channel(d) => d.order_by.as_deref(),
-        }
+        each_destination!(self, d => d.order_by.as_deref())
     }
 
     /// The destination's transformation steps.
     pub fn transforms(&self) -> &[TransformConfig] {
-        match self {
-            DestinationConfig::Http(d) => &d.transforms,
-            DestinationConfig::Mllp(d) => &d.transforms,
-            DestinationConfig::File(d) => &d.transforms,
-            DestinationConfig::Channel(d) => &d.transforms,
-        }
+        each_destination!(self, d => &d.transforms)
     }
 
     /// How the destination encodes what it sends.
     pub fn encode(&self) -> &EncodeConfig {
-        match self {
-            DestinationConfig::Http(d) => &d.encode,
-            DestinationConfig::Mllp(d) => &d.encode,
-            DestinationConfig::File(d) => &d.encode,
-            DestinationConfig::Channel(d) => &d.encode,
-        }
+        each_destination!(self, d => &d.encode)
     }
 
     /// The destination's response transformer steps.
     pub fn response_transforms(&self) -> &[TransformConfig] {
-        match self {
-            DestinationConfig::Http(d) => &d.response_transforms,
-            DestinationConfig::Mllp(d) => &d.response_transforms,
-            DestinationConfig::File(d) => &d.response_transforms,
-            DestinationConfig::Channel(d) => &d.response_transforms,
-        }
+        each_destination!(self, d => &d.response_transforms)
     }
 
     /// Whether the destination continues the channel map of the one before it.
     pub fn wait_for_previous(&self) -> bool {
-        match self {
-            DestinationConfig::Http(d) => d.wait_for_previous,
-            DestinationConfig::Mllp(d) => d.wait_for_previous,
-            DestinationConfig::File(d) => d.wait_for_previous,
-            DestinationConfig::Channel(d) => d.wait_for_previous,
-        }
+        each_destination!(self, d => d.wait_for_previous)
     }
 
     /// Mutable access to the transforms, response transforms and the encoding, for resolving
@@ -843,20 +805,7 @@ impl DestinationConfig {
         &mut Vec<TransformConfig>,
         &mut EncodeConfig,
     ) {
-        match self {
-            DestinationConfig::Http(d) => {
-                (&mut d.transforms, &mut d.response_transforms, &mut d.encode)
-            }
-            DestinationConfig::Mllp(d) => {
-                (&mut d.transforms, &mut d.response_transforms, &mut d.encode)
-            }
-            DestinationConfig::File(d) => {
-                (&mut d.transforms, &mut d.response_transforms, &mut d.encode)
-            }
-            DestinationConfig::Channel(d) => {
-                (&mut d.transforms, &mut d.response_transforms, &mut d.encode)
-            }
-        }
+        each_destination!(self, d => (&mut d.transforms, &mut d.response_transforms, &mut d.encode))
     }
 }
 
