@@ -15,7 +15,6 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -184,14 +183,7 @@ impl Accounts {
         }
         let conn =
             Connection::open(path).map_err(StoreError::sqlite("opening the account store"))?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(StoreError::sqlite("setting busy_timeout"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(StoreError::sqlite("enabling WAL"))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(StoreError::sqlite("setting synchronous=FULL"))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(StoreError::sqlite("enabling foreign keys"))?;
+        crate::schema::pragmas(&conn)?;
         ensure_schema(&conn)?;
         Ok(Accounts {
             conn: Arc::new(Mutex::new(conn)),

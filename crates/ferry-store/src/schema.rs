@@ -60,7 +60,8 @@ CREATE INDEX messages_dedupe
     WHERE dedupe_key IS NOT NULL;
 ";
 
-fn pragmas(conn: &Connection) -> Result<(), StoreError> {
+/// The settings every connection that writes uses: WAL, `synchronous=FULL`, a busy timeout.
+pub(crate) fn pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(StoreError::sqlite("setting busy_timeout"))?;
     conn.pragma_update(None, "journal_mode", "WAL")
