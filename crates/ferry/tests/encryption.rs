@@ -7,7 +7,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::{Ferry, ferry_bin, send, toml_path, write_config};
 
@@ -69,33 +68,6 @@ fn occurrences(db: &Path, needle: &[u8]) -> usize {
         .sum()
 }
 
-fn wait_files(dir: &Path, n: usize, ferry: &Ferry) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        paths.retain(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        });
-        if paths.len() >= n {
-            paths.sort();
-            return paths
-                .iter()
-                .map(|p| std::fs::read(p).expect("read"))
-                .collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} files\n{}",
-            paths.len(),
-            ferry.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn expected_delivery(control_id: &str) -> Vec<u8> {
     String::from_utf8(message(control_id))
         .expect("utf8")
@@ -140,7 +112,7 @@ async fn an_encrypted_store_delivers_the_right_bytes_and_holds_no_plaintext() {
         let ack = send(&mut conn, &message(&format!("E{i}"))).await;
         assert_eq!(ack.code.as_str(), "AA");
     }
-    let files = wait_files(&dir.path().join("out"), 5, &ferry);
+    let files = ferry.wait_files(&dir.path().join("out"), 5);
     let mut expected: Vec<Vec<u8>> = (0..5)
         .map(|i| expected_delivery(&format!("E{i}")))
         .collect();
@@ -192,7 +164,7 @@ async fn keys_rotate_beside_a_running_engine_lets_the_old_key_go() {
             "AA"
         );
     }
-    wait_files(&dir.path().join("out"), 20, &ferry);
+    ferry.wait_files(&dir.path().join("out"), 20);
     assert!(ferry.terminate(), "{}", ferry.output());
 
     // New key current, old key kept for decryption; the engine runs and takes messages while
@@ -221,7 +193,7 @@ async fn keys_rotate_beside_a_running_engine_lets_the_old_key_go() {
         "{output}"
     );
     sender.await.expect("sender");
-    wait_files(&dir.path().join("out"), 40, &ferry);
+    ferry.wait_files(&dir.path().join("out"), 40);
     assert!(ferry.terminate(), "{}", ferry.output());
 
     // The old key is gone from the configuration: everything still reads, nothing is left to

@@ -15,29 +15,6 @@ const EXAMPLE: &str = concat!(
     "/../../examples/hospital-bridge"
 );
 
-fn wait_for_file(dir: &std::path::Path, ferry: &Ferry) -> Vec<u8> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let found = std::fs::read_dir(dir).ok().and_then(|mut d| {
-            d.find_map(|e| {
-                let e = e.ok()?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                (!name.starts_with('.')).then(|| e.path())
-            })
-        });
-        if let Some(path) = found {
-            return std::fs::read(path).expect("read delivered file");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing arrived in {}\n{}",
-            dir.display(),
-            ferry.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn hospital_bridge_example_runs_both_flows() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -92,7 +69,7 @@ async fn hospital_bridge_example_runs_both_flows() {
         ("AA", "ADT0001")
     );
     assert_eq!(
-        wait_for_file(&dir.path().join("out/cloud"), &ferry),
+        ferry.wait_files(&dir.path().join("out/cloud"), 1).remove(0),
         adt,
         "{}",
         ferry.output()
@@ -125,7 +102,7 @@ async fn hospital_bridge_example_runs_both_flows() {
         .expect("post");
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
-        wait_for_file(&dir.path().join("out/his"), &ferry),
+        ferry.wait_files(&dir.path().join("out/his"), 1).remove(0),
         siu,
         "{}",
         ferry.output()

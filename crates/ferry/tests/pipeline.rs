@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Ferry, adt, config_with_channels, send, toml_path};
@@ -13,35 +13,6 @@ use common::{Ferry, adt, config_with_channels, send, toml_path};
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, text).expect("write");
-}
-
-/// The files in `dir` once there are `n` of them, in name order.
-fn wait_files(dir: &Path, n: usize, ferry: &Ferry) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        paths.retain(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        });
-        if paths.len() >= n {
-            paths.sort();
-            return paths
-                .iter()
-                .map(|p| std::fs::read(p).expect("read"))
-                .collect();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} files in {}\n{}",
-            paths.len(),
-            dir.display(),
-            ferry.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn field(message: &[u8], path: &str) -> String {
@@ -133,7 +104,7 @@ source = {{ type = "channel" }}
     let ferry = Ferry::start(&config, &[]);
     let mut conn = ferry.connect("adt").await;
     assert_eq!(send(&mut conn, &adt("T1")).await.code.as_str(), "AA");
-    let hl7 = wait_files(&hl7_out, 1, &ferry);
+    let hl7 = ferry.wait_files(&hl7_out, 1);
     let sent = &hl7[0];
     assert_eq!(field(sent, "MSH-5"), "SCHEDULER", "configMap");
     assert_eq!(field(sent, "PID-5.1"), "DOE", "library function");
@@ -144,13 +115,13 @@ source = {{ type = "channel" }}
         "T1",
         "the channel map reaches the destination"
     );
-    let json = wait_files(&json_out, 1, &ferry);
+    let json = ferry.wait_files(&json_out, 1);
     let json: serde_json::Value = serde_json::from_slice(&json[0]).expect("json");
     assert_eq!(
         json,
         serde_json::json!({"mrn": "T1", "family": "DOE", "class": "inpatient", "born": "1980-01-01"})
     );
-    let routed = wait_files(&wards, 1, &ferry);
+    let routed = ferry.wait_files(&wards, 1);
     assert_eq!(
         field(&routed[0], "MSH-10"),
         "T1",
@@ -203,7 +174,7 @@ msg.set("ZFY-1", "seen");
         );
     }
     assert_eq!(send(&mut conn, &adt("FINE")).await.code.as_str(), "AA");
-    let files = wait_files(&out, 1, &ferry);
+    let files = ferry.wait_files(&out, 1);
     assert_eq!(files.len(), 1, "only the good message was delivered");
     assert_eq!(field(&files[0], "MSH-10"), "FINE");
     assert_eq!(field(&files[0], "ZFY-1"), "seen");
@@ -293,7 +264,7 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/appointments" }}
         serde_json::from_slice(&response.bytes().await.expect("body")).expect("json answer");
     assert_eq!(answer["code"], "AA");
     assert_eq!(answer["control_id"], "APPT-7");
-    let files = wait_files(&out, 1, &ferry);
+    let files = ferry.wait_files(&out, 1);
     assert_eq!(field(&files[0], "SCH-7"), "CHECK-UP");
     assert_eq!(
         field(&files[0], "PID-5.1"),

@@ -170,6 +170,36 @@ impl Ferry {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// The files a destination wrote into `dir` (dot-files, its temporaries, left out) once
+    /// there are at least `n`, in name order; fails with the process output after 15 s.
+    pub fn wait_files(&self, dir: &Path, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            paths.retain(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            });
+            if paths.len() >= n {
+                paths.sort();
+                return paths
+                    .iter()
+                    .map(|p| std::fs::read(p).expect("read a delivered file"))
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} files in {}\n{}",
+                paths.len(),
+                dir.display(),
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Ferry {
