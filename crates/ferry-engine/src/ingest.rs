@@ -70,6 +70,19 @@ pub(crate) struct DeliveryOutcome {
     pub error: Option<String>,
 }
 
+/// What one destination does with an accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Took {
+    /// It is queued.
+    Queued,
+    /// Its filter refused it.
+    Filtered,
+    /// Its transformer or encoder failed.
+    Failed,
+    /// Not chosen for a reprocessed message: no row at all.
+    Skipped,
+}
+
 /// What processing decided about a stored message.
 enum Verdict {
     /// Accepted (or delivered, without a response to relay).
@@ -350,49 +363,47 @@ impl ChannelIngest {
         let mut filtered = Vec::new();
         let mut errored = Vec::new();
         let mut encoded = Vec::new();
-        let mut taken = Vec::with_capacity(accepted.destinations.len());
+        // What each destination does with the message, in the order of `destinations`.
+        let mut took = Vec::with_capacity(accepted.destinations.len());
         for (name, result) in shared.destinations.iter().zip(accepted.destinations) {
             if only.is_some_and(|o| !o.contains(name)) {
-                taken.push(false);
+                took.push(Took::Skipped);
                 continue;
             }
-            taken.push(matches!(result, DestinationResult::Queued { .. }));
             match result {
                 DestinationResult::Queued { encoded: bytes } => {
+                    took.push(Took::Queued);
                     queued.push(name.clone());
                     if let Some(bytes) = bytes {
                         encoded.push((name.clone(), bytes));
                     }
                 }
-                DestinationResult::Filtered { rule } => {
-                    let _ = rule;
+                DestinationResult::Filtered { .. } => {
+                    took.push(Took::Filtered);
                     filtered.push(name.clone());
                 }
                 DestinationResult::Failed { reason } => {
+                    took.push(Took::Failed);
                     tracing::warn!(channel = %shared.name, destination = %name, reason = %Redacted(&reason),
                         "destination processing failed; stored as ERROR");
                     errored.push((name.clone(), reason));
                 }
             }
         }
+        let taken: Vec<bool> = took.iter().map(|t| *t == Took::Queued).collect();
         let relay = match &shared.response {
             ResponseMode::AfterDelivery { destination, .. } => Some(*destination),
             _ => None,
         };
         // What the relayed destination will do with this message, known before delivery when
         // it does not queue it.
-        let relay_now = relay.and_then(|i| {
-            if filtered
+        let relay_now = relay.and_then(|i| match took.get(i) {
+            Some(Took::Filtered) => Some(Verdict::Accepted),
+            Some(Took::Failed) => errored
                 .iter()
-                .any(|f| Some(f) == shared.destinations.get(i))
-            {
-                Some(Verdict::Accepted)
-            } else {
-                errored
-                    .iter()
-                    .find(|(n, _)| Some(n) == shared.destinations.get(i))
-                    .map(|(_, reason)| Verdict::Failed(reason.clone()))
-            }
+                .find(|(n, _)| Some(n) == shared.destinations.get(i))
+                .map(|(_, reason)| Verdict::Failed(reason.clone())),
+            _ => None,
         });
         let outcomes = relay
             .filter(|_| relay_now.is_none())
@@ -437,12 +448,6 @@ impl ChannelIngest {
                 d.queue_depth.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let filtered_names = record.filtered_destinations.clone();
-        let errored_names: Vec<String> = record
-            .errored_destinations
-            .iter()
-            .map(|(n, _)| n.clone())
-            .collect();
         let id = match shared.store.ingest_checked(record).await {
             Ok(Ingested::Stored(id)) => id,
             Ok(Ingested::Duplicate {
@@ -462,13 +467,12 @@ impl ChannelIngest {
                 return self.store_failure(&message, answer.enhanced, &error);
             }
         };
-        for (name, d) in &shared.stats.destinations {
-            if filtered_names.contains(name) {
-                d.filtered.fetch_add(1, Ordering::Relaxed);
-            }
-            if errored_names.contains(name) {
-                d.errored.fetch_add(1, Ordering::Relaxed);
-            }
+        for ((_, d), t) in shared.stats.destinations.iter().zip(&took) {
+            match t {
+                Took::Filtered => d.filtered.fetch_add(1, Ordering::Relaxed),
+                Took::Failed => d.errored.fetch_add(1, Ordering::Relaxed),
+                Took::Queued | Took::Skipped => 0,
+            };
         }
         for wake in &shared.wakes {
             wake.notify_one();
