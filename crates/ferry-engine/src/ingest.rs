@@ -607,7 +607,8 @@ impl ChannelIngest {
             Verdict::Failed(reason) => (AckCode::AE, Some(crate::phi::public(reason))),
             Verdict::Relayed(outcome) => relayed(outcome),
         };
-        let application = match verdict {
+        // Built only when someone hears it (not in original-mode `on-receive`, the hot path).
+        let application = || match verdict {
             Verdict::Relayed(outcome) => match (&outcome.response, app_code) {
                 // A downstream ACK is relayed as it came.
                 (Some(r), _) if ack::parse_ack(r).is_ok() => r.clone(),
@@ -616,8 +617,7 @@ impl ChannelIngest {
             _ => build(message, app_code, app_ack.as_deref()),
         };
         if enhanced {
-            let application_ack =
-                application_ack_requested(message, app_code).then_some(application);
+            let application_ack = application_ack_requested(message, app_code).then(application);
             return Answer {
                 enhanced,
                 code: AckCode::CA,
@@ -637,7 +637,7 @@ impl ChannelIngest {
         Answer {
             enhanced,
             code: app_code,
-            ack: application,
+            ack: application(),
             application_ack: None,
         }
     }
