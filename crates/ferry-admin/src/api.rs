@@ -18,8 +18,11 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use ferry_connectors::http::ConnectionInfo;
 use ferry_engine::{ChannelIngest, Engine, HealthProbe, ReprocessError, Stats};
-use ferry_store::{Accounts, ContentStage, SOURCE, Store, StoreError};
+use ferry_store::{
+    Accounts, AuditAction, AuditEvent, AuditSink, ContentStage, SOURCE, Store, StoreError,
+};
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -55,6 +58,9 @@ pub struct AdminContext {
     pub lockout: LockoutPolicy,
     /// Whether the admin listener serves HTTPS (cookies get `Secure`, responses HSTS).
     pub tls: bool,
+    /// Where the API's audit records go (logins, PHI access, changes); never waits on the
+    /// store.
+    pub audit: AuditSink,
 }
 
 impl std::fmt::Debug for AdminContext {
@@ -74,6 +80,7 @@ impl AdminContext {
         sessions: SessionPolicy,
         lockout: LockoutPolicy,
         tls: bool,
+        audit: AuditSink,
     ) -> AdminContext {
         let stats = engine.stats();
         let channels = stats
@@ -90,6 +97,7 @@ impl AdminContext {
             sessions,
             lockout,
             tls,
+            audit,
         }
     }
 }
@@ -100,6 +108,26 @@ pub(crate) struct Api {
     /// Last TOTP time step used per user id: a code is accepted once.
     totp_steps: Mutex<BTreeMap<i64, u64>>,
     openapi: String,
+}
+
+impl Api {
+    /// Queue an audit record (never waits; a full buffer is counted and reported by the sink).
+    fn audit(&self, event: AuditEvent) {
+        self.ctx.audit.record(event);
+    }
+}
+
+/// An audit event of `action` by `actor` from the request's peer address.
+pub(crate) fn audit_event(
+    action: AuditAction,
+    actor: &str,
+    conn: Option<&ConnectionInfo>,
+) -> AuditEvent {
+    let event = AuditEvent::new(action).actor(actor);
+    match conn {
+        Some(c) => event.peer(c.peer),
+        None => event,
+    }
 }
 
 /// How the caller authenticated.
@@ -714,6 +742,7 @@ async fn channel_stats(
 async fn get_message(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
+    conn: Option<Extension<ConnectionInfo>>,
     Path((channel, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let stats = api
@@ -744,6 +773,11 @@ async fn get_message(
         .await?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
     tracing::info!(by = %p.name, channel = %channel, id, "message viewed (PHI access)");
+    api.audit(
+        audit_event(AuditAction::MessageView, &p.name, conn.as_deref())
+            .target(format!("channel/{channel}/message/{id}"))
+            .detail("stage", "raw"),
+    );
     Ok(json_response(
         StatusCode::OK,
         &json!({ "channel": channel, "id": id, "connectors": connectors, "raw": raw }),
@@ -761,6 +795,7 @@ struct ReprocessRequest {
 async fn reprocess(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
+    conn: Option<Extension<ConnectionInfo>>,
     Path((channel, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -785,6 +820,13 @@ async fn reprocess(
         Err(e) => return Err(ApiError::internal(e)),
     };
     tracing::info!(by = %p.name, channel = %channel, id, new = ?reply.message_id, "message reprocessed (PHI access)");
+    let mut event = audit_event(AuditAction::Reprocess, &p.name, conn.as_deref())
+        .target(format!("channel/{channel}/message/{id}"))
+        .detail("new_message_id", reply.message_id);
+    if let Some(only) = &req.destinations {
+        event = event.detail("destinations", only.clone());
+    }
+    api.audit(event);
     Ok(json_response(
         StatusCode::OK,
         &json!({

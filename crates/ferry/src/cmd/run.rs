@@ -169,6 +169,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             max: admin_config.lockout_max.get(),
         },
         scheme == "https",
+        runtime.audit_sink().clone(),
     );
     let admin_task = tokio::spawn(admin.serve(ferry_admin::app(admin_context), shutdown.clone()));
     let shipper = match &config.audit.syslog {

@@ -1,7 +1,7 @@
 //! The two canonical flows of PRODUCT.md §1, end to end through the real binary, over real
 //! loopback sockets with real TLS.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! with rcgen under the names `make-certs.sh` uses, and the fixed ports are swapped for free
 //! ones so the test can run beside others.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

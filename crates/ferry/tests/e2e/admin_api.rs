@@ -2,7 +2,7 @@
 //! binary: login, MFA, identical failures, lockout, session expiry, logout, disabling, API
 //! token scope, CSRF, body limits and the route × role matrix from the OpenAPI document.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

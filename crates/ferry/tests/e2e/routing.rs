@@ -3,7 +3,7 @@
 //! queue and stored durably in B, so a `kill -9` anywhere loses nothing acknowledged.
 //! `ferry check` refuses unknown, disabled and self targets, naming channel and destination.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `ferry test`: channel test cases run offline through the deployed pipeline, with a readable
 //! diff and a non-zero exit on any mismatch.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

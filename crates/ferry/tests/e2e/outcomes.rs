@@ -1,7 +1,7 @@
 //! How destinations classify outcomes: HTTP 5xx is retried, other 4xx is ERROR (visible, not
 //! retried) and the queue moves on; a negative MLLP ACK is ERROR when configured so.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! `ferry hl7`: parse, get, to-json and from-json on real files, through the real binary.
 
-mod common;
+use crate::common;
 
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};

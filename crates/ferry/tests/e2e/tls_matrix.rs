@@ -17,7 +17,7 @@
 //! servers never see a request or a frame), the attempts are counted as retries, and the same
 //! engine delivers to a correct server.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@
 //! - enhanced mode (MSH-15/16): `CA` on durable commit, then the application ACK when MSH-16
 //!   asks for it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! sender, and `/metrics` are searched for the canaries. A second run with the explicit
 //! opt-in `FERRY_LOG_PHI=1` proves the search can find them (the name does appear then).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Hostile and broken input over MLLP: every case gets AR or a clean close, the engine keeps
 //! serving, and everything that was readable is stored (visible as rejected).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! the patient; `ferry keys rotate` beside a running engine moves every record to the new key
 //! so the old one can be removed; `ferry check` refuses a key of the wrong length.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! restart the oracle checks that every acknowledged MSH-10 reached the destination; duplicates
 //! (allowed: delivery is at-least-once) are counted and reported.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! `router.route` into another channel, JSON → HL7 on an HTTP source, and the script sandbox
 //! (an infinite loop and a memory bomb are stopped, the message is ERROR, the next one flows).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! the real binary, and `ferry check` refuses a bad path or lane count, naming the channel and
 //! the destination.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! handshakes and engine_stop; `ferry audit verify` says OK, and exits 1 once the store file
 //! has been edited behind its back.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -2,7 +2,7 @@
 //! twice with the same ACK, byte for byte, and delivered once; a copy from another sending
 //! facility is not a duplicate.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

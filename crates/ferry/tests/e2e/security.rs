@@ -1,6 +1,6 @@
 //! mTLS listeners refuse clients that are not allowed, before any HL7 byte is read.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `ferry check` on `[[channel.transform]]` steps: files named by steps are read relative to
 //! the configuration file, and a bad one is reported with channel, transform number and line.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! and the `adt-to-api` channel run for real over MLLP posts the JSON its A01 case expects to
 //! an HTTPS API.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

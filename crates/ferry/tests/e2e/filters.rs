@@ -3,7 +3,7 @@
 //! (`[[channel.destination.filter]]`) keep a message out of one destination's queue only.
 //! Bad rules are refused by `ferry check` with the channel and the filter's number.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

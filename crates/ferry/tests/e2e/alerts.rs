@@ -2,7 +2,7 @@
 //! queue depth and errors, and real notification targets on loopback (an SMTP server with
 //! STARTTLS on a TestPki certificate, an HTTP webhook receiver, a syslog TCP collector).
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! opened before keeps working, the expiry gauge follows, and a broken new file is reported
 //! while the previous certificate stays in service.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The command line: `ferry check` on good and bad configurations, `ferry send` against a
 //! running engine.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
