@@ -291,6 +291,9 @@ pub(crate) fn router(ctx: AdminContext) -> Router {
             post(reprocess),
         )
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/audit", get(crate::audit::search))
+        .route("/api/v1/audit/verify", get(crate::audit::verify))
+        .route("/api/v1/roles", get(crate::roles::list))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
 }
