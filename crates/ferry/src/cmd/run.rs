@@ -104,8 +104,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(seq = start.seq, "audit: engine_start recorded");
     let runtime = ferry_connectors::deploy(&config, store.clone()).await?;
     let shutdown = Shutdown::new();
-    // The failed-login signal is for the admin interface's authentication to report into.
-    let (_alert_signals, alerts_task) =
+    // The admin API reports every failed login into these signals (`failed_logins` rules).
+    let (alert_signals, alerts_task) =
         ferry_alerts::start(&config, runtime.engine().stats(), shutdown.clone())?;
     if alerts_task.is_some() {
         println!(
@@ -170,7 +170,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         scheme == "https",
         runtime.audit_sink().clone(),
-    );
+    )
+    .with_alert_signals(alert_signals);
     let admin_task = tokio::spawn(admin.serve(ferry_admin::app(admin_context), shutdown.clone()));
     let shipper = match &config.audit.syslog {
         Some(syslog) => {

@@ -5,6 +5,7 @@
 mod common;
 
 mod admin_api;
+mod admin_audit;
 mod alerts;
 mod audit;
 mod bridge;
