@@ -25,6 +25,11 @@
 //! they are encrypted too, as `ferry:enc1:` followed by the standard base64 of an envelope
 //! whose stage is `error`.
 //!
+//! **Account secrets** (`admin_users.totp_secret`, a `TEXT` column) are sealed the same way
+//! as error texts, with associated data of their own (`"ferry-accounts-v1"`, table, column,
+//! the row's user name, key id; [`AccountField`]), so a secret copied to another user's row,
+//! or a message blob pasted into the column, fails authentication.
+//!
 //! Metadata stays in the clear because the store indexes and lists by it: channel and
 //! connector names, statuses, times, `control_id` (MSH-10), `message_type` (MSH-9) and the
 //! duplicate-detection key (MSH-3/MSH-4/MSH-10).
@@ -49,6 +54,7 @@ const TAG_LEN: usize = 16;
 /// Longest key id.
 pub const MAX_KEY_ID_LEN: usize = 64;
 const AAD_LABEL: &[u8] = b"ferry-store-v1";
+const ACCOUNTS_AAD_LABEL: &[u8] = b"ferry-accounts-v1";
 
 /// A 256-bit data-encryption key. Wiped from memory when dropped; `Debug` prints nothing of
 /// it.
@@ -147,7 +153,7 @@ impl Keyring {
     }
 
     /// Encrypt `plain` for its place under the current key.
-    pub(crate) fn seal(&self, place: &Place<'_>, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn seal(&self, place: &impl Bound, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce)
             .map_err(|e| StoreError::Crypto(format!("no randomness for a nonce: {e}")))?;
@@ -166,8 +172,8 @@ impl Keyring {
         Ok(out)
     }
 
-    /// Encrypt an error text for its place.
-    pub(crate) fn seal_text(&self, place: &Place<'_>, plain: &str) -> Result<String, StoreError> {
+    /// Encrypt a text (an error text, an account secret) for its place.
+    pub(crate) fn seal_text(&self, place: &impl Bound, plain: &str) -> Result<String, StoreError> {
         let sealed = self.seal(place, plain.as_bytes())?;
         let mut out = String::from(TEXT_PREFIX);
         base64::engine::general_purpose::STANDARD.encode_string(sealed, &mut out);
@@ -185,7 +191,24 @@ fn cipher(id: &str, key: &Key) -> Result<Aes256Gcm, StoreError> {
         .map_err(|_| StoreError::Crypto("an AES-256 key is 32 bytes".into()))
 }
 
-/// Where a blob is stored: what its associated data binds it to.
+/// Where a sealed value is stored: what its associated data binds it to, and how errors name
+/// it.
+pub(crate) trait Bound: fmt::Display {
+    /// The associated data of the value under key `key_id`.
+    fn aad(&self, key_id: &str) -> Vec<u8>;
+}
+
+/// Each field length-prefixed (u32, big endian), so no two field lists encode alike.
+fn length_prefixed(fields: &[&[u8]]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(fields.iter().map(|f| 4 + f.len()).sum());
+    for f in fields {
+        aad.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        aad.extend_from_slice(f);
+    }
+    aad
+}
+
+/// Where a blob of a message is stored: what its associated data binds it to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Place<'a> {
     pub channel: &'a str,
@@ -194,22 +217,16 @@ pub(crate) struct Place<'a> {
     pub stage: &'a str,
 }
 
-impl Place<'_> {
+impl Bound for Place<'_> {
     fn aad(&self, key_id: &str) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(
-            64 + self.channel.len() + self.connector.len() + self.stage.len() + key_id.len(),
-        );
-        let mut field = |bytes: &[u8]| {
-            aad.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            aad.extend_from_slice(bytes);
-        };
-        field(AAD_LABEL);
-        field(self.channel.as_bytes());
-        field(&self.message_id.to_be_bytes());
-        field(self.connector.as_bytes());
-        field(self.stage.as_bytes());
-        field(key_id.as_bytes());
-        aad
+        length_prefixed(&[
+            AAD_LABEL,
+            self.channel.as_bytes(),
+            &self.message_id.to_be_bytes(),
+            self.connector.as_bytes(),
+            self.stage.as_bytes(),
+            key_id.as_bytes(),
+        ])
     }
 }
 
@@ -223,6 +240,33 @@ impl fmt::Display for Place<'_> {
     }
 }
 
+/// Where an account secret is stored: a column of one row of an account table, the row named
+/// by its unique, never-changing key (the user name).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AccountField<'a> {
+    pub table: &'a str,
+    pub column: &'a str,
+    pub row: &'a str,
+}
+
+impl Bound for AccountField<'_> {
+    fn aad(&self, key_id: &str) -> Vec<u8> {
+        length_prefixed(&[
+            ACCOUNTS_AAD_LABEL,
+            self.table.as_bytes(),
+            self.column.as_bytes(),
+            self.row.as_bytes(),
+            key_id.as_bytes(),
+        ])
+    }
+}
+
+impl fmt::Display for AccountField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the {} of `{}` in {}", self.column, self.row, self.table)
+    }
+}
+
 /// What a stored blob is.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Sealed<'a> {
@@ -233,7 +277,7 @@ pub(crate) enum Sealed<'a> {
 }
 
 /// Classify a stored blob by its header.
-pub(crate) fn classify<'a>(blob: &'a [u8], place: &Place<'_>) -> Result<Sealed<'a>, StoreError> {
+pub(crate) fn classify<'a>(blob: &'a [u8], place: &impl Bound) -> Result<Sealed<'a>, StoreError> {
     let Some(rest) = blob.strip_prefix(MAGIC.as_slice()) else {
         return Ok(Sealed::Plain);
     };
@@ -251,7 +295,7 @@ pub(crate) fn classify<'a>(blob: &'a [u8], place: &Place<'_>) -> Result<Sealed<'
 /// store runs without encryption: then an envelope is an error naming its key id.
 pub(crate) fn open(
     keyring: Option<&Keyring>,
-    place: &Place<'_>,
+    place: &impl Bound,
     blob: Vec<u8>,
 ) -> Result<Vec<u8>, StoreError> {
     let id = match classify(&blob, place)? {
@@ -297,7 +341,7 @@ pub(crate) fn open(
 /// [`open`] for an error text.
 pub(crate) fn open_text(
     keyring: Option<&Keyring>,
-    place: &Place<'_>,
+    place: &impl Bound,
     text: String,
 ) -> Result<String, StoreError> {
     let Some(encoded) = text.strip_prefix(TEXT_PREFIX) else {
@@ -360,6 +404,49 @@ mod tests {
             open(Some(&ring), &place(1), b"MSH|plain".to_vec()).expect("plain"),
             b"MSH|plain"
         );
+    }
+
+    #[test]
+    fn message_associated_data_keeps_its_format() {
+        // Stores written before `Bound` existed must still decrypt: the layout is pinned.
+        let mut expected = Vec::new();
+        for f in [
+            &b"ferry-store-v1"[..],
+            b"adt",
+            &7i64.to_be_bytes(),
+            b"source",
+            b"raw",
+            b"k1",
+        ] {
+            expected.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            expected.extend_from_slice(f);
+        }
+        assert_eq!(place(7).aad("k1"), expected);
+    }
+
+    #[test]
+    fn account_secrets_are_bound_to_their_row() {
+        let ring = ring();
+        let field = |row| AccountField {
+            table: "admin_users",
+            column: "totp_secret",
+            row,
+        };
+        let sealed = ring
+            .seal_text(&field("alice"), "JBSWY3DPEHPK3PXP")
+            .expect("seal");
+        assert!(sealed.starts_with(TEXT_PREFIX) && !sealed.contains("JBSWY3DP"));
+        assert_eq!(
+            open_text(Some(&ring), &field("alice"), sealed.clone()).expect("open"),
+            "JBSWY3DPEHPK3PXP"
+        );
+        let moved = open_text(Some(&ring), &field("mallory"), sealed).expect_err("moved");
+        assert!(moved.to_string().contains("`mallory`"), "{moved}");
+        // A message blob pasted into the column does not open as a secret either.
+        let blob = ring.seal(&place(1), b"JBSWY3DPEHPK3PXP").expect("seal");
+        let mut text = String::from(TEXT_PREFIX);
+        base64::engine::general_purpose::STANDARD.encode_string(blob, &mut text);
+        assert!(open_text(Some(&ring), &field("alice"), text).is_err());
     }
 
     #[test]

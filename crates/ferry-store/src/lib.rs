@@ -21,9 +21,10 @@
 //!
 //! **Encryption at rest** ([`StoreOptions::keyring`]): every blob that can hold PHI (the raw
 //! message, every content stage, the maps, responses and error texts) is stored as an
-//! AES-256-GCM envelope bound to its row; see [`crypto`](crate::crypto) for the format. Key
-//! rotation ([`Store::rotate_batch`]) re-encrypts old records in bounded batches while the
-//! store is in use.
+//! AES-256-GCM envelope bound to its row; see [`crypto`](crate::crypto) for the format. So are
+//! the admin users' TOTP secrets ([`Accounts::open_with`]). Key rotation
+//! ([`Store::rotate_batch`]) re-encrypts old records, TOTP secrets included, in bounded
+//! batches while the store is in use.
 
 mod accounts;
 pub mod audit;
@@ -38,7 +39,9 @@ mod writer;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use accounts::{Accounts, NewUser, SessionRecord, TokenRecord, UserRecord};
+pub use accounts::{
+    Accounts, BootstrapRecord, BootstrapRefusal, NewUser, SessionRecord, TokenRecord, UserRecord,
+};
 pub use audit::{
     AuditAction, AuditEvent, AuditFilter, AuditHead, AuditOutcome, AuditProblem, AuditRecord,
     AuditSink, ProblemKind, VerifyReport,

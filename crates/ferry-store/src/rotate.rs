@@ -7,13 +7,14 @@
 //! milliseconds).
 //!
 //! The pass walks `messages` (by rowid), then `content` (by rowid), then the error texts of
-//! `connector_messages` (by primary key). Rows already under the current key are skipped in
+//! `connector_messages` (by primary key), then the TOTP secrets of `admin_users` (by id). Rows already under the current key are skipped in
 //! SQL by their envelope header, so an interrupted rotation resumes by starting again: it
 //! only re-reads headers of the rows done before.
 
 use rusqlite::{Connection, params};
 
 use crate::StoreError;
+use crate::accounts;
 use crate::crypto::{self, Keyring, Place};
 use crate::model::{ContentStage, MessageId, SOURCE};
 
@@ -29,6 +30,8 @@ pub(crate) enum Cursor {
     Content(i64),
     /// In `connector_messages`, after this (channel, message id, connector).
     Errors(i64, MessageId, String),
+    /// In `admin_users` (TOTP secrets), after this id.
+    Users(i64),
     /// The pass is complete.
     Done,
 }
@@ -226,7 +229,53 @@ pub(crate) fn batch(
                 budget -= got;
                 cursor = match last {
                     Some((c, i, n)) if budget == 0 => Cursor::Errors(c, i, n),
-                    _ => Cursor::Done,
+                    _ => Cursor::Users(0),
+                };
+            }
+            Cursor::Users(after) => {
+                // Sealed secrets are base64 text too: read and skip those under the current key.
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT id, name, totp_secret FROM admin_users \
+                         WHERE id > ?1 AND totp_secret IS NOT NULL ORDER BY id LIMIT ?2",
+                    )
+                    .map_err(StoreError::sqlite("preparing the rotation of TOTP secrets"))?;
+                let rows = stmt
+                    .query_map(params![after, budget as i64], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })
+                    .map_err(StoreError::sqlite("scanning TOTP secrets to rotate"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(StoreError::sqlite("reading a TOTP secret to rotate"))?;
+                let got = rows.len();
+                let mut last = *after;
+                for (id, name, secret) in rows {
+                    if !crypto::text_has_header(&secret, &header) {
+                        let field = accounts::totp_field(&name);
+                        let plain = zeroize::Zeroizing::new(crypto::open_text(
+                            Some(keyring),
+                            &field,
+                            secret,
+                        )?);
+                        let sealed = keyring.seal_text(&field, &plain)?;
+                        rotated += 1;
+                        conn.prepare_cached(
+                            "UPDATE admin_users SET totp_secret = ?1 WHERE id = ?2",
+                        )
+                        .and_then(|mut s| s.execute(params![sealed, id]))
+                        .map_err(StoreError::sqlite("storing a re-encrypted TOTP secret"))?;
+                    }
+                    last = id;
+                }
+                budget -= got;
+                cursor = if got == 0 || budget > 0 {
+                    Cursor::Done
+                } else {
+                    Cursor::Users(last)
                 };
             }
             Cursor::Done => break,
@@ -261,6 +310,18 @@ pub(crate) fn pending(conn: &Connection, keyring: &Keyring) -> Result<u64, Store
         .map_err(StoreError::sqlite("counting error texts to rotate"))?;
     for row in rows {
         let text = row.map_err(StoreError::sqlite("counting error texts to rotate"))?;
+        if !crypto::text_has_header(&text, &header) {
+            total += 1;
+        }
+    }
+    let mut stmt = conn
+        .prepare("SELECT totp_secret FROM admin_users WHERE totp_secret IS NOT NULL")
+        .map_err(StoreError::sqlite("counting TOTP secrets to rotate"))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(StoreError::sqlite("counting TOTP secrets to rotate"))?;
+    for row in rows {
+        let text = row.map_err(StoreError::sqlite("counting TOTP secrets to rotate"))?;
         if !crypto::text_has_header(&text, &header) {
             total += 1;
         }
