@@ -3,17 +3,20 @@
 //!
 //! Order of work on every API request, before any handler runs and so before any body byte is
 //! read: find the route's policy entry (none → 403), authenticate (none → 401), check the role
-//! (→ 403), check CSRF for cookie sessions on unsafe methods (→ 403), refuse a declared body
-//! over the limit (→ 413). Handlers then read at most [`BODY_LIMIT`] bytes and parse them only
-//! into typed structs that refuse unknown fields.
+//! (→ 403), check CSRF for cookie sessions on unsafe methods (→ 403), check the caller's
+//! channel scope against the route's [`ScopeRule`] (a `{channel}` outside it → 404 like an
+//! unknown channel; a node-wide route → 403), refuse a declared body over the limit (→ 413).
+//! Handlers then read at most [`BODY_LIMIT`] bytes and parse them only into typed structs that
+//! refuse unknown fields.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use axum::RequestExt as _;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, MatchedPath, Path, Request, State};
+use axum::extract::{Extension, MatchedPath, Path, RawPathParams, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,7 +34,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::auth::{self, Lockout, LockoutPolicy, TOKEN_PREFIX};
-use crate::policy::{self, Access, Role};
+use crate::policy::{self, Access, Role, ScopeRule};
+use crate::scope::{ChannelScope, ScopeError};
 use crate::sessions::{self, SessionCheck, SessionPolicy};
 use crate::users::{self, UserError, now_ms};
 
@@ -119,6 +123,9 @@ impl AdminContext {
 pub(crate) struct Api {
     pub(crate) ctx: AdminContext,
     lockout: Lockout,
+    /// Failed bootstrap attempts, counted under one key (the token is node-wide), with the
+    /// login lockout's policy.
+    pub(crate) bootstrap_lockout: Lockout,
     /// Last TOTP time step used per user id: a code is accepted once.
     totp_steps: Mutex<BTreeMap<i64, u64>>,
     openapi: String,
@@ -170,6 +177,8 @@ pub struct Principal {
     pub name: String,
     /// The role it acts with.
     pub role: Role,
+    /// The channels it reaches (the user's or the token's scope).
+    pub scope: ChannelScope,
     /// How it authenticated.
     pub credential: Credential,
 }
@@ -179,6 +188,7 @@ impl std::fmt::Debug for Principal {
         f.debug_struct("Principal")
             .field("name", &self.name)
             .field("role", &self.role)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -197,7 +207,7 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn internal(what: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(what: impl std::fmt::Display) -> ApiError {
         tracing::error!("admin API: {what}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
@@ -224,7 +234,7 @@ pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -233,7 +243,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Read a JSON body of at most [`BODY_LIMIT`] bytes into `T`.
-async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -270,15 +283,18 @@ async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
 /// The API router (its routes are exactly the policy table's).
 pub(crate) fn router(ctx: AdminContext) -> Router {
     let lockout = Lockout::new(ctx.lockout);
+    let bootstrap_lockout = Lockout::new(ctx.lockout);
     auth::warm_up();
     let api = Arc::new(Api {
         ctx,
         lockout,
+        bootstrap_lockout,
         totp_steps: Mutex::new(BTreeMap::new()),
         openapi: crate::openapi::document().to_string(),
     });
     Router::new()
         .route("/api/v1/session", post(login).get(whoami).delete(logout))
+        .route("/api/v1/bootstrap", post(crate::bootstrap::bootstrap))
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/users/{name}/disable", post(disable_user))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
@@ -340,6 +356,7 @@ async fn authenticate(
             Some(Principal {
                 role: Role::parse(&t.role)?,
                 name: t.name,
+                scope: ChannelScope::from_stored(t.channels),
                 credential: Credential::Token { id: t.id },
             })
         }));
@@ -366,6 +383,7 @@ async fn authenticate(
         Some(Principal {
             role: Role::parse(&u.role)?,
             name: u.name,
+            scope: ChannelScope::from_stored(u.channels),
             credential: Credential::Session {
                 id,
                 csrf_hash: s.csrf_hash,
@@ -393,15 +411,16 @@ async fn guard(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Res
             }
             Err(e) => return e.into_response(),
         };
+        // Method and route pattern, never the query string.
+        let uri_path = req.uri().path().to_owned();
         let denied = |reason: &str| {
-            // Method and route pattern, never the query string.
             api.audit(
                 audit_event(
                     AuditAction::PermissionDenied,
                     &principal.name,
                     conn.as_ref(),
                 )
-                .target(req.uri().path().to_owned())
+                .target(uri_path.clone())
                 .failure()
                 .detail("method", route.method)
                 .detail("route", route.path)
@@ -429,6 +448,34 @@ async fn guard(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Res
                 denied("csrf");
                 return ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-Ferry-CSRF")
                     .into_response();
+            }
+        }
+        if !principal.scope.is_all() {
+            match policy::scope_rule(route) {
+                ScopeRule::PathChannel => {
+                    // A value that is not decodable names no channel in any scope.
+                    let in_scope = match req.extract_parts::<RawPathParams>().await {
+                        Ok(params) => params
+                            .iter()
+                            .any(|(k, v)| k == "channel" && principal.scope.allows(v)),
+                        Err(_) => false,
+                    };
+                    if !in_scope {
+                        // Exactly what an unknown channel answers: the scope does not tell
+                        // which other channels exist.
+                        denied("scope");
+                        return ApiError::not_found().into_response();
+                    }
+                }
+                ScopeRule::Refused => {
+                    denied("scope");
+                    return ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "not available to callers limited to some channels",
+                    )
+                    .into_response();
+                }
+                ScopeRule::Filtered | ScopeRule::NoChannelData => {}
             }
         }
         req.extensions_mut().insert(principal);
@@ -507,7 +554,7 @@ impl LoginFailure {
 
 /// The actor of a login attempt: the name given, when it is one a user could have (a name
 /// that cannot exist is not copied into the audit trail).
-fn login_actor(name: &str) -> &str {
+pub(crate) fn login_actor(name: &str) -> &str {
     if users::valid_name(name) {
         name
     } else {
@@ -554,7 +601,7 @@ impl Api {
     }
 
     /// Record a failed login: audit (never the password) and the failed-login alert signal.
-    fn login_failed(
+    pub(crate) fn login_failed(
         &self,
         user: &str,
         conn: Option<&ConnectionInfo>,
@@ -658,6 +705,7 @@ async fn login(
         &json!({
             "user": record.name,
             "role": record.role,
+            "channels": ChannelScope::from_stored(record.channels.clone()).to_json(),
             "session": session.id,
             "csrf": session.csrf,
             "expires_at_ms": session.expires_at_ms,
@@ -675,7 +723,12 @@ async fn whoami(Extension(p): Extension<Principal>) -> Response {
     };
     json_response(
         StatusCode::OK,
-        &json!({ "user": p.name, "role": p.role.as_str(), "auth": via }),
+        &json!({
+            "user": p.name,
+            "role": p.role.as_str(),
+            "channels": p.scope.to_json(),
+            "auth": via,
+        }),
     )
 }
 
@@ -707,19 +760,31 @@ async fn logout(
     Ok(r)
 }
 
-async fn list_users(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+/// A scoped caller sees and changes only the accounts whose own scope lies within its own
+/// (so it learns no channel name outside it, and cannot touch broader accounts).
+fn within(p: &Principal, channels: Option<Vec<String>>) -> Option<ChannelScope> {
+    let scope = ChannelScope::from_stored(channels);
+    p.scope.covers(&scope).then_some(scope)
+}
+
+async fn list_users(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
     let accounts = api.ctx.accounts.clone();
     let users = blocking(move || Ok(accounts.users()?)).await?;
     let list: Vec<Value> = users
         .into_iter()
-        .map(|u| {
-            json!({
+        .filter_map(|u| {
+            let scope = within(&p, u.channels)?;
+            Some(json!({
                 "name": u.name,
                 "role": u.role,
                 "mfa": u.totp_secret.is_some(),
                 "disabled": u.disabled,
                 "created_at_ms": u.created_at_ms,
-            })
+                "channels": scope.to_json(),
+            }))
         })
         .collect();
     Ok(json_response(StatusCode::OK, &Value::Array(list)))
@@ -732,6 +797,36 @@ struct CreateUserRequest {
     name: String,
     role: String,
     password: String,
+    /// Limit the user to these channels (absent: every channel).
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+}
+
+/// The scope a create request asks for, checked against the caller's own: `Err` is the
+/// answer and the audit `error` detail.
+fn requested_scope(
+    p: &Principal,
+    channels: Option<Vec<String>>,
+) -> Result<ChannelScope, (ApiError, &'static str)> {
+    let scope = ChannelScope::requested(channels).map_err(|e| {
+        let error = match e {
+            ScopeError::Empty => "empty_scope",
+            ScopeError::BadName(_) => "bad_channel",
+            ScopeError::TooMany => "scope_too_large",
+        };
+        (ApiError::new(StatusCode::BAD_REQUEST, e.to_string()), error)
+    })?;
+    if !p.scope.covers(&scope) {
+        // The same answer whether or not the channels beyond the scope exist.
+        return Err((
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the channels asked for reach beyond your own scope (name channels within it)",
+            ),
+            "beyond_scope",
+        ));
+    }
+    Ok(scope)
 }
 
 async fn create_user(
@@ -754,13 +849,22 @@ async fn create_user(
         api.audit(event.failure().detail("error", "unknown_role"));
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "unknown role"));
     };
+    let scope = match requested_scope(&p, req.channels.clone()) {
+        Ok(scope) => scope,
+        Err((answer, error)) => {
+            api.audit(event.failure().detail("error", error));
+            return Err(answer);
+        }
+    };
+    let event = event.detail("channels", scope.to_json());
     let accounts = api.ctx.accounts.clone();
     let result = blocking(move || {
-        Ok(users::create_user(
+        Ok(users::create_scoped_user(
             &accounts,
             &req.name,
             role,
             &req.password,
+            &scope,
             now_ms(),
         ))
     })
@@ -781,13 +885,14 @@ async fn create_user(
             return Err(ApiError::new(status, e.to_string()));
         }
     };
-    tracing::info!(by = %p.name, user = %created.name, role = created.role.as_str(), "admin user created");
+    tracing::info!(by = %p.name, user = %created.name, role = created.role.as_str(), channels = %created.scope.describe(), "admin user created");
     api.audit(event.detail("mfa", created.totp_secret.is_some()));
     Ok(json_response(
         StatusCode::CREATED,
         &json!({
             "name": created.name,
             "role": created.role.as_str(),
+            "channels": created.scope.to_json(),
             "totp_secret": created.totp_secret,
             "otpauth_uri": created.otpauth_uri,
         }),
@@ -806,8 +911,24 @@ async fn disable_user(
         .target(format!("user/{}", login_actor(&name)))
         .detail("kind", "user")
         .detail("change", "disabled");
-    if !blocking(move || Ok(accounts.disable_user(&n)?)).await? {
-        api.audit(event.failure().detail("error", "not_found"));
+    let scope = p.scope.clone();
+    let outcome = blocking(move || {
+        // A scoped caller may disable only users within its scope; others look unknown.
+        if !scope.is_all() {
+            let user = accounts.user_by_name(&n)?;
+            if !user.is_some_and(|u| scope.covers(&ChannelScope::from_stored(u.channels))) {
+                return Ok(Err("not_found_in_scope"));
+            }
+        }
+        Ok(if accounts.disable_user(&n)? {
+            Ok(())
+        } else {
+            Err("not_found")
+        })
+    })
+    .await?;
+    if let Err(error) = outcome {
+        api.audit(event.failure().detail("error", error));
         return Err(ApiError::not_found());
     }
     tracing::info!(by = %p.name, user = %name, "admin user disabled, sessions ended");
@@ -815,20 +936,25 @@ async fn disable_user(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_tokens(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+async fn list_tokens(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+) -> Result<Response, ApiError> {
     let accounts = api.ctx.accounts.clone();
     let tokens = blocking(move || Ok(accounts.tokens()?)).await?;
     let list: Vec<Value> = tokens
         .into_iter()
-        .map(|t| {
-            json!({
+        .filter_map(|t| {
+            let scope = within(&p, t.channels)?;
+            Some(json!({
                 "id": t.id,
                 "name": t.name,
                 "role": t.role,
                 "created_by": t.created_by,
                 "created_at_ms": t.created_at_ms,
                 "revoked_at_ms": t.revoked_at_ms,
-            })
+                "channels": scope.to_json(),
+            }))
         })
         .collect();
     Ok(json_response(StatusCode::OK, &Value::Array(list)))
@@ -840,6 +966,9 @@ async fn list_tokens(State(api): State<Arc<Api>>) -> Result<Response, ApiError> 
 struct CreateTokenRequest {
     name: String,
     role: String,
+    /// Limit the token to these channels (absent: every channel).
+    #[serde(default)]
+    channels: Option<Vec<String>>,
 }
 
 async fn create_token(
@@ -865,6 +994,15 @@ async fn create_token(
             "a token name is 1 to 128 printable characters",
         ));
     }
+    // Never broader than the caller: a scoped admin cannot mint its way out of its scope.
+    let scope = match requested_scope(&p, req.channels.clone()) {
+        Ok(scope) => scope,
+        Err((answer, error)) => {
+            api.audit(event.failure().detail("error", error));
+            return Err(answer);
+        }
+    };
+    let event = event.detail("channels", scope.to_json());
     let token = format!(
         "{TOKEN_PREFIX}{}",
         auth::random_secret().map_err(ApiError::internal)?
@@ -872,10 +1010,19 @@ async fn create_token(
     let accounts = api.ctx.accounts.clone();
     let hash = auth::secret_hash(&token);
     let (name, by) = (req.name.clone(), p.name.clone());
-    let id =
-        blocking(move || Ok(accounts.create_token(&name, role.as_str(), &hash, &by, now_ms())?))
-            .await?;
-    tracing::info!(by = %p.name, id, role = role.as_str(), "admin API token created");
+    let channels = scope.to_stored();
+    let id = blocking(move || {
+        Ok(accounts.create_scoped_token(
+            &name,
+            role.as_str(),
+            &hash,
+            &by,
+            now_ms(),
+            channels.as_deref(),
+        )?)
+    })
+    .await?;
+    tracing::info!(by = %p.name, id, role = role.as_str(), channels = %scope.describe(), "admin API token created");
     // The token's name (never its value): it is the actor of what the token does.
     api.audit(
         event
@@ -884,7 +1031,13 @@ async fn create_token(
     );
     Ok(json_response(
         StatusCode::CREATED,
-        &json!({ "id": id, "name": req.name, "role": role.as_str(), "token": token }),
+        &json!({
+            "id": id,
+            "name": req.name,
+            "role": role.as_str(),
+            "channels": scope.to_json(),
+            "token": token,
+        }),
     ))
 }
 
@@ -900,8 +1053,24 @@ async fn revoke_token(
         .target(format!("token/{id}"))
         .detail("kind", "token")
         .detail("change", "revoked");
-    if !blocking(move || Ok(accounts.revoke_token(id, now_ms())?)).await? {
-        api.audit(event.failure().detail("error", "not_found"));
+    let scope = p.scope.clone();
+    let outcome = blocking(move || {
+        // A scoped caller may revoke only tokens within its scope; others look unknown.
+        if !scope.is_all() {
+            let token = accounts.token(id)?;
+            if !token.is_some_and(|t| scope.covers(&ChannelScope::from_stored(t.channels))) {
+                return Ok(Err("not_found_in_scope"));
+            }
+        }
+        Ok(if accounts.revoke_token(id, now_ms())? {
+            Ok(())
+        } else {
+            Err("not_found")
+        })
+    })
+    .await?;
+    if let Err(error) = outcome {
+        api.audit(event.failure().detail("error", error));
         return Err(ApiError::not_found());
     }
     tracing::info!(by = %p.name, id, "admin API token revoked");
@@ -922,12 +1091,16 @@ fn channel_summary(c: &ferry_engine::ChannelStats) -> Value {
     })
 }
 
-async fn list_channels(State(api): State<Arc<Api>>) -> Response {
+async fn list_channels(
+    State(api): State<Arc<Api>>,
+    Extension(p): Extension<Principal>,
+) -> Response {
     let list: Vec<Value> = api
         .ctx
         .stats
         .channels()
         .iter()
+        .filter(|c| p.scope.allows(&c.name))
         .map(|c| channel_summary(c))
         .collect();
     json_response(StatusCode::OK, &Value::Array(list))

@@ -10,6 +10,8 @@
 //! - [`auth`]: argon2id, TOTP, hashed secrets, lockout.
 //! - [`sessions`]: server-side sessions with idle and absolute expiry.
 //! - [`users`]: creating users (shared with `ferry user add`).
+//! - [`scope`]: per-channel scope of users and tokens.
+//! - [`bootstrap`]: the one-time bootstrap token that creates the first admin.
 //! - [`api`]: the request guard and the handlers.
 //! - [`audit`]: searching and verifying the audit log (`/api/v1/audit`).
 //! - [`roles`]: the roles (`/api/v1/roles`).
@@ -18,9 +20,11 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod bootstrap;
 pub mod openapi;
 pub mod policy;
 pub mod roles;
+pub mod scope;
 pub mod sessions;
 pub mod users;
 

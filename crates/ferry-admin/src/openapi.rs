@@ -37,7 +37,8 @@ fn user_body() -> Value {
         "properties": {
             "name": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"},
             "role": {"$ref": "#/components/schemas/Role"},
-            "password": {"type": "string", "minLength": 12, "maxLength": 1024}
+            "password": {"type": "string", "minLength": 12, "maxLength": 1024},
+            "channels": {"$ref": "#/components/schemas/Channels"}
         }
     })
 }
@@ -47,7 +48,21 @@ fn token_body() -> Value {
         "type": "object", "additionalProperties": false, "required": ["name", "role"],
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 128},
-            "role": {"$ref": "#/components/schemas/Role"}
+            "role": {"$ref": "#/components/schemas/Role"},
+            "channels": {"$ref": "#/components/schemas/Channels"}
+        }
+    })
+}
+
+fn bootstrap_body() -> Value {
+    json!({
+        "type": "object", "additionalProperties": false,
+        "required": ["token", "name", "password"],
+        "properties": {
+            "token": {"type": "string",
+                      "description": "the one-time token `ferry run` printed (`ferry_b_…`)"},
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9._@-]{1,64}$"},
+            "password": {"type": "string", "minLength": 12, "maxLength": 1024}
         }
     })
 }
@@ -72,6 +87,16 @@ const OPERATIONS: &[Operation] = &[
         ok: "200",
     },
     Operation {
+        method: "POST",
+        path: "/api/v1/bootstrap",
+        id: "bootstrap",
+        summary: "Create the first admin with the one-time bootstrap token `ferry run` printed \
+                  on a store without users; returns the TOTP secret and otpauth URI, shown \
+                  once. The token then no longer works (nor once any user exists)",
+        body: Some(bootstrap_body),
+        ok: "201",
+    },
+    Operation {
         method: "GET",
         path: "/api/v1/session",
         id: "whoami",
@@ -91,7 +116,8 @@ const OPERATIONS: &[Operation] = &[
         method: "GET",
         path: "/api/v1/users",
         id: "listUsers",
-        summary: "List users",
+        summary: "List users with their channel scope (a scoped caller sees only users within \
+                  its scope)",
         body: None,
         ok: "200",
     },
@@ -99,7 +125,8 @@ const OPERATIONS: &[Operation] = &[
         method: "POST",
         path: "/api/v1/users",
         id: "createUser",
-        summary: "Create a user (admins get a TOTP secret, shown once)",
+        summary: "Create a user (admins get a TOTP secret, shown once), optionally limited to \
+                  `channels` (never beyond the caller's own scope)",
         body: Some(user_body),
         ok: "201",
     },
@@ -115,7 +142,8 @@ const OPERATIONS: &[Operation] = &[
         method: "GET",
         path: "/api/v1/tokens",
         id: "listTokens",
-        summary: "List API tokens (never their values)",
+        summary: "List API tokens with their channel scope, never their values (a scoped caller \
+                  sees only tokens within its scope)",
         body: None,
         ok: "200",
     },
@@ -123,7 +151,8 @@ const OPERATIONS: &[Operation] = &[
         method: "POST",
         path: "/api/v1/tokens",
         id: "createToken",
-        summary: "Create an API token scoped to a role; the token is returned once",
+        summary: "Create an API token acting with a role, optionally limited to `channels` \
+                  (never beyond the caller's own scope); the token is returned once",
         body: Some(token_body),
         ok: "201",
     },
@@ -139,7 +168,7 @@ const OPERATIONS: &[Operation] = &[
         method: "GET",
         path: "/api/v1/channels",
         id: "listChannels",
-        summary: "Channels and their counters",
+        summary: "Channels and their counters (only those in the caller's scope)",
         body: None,
         ok: "200",
     },
@@ -292,7 +321,10 @@ pub fn document() -> Value {
         responses.insert(op.ok.into(), json!({"description": "success"}));
         for (code, what) in [
             ("400", "invalid request"),
-            ("404", "not found"),
+            (
+                "404",
+                "not found (also a channel outside the caller's scope, alike)",
+            ),
             ("413", "body too large"),
         ] {
             responses.insert(code.into(), json!({"description": what}));
@@ -311,7 +343,8 @@ pub fn document() -> Value {
             responses.insert("401".into(), json!({"description": "not authenticated"}));
             responses.insert(
                 "403".into(),
-                json!({"description": "role not allowed, or CSRF header missing"}),
+                json!({"description": "role not allowed, CSRF header missing, or the route \
+                                       is not open to callers limited to some channels"}),
             );
         }
         let mut params = parameters(op.path);
@@ -348,7 +381,10 @@ pub fn document() -> Value {
             },
             "schemas": {
                 "Role": {"type": "string",
-                         "enum": ["admin", "developer", "operator", "auditor", "viewer"]}
+                         "enum": ["admin", "developer", "operator", "auditor", "viewer"]},
+                "Channels": {"type": ["array", "null"], "minItems": 1, "maxItems": 1024,
+                             "items": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,255}$"},
+                             "description": "the channels reached; absent or null: every channel"}
             }
         }
     })

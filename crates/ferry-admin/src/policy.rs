@@ -4,6 +4,12 @@
 //! The table is the single source the request guard consults; the OpenAPI document lists the
 //! same routes and the end-to-end matrix test checks every documented route against it for
 //! every role and for an unauthenticated caller.
+//!
+//! Beside the roles, [`scope_rule`] says how each route treats a caller limited to some
+//! channels (see [`scope`](crate::scope)): a route with `{channel}` in its path is checked
+//! against the scope by the guard; the others are listed in [`SCOPE_RULES`], and a route
+//! missing there is refused to scoped callers (deny by default, so a new node-wide route
+//! cannot leak other channels' data to them before someone decides how it should scope).
 
 use axum::http::Method;
 
@@ -115,6 +121,13 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/session",
         access: Access::Public,
     },
+    // Public: the one-time bootstrap token in the body is the credential (and works only
+    // while the store has no user).
+    Route {
+        method: "POST",
+        path: "/api/v1/bootstrap",
+        access: Access::Public,
+    },
     Route {
         method: "GET",
         path: "/api/v1/session",
@@ -200,6 +213,57 @@ pub const ROUTES: &[Route] = &[
     },
 ];
 
+/// How a route treats a caller whose scope is limited to some channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeRule {
+    /// The path names the channel (`{channel}`): the guard answers `404 not found`, exactly
+    /// as for an unknown channel, when it is outside the caller's scope.
+    PathChannel,
+    /// The handler shows and changes only what lies within the caller's scope (the channel
+    /// list; users and tokens whose own scope lies within it).
+    Filtered,
+    /// Holds no channel's data (the caller's own session, the API description, the roles;
+    /// the public login and bootstrap).
+    NoChannelData,
+    /// Node-wide data that cannot be cut by channel (the audit log): `403` for scoped
+    /// callers.
+    Refused,
+}
+
+/// [`ScopeRule`]s of the routes without `{channel}` in their path. Any route not here (and
+/// without `{channel}`) is [`ScopeRule::Refused`].
+pub const SCOPE_RULES: &[(&str, &str, ScopeRule)] = &[
+    ("POST", "/api/v1/session", ScopeRule::NoChannelData),
+    ("GET", "/api/v1/session", ScopeRule::NoChannelData),
+    ("DELETE", "/api/v1/session", ScopeRule::NoChannelData),
+    ("POST", "/api/v1/bootstrap", ScopeRule::NoChannelData),
+    ("GET", "/api/v1/openapi.json", ScopeRule::NoChannelData),
+    ("GET", "/api/v1/roles", ScopeRule::NoChannelData),
+    ("GET", "/api/v1/channels", ScopeRule::Filtered),
+    ("GET", "/api/v1/users", ScopeRule::Filtered),
+    ("POST", "/api/v1/users", ScopeRule::Filtered),
+    ("POST", "/api/v1/users/{name}/disable", ScopeRule::Filtered),
+    ("GET", "/api/v1/tokens", ScopeRule::Filtered),
+    ("POST", "/api/v1/tokens", ScopeRule::Filtered),
+    ("DELETE", "/api/v1/tokens/{id}", ScopeRule::Filtered),
+    // The audit trail names every channel, user and peer, and a filtered chain could not be
+    // verified: it is for unscoped admins and auditors.
+    ("GET", "/api/v1/audit", ScopeRule::Refused),
+    ("GET", "/api/v1/audit/verify", ScopeRule::Refused),
+];
+
+/// How `route` treats channel-scoped callers: [`ScopeRule::PathChannel`] when its path has a
+/// `{channel}` parameter, else its entry in [`SCOPE_RULES`], else [`ScopeRule::Refused`].
+pub fn scope_rule(route: &Route) -> ScopeRule {
+    if route.path.split('/').any(|seg| seg == "{channel}") {
+        return ScopeRule::PathChannel;
+    }
+    SCOPE_RULES
+        .iter()
+        .find(|(m, p, _)| *m == route.method && *p == route.path)
+        .map_or(ScopeRule::Refused, |(_, _, rule)| *rule)
+}
+
 /// The policy entry of a method and a matched path pattern; `None` means deny.
 pub fn lookup(method: &Method, pattern: &str) -> Option<&'static Route> {
     ROUTES
@@ -231,6 +295,49 @@ mod tests {
         assert!(
             !Access::Roles(PHI).allows(Role::Auditor),
             "auditors see no message content"
+        );
+    }
+
+    #[test]
+    fn channel_routes_are_checked_by_path_and_unlisted_routes_refuse_scoped_callers() {
+        for route in ROUTES {
+            let rule = scope_rule(route);
+            if route.path.contains("{channel}") {
+                assert_eq!(
+                    rule,
+                    ScopeRule::PathChannel,
+                    "{} {}",
+                    route.method,
+                    route.path
+                );
+            }
+        }
+        for (method, path, _) in SCOPE_RULES {
+            assert!(
+                ROUTES
+                    .iter()
+                    .any(|r| r.method == *method && r.path == *path),
+                "{method} {path} has a scope rule but no policy entry"
+            );
+        }
+        let rule = |m: &'static str, p: &'static str| {
+            scope_rule(&Route {
+                method: m,
+                path: p,
+                access: Access::AnyRole,
+            })
+        };
+        assert_eq!(rule("GET", "/api/v1/audit"), ScopeRule::Refused);
+        assert_eq!(rule("GET", "/api/v1/channels"), ScopeRule::Filtered);
+        assert_eq!(
+            rule("GET", "/api/v1/channels/{channel}/messages"),
+            ScopeRule::PathChannel,
+            "routes added later under a channel are covered by the path rule"
+        );
+        assert_eq!(
+            rule("GET", "/api/v1/messages/search"),
+            ScopeRule::Refused,
+            "a new node-wide route is refused to scoped callers until it is listed"
         );
     }
 }

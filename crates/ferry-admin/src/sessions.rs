@@ -173,6 +173,7 @@ mod tests {
                 password_hash: "unused",
                 totp_secret: None,
                 created_at_ms: now,
+                channels: None,
             })
             .expect("create user")
             .expect("new name");

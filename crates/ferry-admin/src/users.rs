@@ -4,6 +4,7 @@ use ferry_store::{Accounts, NewUser, StoreError};
 
 use crate::auth::{self, CredentialError};
 use crate::policy::Role;
+use crate::scope::ChannelScope;
 
 /// Shortest accepted password (ASVS 6.2.1 asks for at least 8; Ferry asks for 12).
 pub const MIN_PASSWORD_LEN: usize = 12;
@@ -41,6 +42,8 @@ pub struct CreatedUser {
     pub totp_secret: Option<String>,
     /// Its `otpauth://` URI.
     pub otpauth_uri: Option<String>,
+    /// The channels the user reaches.
+    pub scope: ChannelScope,
 }
 
 /// Whether `name` is an acceptable user name.
@@ -52,7 +55,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Validate, hash the password (argon2id), make a TOTP secret when the role requires MFA, and
-/// store the user. Blocking (argon2 and SQLite): call it off the async threads.
+/// store the user, reaching every channel. Blocking (argon2 and SQLite): call it off the async
+/// threads.
 pub fn create_user(
     accounts: &Accounts,
     name: &str,
@@ -60,6 +64,23 @@ pub fn create_user(
     password: &str,
     now_ms: i64,
 ) -> Result<CreatedUser, UserError> {
+    create_scoped_user(accounts, name, role, password, &ChannelScope::All, now_ms)
+}
+
+/// A user's credentials, checked and made, before it is stored.
+pub(crate) struct Credentials {
+    pub(crate) password_hash: String,
+    pub(crate) totp_secret: Option<String>,
+    pub(crate) otpauth_uri: Option<String>,
+}
+
+/// Check name and password, hash the password, and make a TOTP secret when the role
+/// requires MFA. Blocking (argon2).
+pub(crate) fn credentials(
+    name: &str,
+    role: Role,
+    password: &str,
+) -> Result<Credentials, UserError> {
     if !valid_name(name) {
         return Err(UserError::BadName);
     }
@@ -72,12 +93,31 @@ pub fn create_user(
         Some(s) => Some(auth::otpauth_uri(s, name)?),
         None => None,
     };
+    Ok(Credentials {
+        password_hash,
+        totp_secret,
+        otpauth_uri,
+    })
+}
+
+/// [`create_user`] limited to the channels of `scope`.
+pub fn create_scoped_user(
+    accounts: &Accounts,
+    name: &str,
+    role: Role,
+    password: &str,
+    scope: &ChannelScope,
+    now_ms: i64,
+) -> Result<CreatedUser, UserError> {
+    let made = credentials(name, role, password)?;
+    let channels = scope.to_stored();
     let created = accounts.create_user(&NewUser {
         name,
         role: role.as_str(),
-        password_hash: &password_hash,
-        totp_secret: totp_secret.as_deref(),
+        password_hash: &made.password_hash,
+        totp_secret: made.totp_secret.as_deref(),
         created_at_ms: now_ms,
+        channels: channels.as_deref(),
     })?;
     if created.is_none() {
         return Err(UserError::Exists);
@@ -85,8 +125,9 @@ pub fn create_user(
     Ok(CreatedUser {
         name: name.to_owned(),
         role,
-        totp_secret,
-        otpauth_uri,
+        totp_secret: made.totp_secret,
+        otpauth_uri: made.otpauth_uri,
+        scope: scope.clone(),
     })
 }
 

@@ -708,6 +708,19 @@ impl Accounts {
         })
     }
 
+    /// One token (revoked or not), by id.
+    pub fn token(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE id = ?1"),
+                [id],
+                token_from_row,
+            )
+            .optional()
+            .map_err(StoreError::sqlite("reading a token"))
+        })
+    }
+
     /// Every token (revoked ones too), by id.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.with(|c| {
@@ -867,6 +880,11 @@ mod tests {
             listed.iter().find(|t| t.id == id).expect("t").channels,
             Some(vec!["a".into()])
         );
+        assert_eq!(
+            a.token(id).expect("token").map(|t| t.name),
+            Some("t".into())
+        );
+        assert_eq!(a.token(id + 100).expect("token"), None);
         // An empty scope is a scope (no channel), never "every channel".
         a.create_user(&user("none", Some(&[])))
             .expect("create")

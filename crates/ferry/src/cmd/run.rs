@@ -65,9 +65,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let store_path = config.store_path();
     let options = super::keys::store_options(&config)?;
-    let store = Store::open_with(&store_path, options)
+    let store = Store::open_with(&store_path, options.clone())
         .with_context(|| format!("opening the store {}", store_path.display()))?;
-    let accounts = ferry_store::Accounts::open(&store_path)
+    // The same keys encrypt the users' TOTP secrets.
+    let accounts = ferry_store::Accounts::open_with(&store_path, options)
         .with_context(|| format!("opening the account tables of {}", store_path.display()))?;
     match store.current_key_id() {
         Some(id) => println!(
@@ -102,6 +103,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("recording engine_start in the audit trail")?;
     tracing::info!(seq = start.seq, "audit: engine_start recorded");
+    bootstrap(&store, &accounts).await?;
     let runtime = ferry_connectors::deploy(&config, store.clone()).await?;
     let shutdown = Shutdown::new();
     // The admin API reports every failed login into these signals (`failed_logins` rules).
@@ -212,6 +214,42 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     result?;
     println!("ferry: stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// On a store without users, issue the one-time bootstrap token and print it (to stdout,
+/// once: only its hash is stored); with users, make sure none is left.
+async fn bootstrap(store: &Store, accounts: &ferry_store::Accounts) -> anyhow::Result<()> {
+    let a = accounts.clone();
+    let issued = tokio::task::spawn_blocking(move || {
+        ferry_admin::bootstrap::issue(&a, ferry_admin::users::now_ms())
+    })
+    .await
+    .context("issuing the bootstrap token")?
+    .context("issuing the bootstrap token")?;
+    let Some(issued) = issued else {
+        return Ok(());
+    };
+    let minutes = ferry_admin::bootstrap::TOKEN_LIFETIME.as_secs() / 60;
+    println!(
+        "ferry: no admin user yet; one-time bootstrap token (valid {minutes} min, shown once): {}",
+        issued.token
+    );
+    println!(
+        "ferry: create the first admin with POST /api/v1/bootstrap \
+         {{\"token\", \"name\", \"password\"}}, or `ferry user add NAME --role admin`"
+    );
+    // That a token was issued (never its value) is part of the trail.
+    store
+        .audit_append(
+            AuditEvent::new(AuditAction::UserChange)
+                .target("bootstrap")
+                .detail("kind", "bootstrap_token")
+                .detail("change", "issued")
+                .detail("expires_at_ms", issued.expires_at_ms),
+        )
+        .await
+        .context("recording the bootstrap token in the audit trail")?;
+    Ok(())
 }
 
 async fn wait_for_signal() {

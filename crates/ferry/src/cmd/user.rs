@@ -1,5 +1,6 @@
 //! `ferry user`: manage admin users in the configured store (works whether or not the node is
-//! running: account writes go through their own short transactions).
+//! running: account writes go through their own short transactions). With `[store]
+//! encryption`, TOTP secrets are written encrypted under the configured key.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use ferry_admin::policy::Role;
+use ferry_admin::scope::ChannelScope;
 use ferry_store::Accounts;
 
 /// Arguments of `ferry user`.
@@ -30,6 +32,9 @@ enum UserCommand {
         /// admin, developer, operator, auditor or viewer.
         #[arg(long)]
         role: String,
+        /// Limit the user to these channels, comma separated (default: every channel).
+        #[arg(long, value_name = "CHANNEL,...")]
+        channels: Option<String>,
     },
     /// List users.
     List,
@@ -58,29 +63,51 @@ fn read_password() -> anyhow::Result<String> {
 pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
     let (config, _) = super::load_config(args.config.as_ref())?;
     let path = config.store_path();
-    let accounts =
-        Accounts::open(&path).with_context(|| format!("opening the store {}", path.display()))?;
+    let options = super::keys::store_options(&config)?;
+    let accounts = Accounts::open_with(&path, options)
+        .with_context(|| format!("opening the store {}", path.display()))?;
     match args.command {
-        UserCommand::Add { name, role } => {
+        UserCommand::Add {
+            name,
+            role,
+            channels,
+        } => {
             let role = Role::parse(&role).with_context(|| {
                 format!("unknown role `{role}` (admin, developer, operator, auditor, viewer)")
             })?;
+            let scope = match &channels {
+                Some(list) => ChannelScope::parse_list(list).context("--channels")?,
+                None => ChannelScope::All,
+            };
+            if let ChannelScope::Only(names) = &scope {
+                for unknown in names
+                    .iter()
+                    .filter(|n| !config.channels.iter().any(|c| &c.name == *n))
+                {
+                    eprintln!(
+                        "ferry user add: warning: no channel `{unknown}` in the configuration \
+                         (the scope names it anyway)"
+                    );
+                }
+            }
             let password = read_password()?;
             let created = tokio::task::spawn_blocking(move || {
-                ferry_admin::users::create_user(
+                ferry_admin::users::create_scoped_user(
                     &accounts,
                     &name,
                     role,
                     &password,
+                    &scope,
                     ferry_admin::users::now_ms(),
                 )
             })
             .await
             .context("creating the user")??;
             println!(
-                "user {} created with role {}",
+                "user {} created with role {} on channels {}",
                 created.name,
-                created.role.as_str()
+                created.role.as_str(),
+                created.scope.describe()
             );
             if let (Some(secret), Some(uri)) = (created.totp_secret, created.otpauth_uri) {
                 println!("TOTP secret (shown once): {secret}");
@@ -89,13 +116,18 @@ pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
         }
         UserCommand::List => {
             let users = accounts.users()?;
-            println!("{:<24} {:<10} {:<4} STATUS", "NAME", "ROLE", "MFA");
+            // STATUS stays the last column (scripts read it), the scope goes before it.
+            println!(
+                "{:<24} {:<10} {:<4} {:<16} STATUS",
+                "NAME", "ROLE", "MFA", "CHANNELS"
+            );
             for u in users {
                 println!(
-                    "{:<24} {:<10} {:<4} {}",
+                    "{:<24} {:<10} {:<4} {:<16} {}",
                     u.name,
                     u.role,
                     if u.totp_secret.is_some() { "yes" } else { "no" },
+                    ChannelScope::from_stored(u.channels).describe(),
                     if u.disabled { "disabled" } else { "active" }
                 );
             }
