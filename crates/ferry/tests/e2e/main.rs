@@ -6,6 +6,7 @@ mod common;
 
 mod admin_api;
 mod admin_audit;
+mod admin_scope;
 mod alerts;
 mod audit;
 mod bridge;
