@@ -103,7 +103,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("recording engine_start in the audit trail")?;
     tracing::info!(seq = start.seq, "audit: engine_start recorded");
-    bootstrap(&store, &accounts).await?;
     let runtime = ferry_connectors::deploy(&config, store.clone()).await?;
     let shutdown = Shutdown::new();
     // The admin API reports every failed login into these signals (`failed_logins` rules).
@@ -157,6 +156,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         "ferry: admin listening on {scheme}://{}",
         admin.local_addr()?
     );
+    bootstrap(&store, &accounts).await?;
     let admin_config = &config.admin;
     let admin_context = ferry_admin::AdminContext::new(
         runtime.engine(),
