@@ -190,9 +190,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // Listening before `ready` is printed: a stop sent the moment the node says ready must not
+    // meet the default action of SIGTERM (which kills, skipping the clean stop).
+    let stop = stop_signal();
     println!("ferry: ready in {} ms", started.elapsed().as_millis());
 
-    wait_for_signal().await;
+    stop.await;
     println!("ferry: stopping (no new connections; finishing in-flight messages)");
     shutdown.cancel();
     if let Some(rotation) = rotation {
@@ -252,24 +255,24 @@ async fn bootstrap(store: &Store, accounts: &ferry_store::Accounts) -> anyhow::R
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Start listening for SIGTERM and Ctrl-C now; the returned future resolves at the first.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+            .ok()
+    };
+    async move {
+        #[cfg(unix)]
+        if let Some((mut term, mut interrupt)) = signals {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
