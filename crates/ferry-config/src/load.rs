@@ -521,6 +521,19 @@ impl Config {
             if let Some(d) = &channel.dedupe {
                 positive(&[("dedupe window", d.window)]).map_err(err)?;
             }
+            if let Some(index) = &channel.index {
+                if index.len() > MAX_INDEX_KEYS {
+                    return Err(err(format!(
+                        "index has {} keys; at most {MAX_INDEX_KEYS}",
+                        index.len()
+                    )));
+                }
+                if let Some(key) = index.keys().find(|k| !valid_index_key(k)) {
+                    return Err(err(format!(
+                        "index key `{key}`: use 1 to 32 letters, digits, `_` or `-`"
+                    )));
+                }
+            }
             if channel.destinations.is_empty() {
                 return Err(err(
                     "has no destination; add a [[channel.destination]]".into()
@@ -718,4 +731,16 @@ fn glob(base: &Path, pattern: &str, origin: &Path) -> Result<Vec<PathBuf>, Confi
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Most keys a channel's `index` may name.
+const MAX_INDEX_KEYS: usize = 16;
+
+/// An `index` key: 1 to 32 ASCII letters, digits, `_` or `-` (it appears in search URLs as
+/// `meta=key:value`, so no `:`).
+fn valid_index_key(key: &str) -> bool {
+    (1..=32).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }

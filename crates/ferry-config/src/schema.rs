@@ -339,6 +339,16 @@ pub struct ChannelConfig {
     /// dispatched message), not from later duplicates. Rejected and source-filtered messages
     /// are never originals.
     pub dedupe: Option<DedupeConfig>,
+    /// `index = { mrn = "PID-3.1", visit = "PV1-19" }` (or a `[channel.index]` table): the
+    /// metadata stored with every received message for exact-match search in the admin API
+    /// (`GET /api/v1/channels/{channel}/messages?meta=mrn:12345`). Each key (1 to 32 letters,
+    /// digits, `_` or `-`) names an HL7 path; its value is read with escapes decoded, from the
+    /// first repetition unless the path names one (`PID-3(2).1`), and indexed when present,
+    /// non-empty and at most 256 bytes. At most 16 keys. Absent: `{ mrn = "PID-3.1" }`, the
+    /// patient's first identifier; `index = {}` indexes nothing. With `[store] encryption`
+    /// the store keeps a keyed blind index (HMAC-SHA256) of each value, never the value in
+    /// the clear. Messages stored before a key was added are not indexed under it.
+    pub index: Option<BTreeMap<String, String>>,
 }
 
 /// `dedupe = { … }` on a channel.

@@ -291,6 +291,35 @@ fn dedupe_is_off_by_default_and_its_window_is_checked() {
 }
 
 #[test]
+fn the_index_is_absent_by_default_and_its_keys_are_checked() {
+    let config = load(MINIMAL_CHANNEL).expect("loads");
+    assert_eq!(
+        config.channels[0].index, None,
+        "deploy indexes the MRN then"
+    );
+    let with = |table: &str| {
+        load(&MINIMAL_CHANNEL.replace("source = {", &format!("index = {table}\nsource = {{")))
+    };
+    let config = with("{ mrn = \"PID-3.1\", visit_no = \"PV1-19\" }").expect("loads");
+    let index = config.channels[0].index.as_ref().expect("index");
+    let pairs: Vec<(&str, &str)> = index
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(pairs, [("mrn", "PID-3.1"), ("visit_no", "PV1-19")]);
+    let config = with("{}").expect("loads");
+    assert_eq!(config.channels[0].index.as_ref().map(|i| i.len()), Some(0));
+    let error = with("{ \"mr:n\" = \"PID-3.1\" }").expect_err("colon");
+    assert!(
+        error.contains("channel `a`: index key `mr:n`: use 1 to 32 letters"),
+        "{error}"
+    );
+    let many: Vec<String> = (0..17).map(|i| format!("k{i} = \"PID-3\"")).collect();
+    let error = with(&format!("{{ {} }}", many.join(", "))).expect_err("17 keys");
+    assert!(error.contains("index has 17 keys; at most 16"), "{error}");
+}
+
+#[test]
 fn lanes_default_to_one_and_order_by_without_lanes_warns() {
     let config = load(MINIMAL_CHANNEL).expect("loads");
     let dest = &config.channels[0].destinations[0];

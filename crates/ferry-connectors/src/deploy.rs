@@ -14,7 +14,7 @@ use ferry_config::{
 use ferry_engine::transform::Encoder;
 use ferry_engine::{
     ChannelSpec, Destination, DestinationProcessing, DestinationSpec, Engine, EngineError,
-    FilterRule, ResponseMode, RetryPolicy, Router, Shutdown,
+    FilterRule, MetadataIndex, ResponseMode, RetryPolicy, Router, Shutdown,
 };
 use ferry_hl7::Path;
 use ferry_store::{AuditEvent, AuditSink, Store};
@@ -636,6 +636,20 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             }
         }
     };
+    // No `index` is the MRN (`MetadataIndex::default`); `index = {}` is nothing.
+    let index = match &channel.index {
+        None => MetadataIndex::default(),
+        Some(fields) => MetadataIndex::new(
+            fields
+                .iter()
+                .map(|(key, path)| {
+                    Path::parse(path)
+                        .map(|p| (key.clone(), p))
+                        .map_err(|e| invalid(&format!("index `{key}`"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
     Ok(ChannelPlan {
         spec: ChannelSpec {
             name: channel.name.clone(),
@@ -643,6 +657,7 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             source: processing.source,
             response,
             dedupe_window: channel.dedupe.as_ref().map(|d| d.window.get()),
+            index,
         },
         source,
         certificates,

@@ -9,6 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::destination::{Destination, Worker};
+use crate::index::MetadataIndex;
 use crate::ingest::{ChannelIngest, ChannelShared, ResponseMode};
 use crate::pipeline::{DestinationProcessing, Pipeline};
 use crate::retry::RetryPolicy;
@@ -79,10 +80,13 @@ pub struct ChannelSpec {
     /// channel less than this long ago is answered with the original ACK and not dispatched.
     /// `None`: off.
     pub dedupe_window: Option<std::time::Duration>,
+    /// The values extracted from each received message and stored with it for search.
+    pub index: MetadataIndex,
 }
 
 impl ChannelSpec {
-    /// A channel with the defaults: no source processing, `on-receive`, no dedupe.
+    /// A channel with the defaults: no source processing, `on-receive`, no dedupe, the MRN
+    /// indexed ([`MetadataIndex::default`]).
     pub fn new(name: &str, destinations: Vec<DestinationSpec>) -> ChannelSpec {
         ChannelSpec {
             name: name.to_owned(),
@@ -90,6 +94,7 @@ impl ChannelSpec {
             source: Pipeline::default(),
             response: ResponseMode::OnReceive,
             dedupe_window: None,
+            index: MetadataIndex::default(),
         }
     }
 
@@ -251,6 +256,7 @@ impl Engine {
                     response: spec.response,
                     outcomes,
                     dedupe_window: spec.dedupe_window,
+                    index: spec.index,
                     router: router.downgrade(),
                 }),
             });

@@ -154,6 +154,8 @@ pub(crate) struct ChannelShared {
     pub outcomes: Vec<Option<broadcast::Sender<Arc<DeliveryOutcome>>>>,
     /// Duplicate detection window (`None`: off); see `dedupe.rs`.
     pub dedupe_window: Option<std::time::Duration>,
+    /// What is extracted from each received message for search; see `index.rs`.
+    pub index: crate::index::MetadataIndex,
     /// Where scripts' `router.route` messages go.
     pub router: crate::router::WeakRouter,
 }
@@ -642,8 +644,8 @@ impl ChannelIngest {
         }
     }
 
-    /// The store record of a message with the source's outcome; no destination rows (the
-    /// caller adds them for an accepted message).
+    /// The store record of a message with the source's outcome and its indexed metadata; no
+    /// destination rows (the caller adds them for an accepted message).
     fn record(
         &self,
         raw: &[u8],
@@ -668,6 +670,9 @@ impl ChannelIngest {
             encoded: Vec::new(),
             maps: None,
             dedupe: None,
+            metadata: message
+                .map(|m| self.shared.index.extract(m))
+                .unwrap_or_default(),
         }
     }
 

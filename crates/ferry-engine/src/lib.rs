@@ -30,6 +30,9 @@
 //! A [`Router`] hands messages from one channel to another inside the engine (`channel`
 //! destinations, scripts); it exists before the engine starts so connectors can hold it.
 //!
+//! [`MetadataIndex`] extracts the values a channel indexes for search (its MRN, by default)
+//! from each received message; they are stored with it.
+//!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
 //!
 //! [`transform`] holds the declarative steps ([`Step`], [`apply_all`]), code tables, the
@@ -40,6 +43,7 @@ mod dedupe;
 mod destination;
 mod engine;
 mod filter;
+mod index;
 mod ingest;
 pub mod phi;
 mod pipeline;
@@ -55,6 +59,7 @@ pub use engine::{
     ChannelSpec, DEFAULT_ORDER_BY, DestinationSpec, Engine, EngineError, Health, HealthProbe,
 };
 pub use filter::FilterRule;
+pub use index::{DEFAULT_INDEX, MAX_INDEXED_VALUE_BYTES, MetadataIndex};
 pub use ingest::{ChannelIngest, IngestReply, ReprocessError, ResponseMode};
 pub use pipeline::{
     Accepted, Context, Convert, DestinationProcessing, DestinationResult, Encode, Filter,

@@ -139,6 +139,7 @@ async fn start(dir: &std::path::Path, recorder: Arc<Recorder>, workers: usize) -
         source: Pipeline::default(),
         response: ResponseMode::OnReceive,
         dedupe_window: None,
+        index: Default::default(),
     };
     Engine::start(store, vec![spec]).await.expect("start")
 }
