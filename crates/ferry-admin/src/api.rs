@@ -103,7 +103,7 @@ impl AdminContext {
 }
 
 pub(crate) struct Api {
-    ctx: AdminContext,
+    pub(crate) ctx: AdminContext,
     lockout: Lockout,
     /// Last TOTP time step used per user id: a code is accepted once.
     totp_steps: Mutex<BTreeMap<i64, u64>>,
@@ -112,7 +112,7 @@ pub(crate) struct Api {
 
 impl Api {
     /// Queue an audit record (never waits; a full buffer is counted and reported by the sink).
-    fn audit(&self, event: AuditEvent) {
+    pub(crate) fn audit(&self, event: AuditEvent) {
         self.ctx.audit.record(event);
     }
 }
@@ -177,7 +177,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -187,7 +187,7 @@ impl ApiError {
         tracing::error!("admin API: {what}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
-    fn not_found() -> ApiError {
+    pub(crate) fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not found")
     }
 }
@@ -204,7 +204,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response {
     let mut body = value.to_string();
     body.push('\n');
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
@@ -271,6 +271,14 @@ pub(crate) fn router(ctx: AdminContext) -> Router {
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/channels", get(list_channels))
         .route("/api/v1/channels/{channel}/stats", get(channel_stats))
+        .route(
+            "/api/v1/channels/{channel}/messages",
+            get(crate::messages::search),
+        )
+        .route(
+            "/api/v1/channels/{channel}/messages/export",
+            get(crate::messages::export),
+        )
         .route("/api/v1/channels/{channel}/messages/{id}", get(get_message))
         .route(
             "/api/v1/channels/{channel}/messages/{id}/reprocess",

@@ -10,10 +10,12 @@
 //! - [`sessions`]: server-side sessions with idle and absolute expiry.
 //! - [`users`]: creating users (shared with `ferry user add`).
 //! - [`api`]: the request guard and the handlers.
+//! - `messages`: message search and export (PHI access, audited).
 //! - [`openapi`]: the OpenAPI document.
 
 pub mod api;
 pub mod auth;
+mod messages;
 pub mod openapi;
 pub mod policy;
 pub mod sessions;

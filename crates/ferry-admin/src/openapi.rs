@@ -153,6 +153,22 @@ const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "GET",
+        path: "/api/v1/channels/{channel}/messages",
+        id: "searchMessages",
+        summary: "Search a channel's messages, newest first: summaries with each connector's status, no content (PHI access, audited). Bounded: at most `limit` matches and `max_examined` rows examined; continue with `before_id = next_before_id` until it is null",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/channels/{channel}/messages/export",
+        id: "exportMessages",
+        summary: "Export the matching messages' raw content as NDJSON (one object per line: the summary and `raw`, or `raw_base64` when not UTF-8), streamed newest first, as an attachment (PHI access, audited)",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
         path: "/api/v1/channels/{channel}/messages/{id}",
         id: "getMessage",
         summary: "One message: status per connector and raw content (PHI)",
@@ -191,6 +207,76 @@ fn parameters(path: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The query parameters of the search and export operations.
+fn query_parameters(id: &str) -> Vec<Value> {
+    if id != "searchMessages" && id != "exportMessages" {
+        return Vec::new();
+    }
+    let string = json!({"type": "string"});
+    let int = json!({"type": "integer", "format": "int64"});
+    let limit = if id == "searchMessages" {
+        (
+            "matches per page (default 100)",
+            json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+        )
+    } else {
+        (
+            "messages in all (default 10000)",
+            json!({"type": "integer", "minimum": 1, "maximum": 1_000_000}),
+        )
+    };
+    let mut list = vec![
+        (
+            "status",
+            "a connector status (RECEIVED, FILTERED, TRANSFORMED, QUEUED, SENT, ERROR, PENDING)",
+            json!({"type": "string", "enum": ["RECEIVED", "FILTERED", "TRANSFORMED", "QUEUED", "SENT", "ERROR", "PENDING"]}),
+        ),
+        (
+            "connector",
+            "only this connector's status (`source` or a destination); needs `status`",
+            string.clone(),
+        ),
+        (
+            "since_ms",
+            "received at or after, Unix milliseconds",
+            int.clone(),
+        ),
+        (
+            "until_ms",
+            "received before, Unix milliseconds",
+            int.clone(),
+        ),
+        ("control_id", "MSH-10, exactly", string.clone()),
+        ("type", "MSH-9, exactly or followed by `^`", string.clone()),
+        (
+            "meta",
+            "`key:value` of the channel's indexed metadata, exactly (e.g. `mrn:12345`)",
+            string.clone(),
+        ),
+        (
+            "text",
+            "a substring of the raw message, case-sensitive, 1 to 256 bytes",
+            string,
+        ),
+        ("before_id", "only ids below (the cursor)", int.clone()),
+        ("after_id", "only ids above", int),
+        ("limit", limit.0, limit.1),
+    ];
+    if id == "searchMessages" {
+        list.push((
+            "max_examined",
+            "rows examined at most (default 10000)",
+            json!({"type": "integer", "minimum": 1, "maximum": 100_000}),
+        ));
+    }
+    list.into_iter()
+        .map(|(name, description, schema)| {
+            json!({"name": name, "in": "query", "required": false,
+                   "description": description, "schema": schema})
+        })
+        .collect()
+}
+
 /// The document.
 pub fn document() -> Value {
     let mut paths = Map::new();
@@ -225,7 +311,8 @@ pub fn document() -> Value {
                 json!({"description": "role not allowed, or CSRF header missing"}),
             );
         }
-        let params = parameters(op.path);
+        let mut params = parameters(op.path);
+        params.extend(query_parameters(op.id));
         if !params.is_empty() {
             o.insert("parameters".into(), Value::Array(params));
         }

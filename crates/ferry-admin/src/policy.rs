@@ -89,7 +89,7 @@ pub struct Route {
 const ADMIN: &[Role] = &[Role::Admin];
 /// Statistics (no PHI): everyone except the auditor, whose role is the audit log only.
 const STATS: &[Role] = &[Role::Admin, Role::Developer, Role::Operator, Role::Viewer];
-/// Message content and reprocessing (PHI).
+/// Message content, search, export and reprocessing (PHI).
 const PHI: &[Role] = &[Role::Admin, Role::Operator];
 
 /// The policy table.
@@ -148,6 +148,16 @@ pub const ROUTES: &[Route] = &[
         method: "GET",
         path: "/api/v1/channels/{channel}/stats",
         access: Access::Roles(STATS),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/channels/{channel}/messages",
+        access: Access::Roles(PHI),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/channels/{channel}/messages/export",
+        access: Access::Roles(PHI),
     },
     Route {
         method: "GET",
