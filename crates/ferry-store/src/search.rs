@@ -258,6 +258,8 @@ pub(crate) fn search(
              AND y.key = {k} AND y.value IN {values} AND y.message_id = m.id)"
         ));
     }
+    // A criterion on a NULL column (no MSH-9) is NULL, not false: the CASEs below read it as
+    // no match.
     let hit = if matches.is_empty() {
         "1".to_owned()
     } else {
@@ -269,7 +271,8 @@ pub(crate) fn search(
         "NULL".to_owned()
     };
     let text = format!(
-        "SELECT m.id, m.received_at_ms, m.control_id, m.message_type, ({hit}), {raw} \
+        "SELECT m.id, m.received_at_ms, m.control_id, m.message_type, \
+         CASE WHEN {hit} THEN 1 ELSE 0 END, {raw} \
          FROM {from} ORDER BY {id} DESC"
     );
     let finder = query.text.as_deref().map(memchr::memmem::Finder::new);

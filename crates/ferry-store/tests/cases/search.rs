@@ -405,6 +405,35 @@ async fn an_unknown_channel_or_an_empty_window_finds_nothing() {
         ..message(4)
     };
     store.ingest(bare).await.expect("ingest");
+    // One without MSH-9 or MSH-10 is simply not matched by criteria on them.
+    let headless = NewMessage {
+        control_id: None,
+        message_type: None,
+        ..message(5)
+    };
+    store.ingest(headless).await.expect("ingest");
+    let adt = MessageQuery {
+        message_type: Some("ADT".into()),
+        ..query()
+    };
+    assert_eq!(found(&store, adt).await, [4, 2]);
+    let ctl = MessageQuery {
+        control_id: Some("CTL2".into()),
+        metadata: meta("mrn", "P2"),
+        ..query()
+    };
+    assert_eq!(found(&store, ctl).await, [2]);
+    assert_eq!(
+        found(
+            &store,
+            MessageQuery {
+                text: Some(b"NAME5".to_vec()),
+                ..query()
+            }
+        )
+        .await,
+        [5]
+    );
     assert_eq!(
         found(
             &store,

@@ -21,6 +21,7 @@ mod filters;
 mod hl7;
 mod lanes;
 mod malformed;
+mod message_search;
 mod outcomes;
 mod pipeline;
 mod responses;
