@@ -125,16 +125,21 @@ impl Sql {
         format!("?{}", self.args.len())
     }
 
-    /// `IN (…)` placeholders for the stored forms of a metadata value.
-    fn values_in(&mut self, keyring: Option<&Keyring>, key: &str, value: &str) -> String {
-        let mut list = vec![self.arg(value.as_bytes().to_vec())];
-        if let Some(ring) = keyring {
-            for token in ring.blind_indexes(key, value) {
-                list.push(self.arg(token.to_vec()));
-            }
-        }
+    /// `IN (…)` placeholders for these stored forms of a metadata value.
+    fn values_in(&mut self, forms: Vec<Vec<u8>>) -> String {
+        let list: Vec<String> = forms.into_iter().map(|f| self.arg(f)).collect();
         format!("({})", list.join(", "))
     }
+}
+
+/// The forms a metadata value may be stored in: as is (a plaintext store, or rows written
+/// before encryption was enabled) and its blind index under every key of the ring.
+fn stored_forms(keyring: Option<&Keyring>, key: &str, value: &str) -> Vec<Vec<u8>> {
+    let mut forms = vec![value.as_bytes().to_vec()];
+    if let Some(ring) = keyring {
+        forms.extend(ring.blind_indexes(key, value).iter().map(|t| t.to_vec()));
+    }
+    forms
 }
 
 /// Where candidates come from.
@@ -178,14 +183,28 @@ pub(crate) fn search(
     let before = sql.arg(query.before_id.unwrap_or(MessageId::MAX));
     let after = sql.arg(query.after_id.unwrap_or(MessageId::MIN));
     // The candidate walk, and the criteria it already implies.
+    // `CROSS JOIN` keeps the candidate walk as the outer loop: without table statistics
+    // SQLite may otherwise walk every message of the channel and probe the index for each.
     let (from, id) = match driver {
         Driver::Metadata => {
             let (key, value) = &query.metadata[0];
+            // Of the forms the value may be stored in, usually one exists (under encryption:
+            // the current key's token). Walking one form streams in id order; walking several
+            // (during a key rotation) needs SQLite to sort that value's rows first.
+            let mut present = Vec::new();
+            for form in stored_forms(keyring, key, value) {
+                if has_value(conn, channel_id, key, &form)? {
+                    present.push(form);
+                }
+            }
+            if present.is_empty() {
+                return Ok(MessagePage::default());
+            }
             let k = sql.arg(key.clone());
-            let values = sql.values_in(keyring, key, value);
+            let values = sql.values_in(present);
             (
                 format!(
-                    "message_metadata x JOIN messages m ON m.channel = x.channel AND m.id = x.message_id \
+                    "message_metadata x CROSS JOIN messages m ON m.channel = x.channel AND m.id = x.message_id \
                      WHERE x.channel = {c} AND x.key = {k} AND x.value IN {values} \
                        AND x.message_id < {before} AND x.message_id > {after}"
                 ),
@@ -207,7 +226,7 @@ pub(crate) fn search(
             (
                 format!(
                     "connector_messages q INDEXED BY connector_messages_queued \
-                     JOIN messages m ON m.channel = q.channel AND m.id = q.message_id \
+                     CROSS JOIN messages m ON m.channel = q.channel AND m.id = q.message_id \
                      WHERE q.channel = {c} AND q.connector = {n} AND q.status = 'QUEUED' \
                        AND q.message_id < {before} AND q.message_id > {after}"
                 ),
@@ -252,7 +271,7 @@ pub(crate) fn search(
     let skip = usize::from(matches!(driver, Driver::Metadata));
     for (key, value) in query.metadata.iter().skip(skip) {
         let k = sql.arg(key.clone());
-        let values = sql.values_in(keyring, key, value);
+        let values = sql.values_in(stored_forms(keyring, key, value));
         matches.push(format!(
             "EXISTS (SELECT 1 FROM message_metadata y WHERE y.channel = m.channel \
              AND y.key = {k} AND y.value IN {values} AND y.message_id = m.id)"
@@ -339,6 +358,20 @@ pub(crate) fn search(
     }
     page.next_before_id = if exhausted { None } else { last };
     Ok(page)
+}
+
+/// Whether any message of the channel has this stored form of a metadata value.
+fn has_value(
+    conn: &rusqlite::Connection,
+    channel: i64,
+    key: &str,
+    form: &[u8],
+) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT 1 FROM message_metadata WHERE channel = ?1 AND key = ?2 AND value = ?3 LIMIT 1",
+    )
+    .and_then(|mut s| s.exists(params![channel, key, form]))
+    .map_err(StoreError::sqlite("probing indexed metadata"))
 }
 
 /// The status of every connector of a message, the source first.
