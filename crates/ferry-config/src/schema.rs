@@ -265,6 +265,15 @@ pub struct TlsConfig {
     /// Empty: any certificate from `client_ca` is allowed.
     #[serde(default)]
     pub allowed_clients: Vec<String>,
+    /// Certificate revocation lists (listeners with `client_ca`), each a PEM (`X509 CRL`
+    /// blocks) or DER file: a client certificate they revoke is refused in the handshake and
+    /// recorded as `tls_rejected`. Fail closed: once set, a client certificate that no listed
+    /// CRL covers (give one CRL per issuing CA) and every certificate of a CRL whose
+    /// `nextUpdate` has passed are refused too. The files are re-read when they change,
+    /// without a restart; each CRL's `nextUpdate` is on `ferry_tls_certificate_expiry_days`
+    /// (`kind="crl"`). Empty: no revocation check.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
 }
 
 /// When the source answers the sender.
