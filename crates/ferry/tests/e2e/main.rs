@@ -24,6 +24,7 @@ mod malformed;
 mod outcomes;
 mod pipeline;
 mod responses;
+mod revocation;
 mod routing;
 mod security;
 mod tls_matrix;
