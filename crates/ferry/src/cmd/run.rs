@@ -170,8 +170,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(syslog) => {
             let settings =
                 ferry_connectors::syslog::settings(syslog).map_err(anyhow::Error::msg)?;
+            let format = match syslog.format {
+                ferry_config::AuditSyslogFormat::Json => "JSON",
+                ferry_config::AuditSyslogFormat::Atna => "IHE ATNA",
+            };
             println!(
-                "ferry: audit records shipped to syslog-tls://{}",
+                "ferry: audit records shipped to syslog-tls://{} ({format})",
                 syslog.address
             );
             Some(tokio::spawn(
