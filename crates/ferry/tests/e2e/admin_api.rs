@@ -13,7 +13,7 @@ use ferry_admin::policy::{self, Access, Role};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// A config with one MLLP channel `in` (file destination) and extra `[admin]` keys.
 fn config(dir: &Path, admin_extra: &str) -> PathBuf {
@@ -31,8 +31,8 @@ fn config(dir: &Path, admin_extra: &str) -> PathBuf {
     )
 }
 
-/// `ferry user add`; returns the TOTP secret it printed (admins).
-fn add_user(config: &Path, name: &str, role: &str) -> Option<String> {
+/// `ferry user add` with [`PASSWORD`]; returns the TOTP secret it printed (admins).
+pub(crate) fn add_user(config: &Path, name: &str, role: &str) -> Option<String> {
     use std::io::Write as _;
     let mut child = Command::new(ferry_bin())
         .args(["user", "add", name, "--role", role, "--config"])

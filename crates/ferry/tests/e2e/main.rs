@@ -5,6 +5,7 @@
 mod common;
 
 mod admin_api;
+mod admin_tls;
 mod alerts;
 mod audit;
 mod bridge;
