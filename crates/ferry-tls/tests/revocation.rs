@@ -88,7 +88,7 @@ async fn a_revoked_client_is_refused_in_the_handshake_and_a_valid_one_served() {
     let good = pki.client("his01", &[]);
     let revoked = pki.client("stolen-laptop", &[]);
     for crl in [pki.crl(&[&revoked]), pki.crl_der(&[&revoked])] {
-        let config = ferry_tls::server_config(&listener(&pki, &server, &[crl.clone()]))
+        let config = ferry_tls::server_config(&listener(&pki, &server, std::slice::from_ref(&crl)))
             .expect("listener with CRL");
         assert_eq!(
             connect(&config, &pki, &good).await,
@@ -200,7 +200,7 @@ fn bad_crl_settings_and_files_name_the_problem() {
     assert!(matches!(error, TlsError::CrlWithoutClientCa), "{error:?}");
 
     let missing = dir.path().join("missing.crl");
-    let error = ferry_tls::server_config(&listener(&pki, &server, &[missing.clone()]))
+    let error = ferry_tls::server_config(&listener(&pki, &server, std::slice::from_ref(&missing)))
         .expect_err("missing file");
     assert!(matches!(error, TlsError::Read { .. }), "{error:?}");
     assert!(
@@ -218,7 +218,7 @@ fn bad_crl_settings_and_files_name_the_problem() {
     // DER that is not a CRL.
     let garbage = dir.path().join("garbage.der");
     std::fs::write(&garbage, [0x30, 0x03, 0x02, 0x01, 0x05]).expect("write");
-    let error = ferry_tls::server_config(&listener(&pki, &server, &[garbage.clone()]))
+    let error = ferry_tls::server_config(&listener(&pki, &server, std::slice::from_ref(&garbage)))
         .expect_err("not a CRL");
     assert!(
         matches!(error, TlsError::BadCrl { index: 1, .. }),

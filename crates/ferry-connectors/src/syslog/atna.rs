@@ -52,9 +52,9 @@ pub fn audit_message(record: &AuditRecord) -> String {
     x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<AuditMessage>\n");
 
     let (event_id, event_type) = action.map_or((110100, None), AuditAction::atna_event);
-    let _ = write!(
+    let _ = writeln!(
         x,
-        "  <EventIdentification EventActionCode=\"{}\" EventDateTime=\"{}\" EventOutcomeIndicator=\"{}\">\n",
+        "  <EventIdentification EventActionCode=\"{}\" EventDateTime=\"{}\" EventOutcomeIndicator=\"{}\">",
         action.map_or('E', action_code),
         super::timestamp(record.time_ms),
         outcome_indicator(action, failed),
