@@ -1,9 +1,10 @@
 //! The TLS negative matrix (SECURITY.md T9) against the real binary.
 //!
 //! Ferry as a server: an mTLS MLLP listener and an mTLS HTTPS listener, both with
-//! `client_ca` and `allowed_clients`, refuse a client without a certificate, with a
-//! certificate from an unknown CA, with an expired certificate, with a valid certificate that
-//! is not on the allow-list, and a client that speaks only TLS 1.1. Each refusal happens in
+//! `client_ca`, `allowed_clients` and a `crl`, refuse a client without a certificate, with a
+//! certificate from an unknown CA, with an expired certificate, with a revoked certificate,
+//! with a valid certificate that is not on the allow-list, and a client that speaks only
+//! TLS 1.1. Each refusal happens in
 //! the handshake: nothing is received or stored, and a good client is served right after.
 //!
 //! TLS 1.1 cannot be spoken by rustls, so the test writes a TLS 1.1 ClientHello by hand
@@ -194,12 +195,13 @@ fn assert_openssl_tls11_refused(addr: SocketAddr, pki: &TestPki, what: &str) {
     );
 }
 
-fn server_tls_table(server: &CertFiles, pki: &TestPki) -> String {
+fn server_tls_table(server: &CertFiles, pki: &TestPki, crl: &Path) -> String {
     format!(
-        "{{ cert = {}, key = {}, client_ca = {}, allowed_clients = [\"{ALLOWED}\"] }}",
+        "{{ cert = {}, key = {}, client_ca = {}, allowed_clients = [\"{ALLOWED}\"], crl = [{}] }}",
         toml_path(&server.cert),
         toml_path(&server.key),
-        toml_path(&pki.ca_cert_path())
+        toml_path(&pki.ca_cert_path()),
+        toml_path(crl)
     )
 }
 
@@ -212,8 +214,11 @@ async fn mtls_listeners_refuse_every_bad_client_in_the_handshake() {
     let not_allowed = pki.client("kiosk.hospital.local", &[]);
     let foreign = intruder.client(ALLOWED, &[]);
     let expired = pki.expired_client(ALLOWED);
+    // On the allow-list and from the CA, but revoked by its CRL.
+    let revoked = pki.client(ALLOWED, &[]);
+    let crl = pki.crl(&[&revoked]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let tls = server_tls_table(&server, &pki);
+    let tls = server_tls_table(&server, &pki, &crl);
     let config = config_with_channels(
         dir.path(),
         &format!(
@@ -245,13 +250,14 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
     let received =
         |channel: &str| format!("ferry_messages_received_total{{channel=\"{channel}\"}}");
 
-    let bad_clients: [(&str, Arc<rustls::ClientConfig>); 4] = [
+    let bad_clients: [(&str, Arc<rustls::ClientConfig>); 5] = [
         ("no client certificate", client_tls(&pki, None)),
         (
             "a certificate from an unknown CA",
             client_tls(&pki, Some(&foreign)),
         ),
         ("an expired certificate", client_tls(&pki, Some(&expired))),
+        ("a revoked certificate", client_tls(&pki, Some(&revoked))),
         (
             "a certificate not in allowed_clients",
             client_tls(&pki, Some(&not_allowed)),
@@ -312,6 +318,11 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
     assert!(
         refusals >= 2 * bad_clients.len(),
         "every refusal is logged ({refusals}):\n{}",
+        ferry.output()
+    );
+    assert!(
+        ferry.output().contains("Revoked"),
+        "the log says the certificate was revoked:\n{}",
         ferry.output()
     );
 }
@@ -485,7 +496,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {tls} }}
   url = "https://localhost:9/adt"
   tls = {{ ca = {ca}, cert = {cert}, key = {key} }}
 "#,
-            tls = server_tls_table(&server, &pki),
+            tls = server_tls_table(&server, &pki, &pki.crl(&[])),
             ca = toml_path(&pki.ca_cert_path()),
             cert = toml_path(&expired_identity.cert),
             key = toml_path(&expired_identity.key),
@@ -521,6 +532,8 @@ source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {tls} }}
     );
     for (connector, kind, expected) in [
         ("source", "ca", valid),
+        // The CRL's nextUpdate (TestPki: 2100-01-01 too).
+        ("source", "crl", valid),
         ("api", "ca", valid),
         ("api", "client", expired),
     ] {
