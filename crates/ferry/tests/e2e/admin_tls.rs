@@ -5,11 +5,9 @@
 
 use crate::common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Ferry, ferry_bin, toml_path, write_config};
+use common::{Ferry, toml_path, write_config};
 use ferry_testkit::TestPki;
 use ferry_tls::ClientTlsSettings;
 use reqwest::header::{HeaderMap, SET_COOKIE, STRICT_TRANSPORT_SECURITY};
@@ -49,19 +47,6 @@ fn assert_hsts(headers: &HeaderMap, what: &str) {
         max_age >= 31_536_000,
         "{what}: HSTS max-age {max_age} < 1 year"
     );
-}
-
-fn audit_records(config: &Path) -> Vec<serde_json::Value> {
-    let output = Command::new(ferry_bin())
-        .args(["audit", "list", "--json", "--config"])
-        .arg(config)
-        .output()
-        .expect("ferry audit list");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,7 +168,7 @@ async fn https_admin_sets_secure_cookies_and_hsts_and_refuses_plain_http() {
     );
 
     assert!(ferry.terminate(), "{}", ferry.output());
-    let refused = audit_records(&config)
+    let refused = common::audit_records(&config)
         .into_iter()
         .filter(|r| {
             r["action"] == "tls_rejected" && r["target"] == "admin" && r["outcome"] == "failure"

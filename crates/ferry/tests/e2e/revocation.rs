@@ -6,88 +6,21 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Ferry, adt, config_with_channels, ferry_bin, plain, toml_path};
-use ferry_connectors::mllp::{MllpConnection, MllpEndpoint};
-use ferry_testkit::{CertFiles, TestPki};
-use ferry_tls::ClientTlsSettings;
-
-fn client_tls(pki: &TestPki, identity: &CertFiles) -> Arc<rustls::ClientConfig> {
-    ferry_tls::client_config(&ClientTlsSettings {
-        ca: Some(pki.ca_cert_path()),
-        cert: Some(identity.cert.clone()),
-        key: Some(identity.key.clone()),
-    })
-    .expect("client tls")
-}
-
-fn endpoint(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> MllpEndpoint {
-    MllpEndpoint {
-        tls: Some((tls, ferry_tls::server_name("localhost").expect("name"))),
-        ..plain(addr)
-    }
-}
-
-/// One MLLP exchange on a new connection; `Ok(MSA-1)` if an ACK came back.
-async fn mllp_attempt(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<String, String> {
-    let mut conn = MllpConnection::connect(&endpoint(addr, tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    exchange(&mut conn, "R1").await
-}
-
-async fn exchange(conn: &mut MllpConnection, control_id: &str) -> Result<String, String> {
-    let ack = conn
-        .exchange(&adt(control_id), Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
-    ferry_hl7::ack::parse_ack(&ack)
-        .map(|a| a.code.as_str().to_owned())
-        .map_err(|e| e.to_string())
-}
-
-/// One POST over HTTPS; `Ok(status)` if a response came back.
-async fn https_attempt(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<u16, String> {
-    let mut tls = (*tls).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
-    client
-        .post(format!("https://localhost:{}/hl7", addr.port()))
-        .header("content-type", "application/hl7-v2; charset=utf-8")
-        .body(adt("R2"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| format!("{e:?}"))
-}
+use common::{
+    Ferry, client_tls, config_with_channels, exchange_code, https_attempt, mllp_tls_attempt,
+    tls_endpoint, toml_path,
+};
+use ferry_connectors::mllp::MllpConnection;
+use ferry_testkit::TestPki;
 
 /// Replace a file the way tooling does: write aside, rename over.
 fn install(from: &Path, to: &Path) {
     let aside = to.with_extension("new");
     std::fs::copy(from, &aside).expect("copy");
     std::fs::rename(&aside, to).expect("rename");
-}
-
-fn audit_records(config: &Path) -> Vec<serde_json::Value> {
-    let output = Command::new(ferry_bin())
-        .args(["audit", "list", "--json", "--config"])
-        .arg(config)
-        .output()
-        .expect("ferry audit list");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -139,12 +72,12 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
         |channel: &str| format!("ferry_messages_received_total{{channel=\"{channel}\"}}");
 
     // The revoked certificate is refused on both listeners, before any message is read.
-    let result = mllp_attempt(mllps, client_tls(&pki, &revoked)).await;
+    let result = mllp_tls_attempt(mllps, client_tls(&pki, Some(&revoked)), "R1").await;
     assert!(
         result.is_err(),
         "MLLP: a revoked client got an ACK: {result:?}"
     );
-    let result = https_attempt(https, client_tls(&pki, &revoked)).await;
+    let result = https_attempt(https, client_tls(&pki, Some(&revoked)), "R2").await;
     assert!(
         result.is_err(),
         "HTTPS: a revoked client got a response: {result:?}"
@@ -154,23 +87,29 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
     }
     // Valid certificates of the same CA are served.
     assert_eq!(
-        mllp_attempt(mllps, client_tls(&pki, &good)).await,
+        mllp_tls_attempt(mllps, client_tls(&pki, Some(&good)), "R1").await,
         Ok("AA".into())
     );
-    assert_eq!(https_attempt(https, client_tls(&pki, &good)).await, Ok(200));
-    let mut open = MllpConnection::connect(&endpoint(mllps, client_tls(&pki, &later)))
+    assert_eq!(
+        https_attempt(https, client_tls(&pki, Some(&good)), "R2").await,
+        Ok(200)
+    );
+    let mut open = MllpConnection::connect(&tls_endpoint(mllps, client_tls(&pki, Some(&later))))
         .await
         .expect("lab connects before its certificate is revoked");
-    assert_eq!(exchange(&mut open, "L1").await, Ok("AA".into()));
+    assert_eq!(exchange_code(&mut open, "L1").await, Ok("AA".into()));
     assert_eq!(
-        https_attempt(https, client_tls(&pki, &later)).await,
+        https_attempt(https, client_tls(&pki, Some(&later)), "R2").await,
         Ok(200)
     );
 
     // The CA revokes `later` too: the new CRL file is in force within seconds, no restart.
     install(&pki.crl(&[&revoked, &later]), &crl);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while mllp_attempt(mllps, client_tls(&pki, &later)).await.is_ok() {
+    while mllp_tls_attempt(mllps, client_tls(&pki, Some(&later)), "R1")
+        .await
+        .is_ok()
+    {
         assert!(
             Instant::now() < deadline,
             "the new CRL was not applied\n{}",
@@ -178,17 +117,20 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let result = https_attempt(https, client_tls(&pki, &later)).await;
+    let result = https_attempt(https, client_tls(&pki, Some(&later)), "R2").await;
     assert!(
         result.is_err(),
         "HTTPS: the newly revoked client got a response: {result:?}"
     );
     // Only revocation changed: valid clients are still served on both listeners.
     assert_eq!(
-        mllp_attempt(mllps, client_tls(&pki, &good)).await,
+        mllp_tls_attempt(mllps, client_tls(&pki, Some(&good)), "R1").await,
         Ok("AA".into())
     );
-    assert_eq!(https_attempt(https, client_tls(&pki, &good)).await, Ok(200));
+    assert_eq!(
+        https_attempt(https, client_tls(&pki, Some(&good)), "R2").await,
+        Ok(200)
+    );
     assert!(
         ferry
             .output()
@@ -216,7 +158,7 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
 
     assert!(ferry.terminate(), "{}", ferry.output());
     // Every refusal is in the audit trail, with the listener and the reason.
-    let rejected: Vec<serde_json::Value> = audit_records(&config)
+    let rejected: Vec<serde_json::Value> = common::audit_records(&config)
         .into_iter()
         .filter(|r| r["action"] == "tls_rejected")
         .collect();
