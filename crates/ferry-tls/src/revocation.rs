@@ -211,8 +211,12 @@ impl ClientChainVerifier {
         Ok(true)
     }
 
-    fn verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
-        self.current.read().ok().map(|v| v.clone())
+    /// The verifier in force (the lock is only poisoned if a reload panicked).
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.current
+            .read()
+            .map(|v| v.clone())
+            .map_err(|_| rustls::Error::General("client verifier unavailable".into()))
     }
 }
 
@@ -280,8 +284,7 @@ impl ClientCertVerifier for ClientChainVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.verifier()
-            .ok_or_else(|| rustls::Error::General("client verifier unavailable".into()))?
+        self.verifier()?
             .verify_client_cert(end_entity, intermediates, now)
     }
 
@@ -291,9 +294,7 @@ impl ClientCertVerifier for ClientChainVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verifier()
-            .ok_or_else(|| rustls::Error::General("client verifier unavailable".into()))?
-            .verify_tls12_signature(message, cert, dss)
+        self.verifier()?.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -302,9 +303,7 @@ impl ClientCertVerifier for ClientChainVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verifier()
-            .ok_or_else(|| rustls::Error::General("client verifier unavailable".into()))?
-            .verify_tls13_signature(message, cert, dss)
+        self.verifier()?.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
