@@ -191,30 +191,104 @@ const OPERATIONS: &[Operation] = &[
         body: None,
         ok: "200",
     },
+    Operation {
+        method: "GET",
+        path: "/api/v1/audit",
+        id: "searchAudit",
+        summary: "Audit records matching the query, oldest first, a page at a time \
+                  (`records`, and `next_after_seq` to pass as `after_seq` for the next page, \
+                  null on the last); the read is itself audited",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/audit/verify",
+        id: "verifyAudit",
+        summary: "Check the audit log's hash chain: `ok`, `records` checked, the `head` to keep \
+                  elsewhere, and every `problems` entry (edited, deleted, reordered, inserted, \
+                  truncated records); the check is itself audited",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/roles",
+        id: "listRoles",
+        summary: "The roles: name, what each is for, and whether its users need MFA",
+        body: None,
+        ok: "200",
+    },
 ];
 
-fn parameters(path: &str) -> Vec<Value> {
-    path.split('/')
-        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .map(|name| {
-            let schema = if name == "id" {
-                json!({"type": "integer", "format": "int64"})
-            } else {
-                json!({"type": "string"})
-            };
-            json!({"name": name, "in": "path", "required": true, "schema": schema})
-        })
-        .collect()
+fn query(name: &str, schema: Value, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "schema": schema,
+           "description": description})
 }
 
-/// The query parameters of the search and export operations.
-fn query_parameters(id: &str) -> Vec<Value> {
-    if id != "searchMessages" && id != "exportMessages" {
-        return Vec::new();
+/// Query parameters of the operations that take them (unknown parameters are refused).
+fn query_parameters(path: &str) -> Vec<Value> {
+    let time = || {
+        json!({"oneOf": [{"type": "string", "format": "date-time"},
+                         {"type": "integer", "format": "int64"}]})
+    };
+    match path {
+        "/api/v1/audit" => vec![
+            query(
+                "since",
+                time(),
+                "only records at or after this time (RFC 3339, or Unix ms)",
+            ),
+            query(
+                "until",
+                time(),
+                "only records before this time (RFC 3339, or Unix ms)",
+            ),
+            query(
+                "action",
+                json!({"type": "array", "items": {"type": "string"}}),
+                "only these actions (repeat the parameter or give a comma list), e.g. \
+                 `login_failed,permission_denied`",
+            ),
+            query("actor", json!({"type": "string"}), "only this actor"),
+            query(
+                "target",
+                json!({"type": "string"}),
+                "only this target or targets under it (`user` matches `user/olga`)",
+            ),
+            query(
+                "outcome",
+                json!({"type": "string", "enum": ["success", "failure"]}),
+                "only this outcome",
+            ),
+            query(
+                "after_seq",
+                json!({"type": "integer", "format": "int64"}),
+                "only records after this sequence number (the previous page's `next_after_seq`)",
+            ),
+            query(
+                "limit",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+                "records per page",
+            ),
+        ],
+        "/api/v1/audit/verify" => vec![query(
+            "expect_head",
+            json!({"type": "string"}),
+            "a head (`SEQ:HASH` or `HASH`) kept outside the database: it must still be a \
+             record of the chain",
+        )],
+        "/api/v1/channels/{channel}/messages" => message_query(true),
+        "/api/v1/channels/{channel}/messages/export" => message_query(false),
+        _ => Vec::new(),
     }
+}
+
+/// The query parameters of message search (`search`) and export.
+fn message_query(search: bool) -> Vec<Value> {
     let string = json!({"type": "string"});
     let int = json!({"type": "integer", "format": "int64"});
-    let limit = if id == "searchMessages" {
+    let limit = if search {
         (
             "matches per page (default 100)",
             json!({"type": "integer", "minimum": 1, "maximum": 1000}),
@@ -262,7 +336,7 @@ fn query_parameters(id: &str) -> Vec<Value> {
         ("after_id", "only ids above", int),
         ("limit", limit.0, limit.1),
     ];
-    if id == "searchMessages" {
+    if search {
         list.push((
             "max_examined",
             "rows examined at most (default 10000)",
@@ -270,9 +344,20 @@ fn query_parameters(id: &str) -> Vec<Value> {
         ));
     }
     list.into_iter()
-        .map(|(name, description, schema)| {
-            json!({"name": name, "in": "query", "required": false,
-                   "description": description, "schema": schema})
+        .map(|(name, description, schema)| query(name, schema, description))
+        .collect()
+}
+
+fn parameters(path: &str) -> Vec<Value> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| {
+            let schema = if name == "id" {
+                json!({"type": "integer", "format": "int64"})
+            } else {
+                json!({"type": "string"})
+            };
+            json!({"name": name, "in": "path", "required": true, "schema": schema})
         })
         .collect()
 }
@@ -312,7 +397,7 @@ pub fn document() -> Value {
             );
         }
         let mut params = parameters(op.path);
-        params.extend(query_parameters(op.id));
+        params.extend(query_parameters(op.path));
         if !params.is_empty() {
             o.insert("parameters".into(), Value::Array(params));
         }

@@ -128,6 +128,38 @@ impl Runtime {
         &self.audit
     }
 
+    /// The TLS configuration of the admin listener (HTTPS, ALPN `http/1.1`), on the same
+    /// terms as a channel listener's: its certificates and CRLs are on the expiry gauge
+    /// (channel `""`, connector `admin`), and its certificate, key and CRLs are reloaded
+    /// when their files change (new handshakes only; open connections keep theirs), by a
+    /// watcher that stops with this runtime.
+    ///
+    /// # Errors
+    /// The files do not load.
+    pub fn admin_tls(
+        &mut self,
+        tls: &ferry_config::TlsConfig,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let (config, cert) = crate::tls::server_reloadable(tls, &[b"http/1.1"])?;
+        let stats = self.engine.stats();
+        stats.certificates().replace(
+            "",
+            "admin",
+            crate::tls::server_certificates("", "admin", tls),
+        );
+        self.sources.spawn(crate::tls::watch(
+            vec![crate::tls::Watched {
+                channel: String::new(),
+                connector: "admin".to_owned(),
+                tls: tls.clone(),
+                cert,
+            }],
+            stats,
+            self.shutdown.child_token(),
+        ));
+        Ok(config)
+    }
+
     /// Stop cleanly: sources stop accepting and finish the message in hand, destination
     /// workers finish the attempt in flight, the store is flushed and closed.
     pub async fn shutdown(self) -> Result<(), EngineError> {
@@ -205,7 +237,8 @@ pub fn pipelines(config: &Config) -> Result<Vec<ferry_engine::Pipeline>, DeployE
         .collect()
 }
 
-/// The TLS configuration of a listener that is not a channel (the admin server).
+/// The TLS configuration of a listener that is not a channel, loaded once (no reload; the
+/// admin server uses [`Runtime::admin_tls`]).
 pub fn server_tls(tls: &ferry_config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     crate::tls::server(tls, &[b"http/1.1"])
 }
