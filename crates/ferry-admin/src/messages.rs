@@ -410,3 +410,130 @@ pub(crate) async fn export(
     }
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_store::ConnectorStatus;
+
+    fn found(raw: &[u8]) -> FoundMessage {
+        FoundMessage {
+            id: 7,
+            received_at_ms: 1_000,
+            control_id: Some("C7".into()),
+            message_type: Some("ADT^A01".into()),
+            connectors: vec![ConnectorStatus {
+                connector: "source".into(),
+                status: Status::Transformed,
+            }],
+            raw: Some(raw.to_vec()),
+        }
+    }
+
+    fn line(m: &FoundMessage) -> Value {
+        let mut out = Vec::new();
+        export_line(m, &mut out);
+        assert_eq!(out.last(), Some(&b'\n'), "one line per message");
+        serde_json::from_slice(&out).expect("json")
+    }
+
+    #[test]
+    fn an_export_line_carries_the_raw_bytes_losslessly() {
+        let utf8 = line(&found(b"MSH|^~\\&|A\rPID|1||\xC3\xA9\r"));
+        assert_eq!(utf8["raw"], "MSH|^~\\&|A\rPID|1||\u{e9}\r");
+        assert_eq!(utf8["id"], 7);
+        assert_eq!(utf8["connectors"][0]["status"], "TRANSFORMED");
+        // ISO-8859-1 é is not UTF-8: the bytes go as base64, not replaced.
+        let latin1 = line(&found(b"MSH|^~\\&|A\rPID|1||\xE9\r"));
+        assert!(latin1.get("raw").is_none());
+        let b64 = latin1["raw_base64"].as_str().expect("base64");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("decode");
+        assert_eq!(bytes, b"MSH|^~\\&|A\rPID|1||\xE9\r");
+    }
+
+    #[test]
+    fn the_documented_query_parameters_are_the_accepted_ones() {
+        let doc = crate::openapi::document();
+        for path in [
+            "/api/v1/channels/{channel}/messages",
+            "/api/v1/channels/{channel}/messages/export",
+        ] {
+            let mut names = Vec::new();
+            for p in doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .filter(|p| p["in"] == "query")
+            {
+                let name = p["name"].as_str().expect("name");
+                let value = match name {
+                    "status" => "SENT",
+                    "meta" => "mrn:1",
+                    n if n.ends_with("_ms") || n.ends_with("_id") => "1",
+                    "limit" | "max_examined" => "1",
+                    _ => "x",
+                };
+                let query = format!("{name}={value}");
+                let parsed: MessageParams = parse_query(&query)
+                    .unwrap_or_else(|e| panic!("{path}: documented `{name}` refused: {e}"));
+                // `connector` needs `status`.
+                let parsed = MessageParams {
+                    status: parsed.status.or(Some("SENT".into())),
+                    ..parsed
+                };
+                parsed
+                    .query("c")
+                    .unwrap_or_else(|e| panic!("{path}: `{query}`: {e:?}"));
+                names.push(name.to_owned());
+            }
+            assert!(names.contains(&"meta".to_owned()), "{path}: {names:?}");
+            assert_eq!(
+                names.contains(&"max_examined".to_owned()),
+                !path.ends_with("export"),
+                "max_examined is for searches only"
+            );
+        }
+        let unknown = parse_query("mrn=1").expect_err("unknown parameter");
+        assert!(unknown.contains("mrn"), "{unknown}");
+    }
+
+    /// What the `Query` extractor does with a query string.
+    fn parse_query(query: &str) -> Result<MessageParams, String> {
+        let uri: axum::http::Uri = format!("/x?{query}").parse().map_err(|e| format!("{e}"))?;
+        Query::<MessageParams>::try_from_uri(&uri)
+            .map(|Query(p)| p)
+            .map_err(|e| e.body_text())
+    }
+
+    #[test]
+    fn the_audit_keeps_criterion_names_and_only_values_that_identify_no_one() {
+        let params = MessageParams {
+            status: Some("ERROR".into()),
+            connector: Some("cloud".into()),
+            since_ms: Some(5),
+            control_id: Some("MSG-SECRET".into()),
+            meta: Some("mrn:MRN-SECRET".into()),
+            text: Some("DOE^SECRET".into()),
+            ..MessageParams::default()
+        };
+        let event = params.audit(AuditEvent::new(AuditAction::MessageSearch));
+        let shown = format!("{event:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        for name in [
+            "status",
+            "connector",
+            "since_ms",
+            "control_id",
+            "meta:mrn",
+            "text",
+        ] {
+            assert!(shown.contains(name), "{name} in {shown}");
+        }
+        assert!(
+            shown.contains("ERROR") && shown.contains("cloud"),
+            "{shown}"
+        );
+    }
+}
