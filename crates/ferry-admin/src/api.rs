@@ -718,7 +718,7 @@ async fn channel_stats(
         .stats
         .channel(&channel)
         .ok_or_else(ApiError::not_found)?;
-    let mut v = channel_summary(c);
+    let mut v = channel_summary(&c);
     let destinations: Vec<Value> = c
         .destinations
         .iter()

@@ -30,6 +30,10 @@
 //! A [`Router`] hands messages from one channel to another inside the engine (`channel`
 //! destinations, scripts); it exists before the engine starts so connectors can hold it.
 //!
+//! Each deployed channel is started, paused or stopped ([`ChannelState`], [`lifecycle`]); the
+//! engine changes that, and deploys and undeploys channels, while it runs, without losing an
+//! acknowledged message.
+//!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
 //!
 //! [`transform`] holds the declarative steps ([`Step`], [`apply_all`]), code tables, the
@@ -41,6 +45,7 @@ mod destination;
 mod engine;
 mod filter;
 mod ingest;
+pub mod lifecycle;
 pub mod phi;
 mod pipeline;
 mod retry;
@@ -56,6 +61,7 @@ pub use engine::{
 };
 pub use filter::FilterRule;
 pub use ingest::{ChannelIngest, IngestReply, ReprocessError, ResponseMode};
+pub use lifecycle::{ChannelState, Transition};
 pub use pipeline::{
     Accepted, Context, Convert, DestinationProcessing, DestinationResult, Encode, Filter,
     FilterStep, Pipeline, Preprocess, Processed, TransformStep,
