@@ -1,5 +1,6 @@
 //! The admin surface of a Ferry node: `GET /health` and `GET /metrics` (Prometheus), and the
-//! authenticated REST API under `/api/v1` (users, sessions, API tokens, channels, messages),
+//! authenticated REST API under `/api/v1` (users, sessions, API tokens, channels and their
+//! lifecycle, messages),
 //! described by the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! This crate builds the [`axum::Router`] only; the binary serves it on the admin listener with
@@ -10,10 +11,12 @@
 //! - [`sessions`]: server-side sessions with idle and absolute expiry.
 //! - [`users`]: creating users (shared with `ferry user add`).
 //! - [`api`]: the request guard and the handlers.
+//! - [`lifecycle`]: deploy, undeploy, start, stop and pause of channels.
 //! - [`openapi`]: the OpenAPI document.
 
 pub mod api;
 pub mod auth;
+pub mod lifecycle;
 pub mod openapi;
 pub mod policy;
 pub mod sessions;

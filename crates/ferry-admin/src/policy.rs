@@ -91,6 +91,12 @@ const ADMIN: &[Role] = &[Role::Admin];
 const STATS: &[Role] = &[Role::Admin, Role::Developer, Role::Operator, Role::Viewer];
 /// Message content and reprocessing (PHI).
 const PHI: &[Role] = &[Role::Admin, Role::Operator];
+/// Channel lifecycle: deploy, undeploy, start, stop, pause. PRODUCT.md §8 gives deploying to
+/// the operator and editing channels to the developer; the developer's edits live in the
+/// configuration files (reviewed, in version control), and putting them into production is
+/// the operator's act. Keeping the two apart means nobody changes a running channel alone, so
+/// the developer is not here (nor the auditor or viewer, who only read).
+const LIFECYCLE: &[Role] = &[Role::Admin, Role::Operator];
 
 /// The policy table.
 pub const ROUTES: &[Route] = &[
@@ -160,6 +166,31 @@ pub const ROUTES: &[Route] = &[
         access: Access::Roles(PHI),
     },
     Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/start",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/stop",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/pause",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/deploy",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/undeploy",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
         method: "GET",
         path: "/api/v1/openapi.json",
         access: Access::AnyRole,
@@ -187,5 +218,20 @@ mod tests {
         assert!(lookup(&Method::PUT, "/api/v1/users").is_none());
         let users = lookup(&Method::POST, "/api/v1/users").map(|r| r.access);
         assert_eq!(users, Some(Access::Roles(ADMIN)));
+    }
+
+    #[test]
+    fn operators_deploy_and_developers_do_not() {
+        for action in ["start", "stop", "pause", "deploy", "undeploy"] {
+            let path = format!("/api/v1/channels/{{channel}}/{action}");
+            let access = lookup(&Method::POST, &path).map(|r| r.access);
+            let Some(access) = access else {
+                panic!("no policy for {path}");
+            };
+            assert!(access.allows(Role::Admin) && access.allows(Role::Operator));
+            for role in [Role::Developer, Role::Auditor, Role::Viewer] {
+                assert!(!access.allows(role), "{role:?} may not {action}");
+            }
+        }
     }
 }

@@ -170,7 +170,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         scheme == "https",
         runtime.audit_sink().clone(),
-    );
+    )
+    // Deploys re-read this file; with the embedded defaults there is none to read.
+    .with_lifecycle(runtime.control(), path.clone());
     let admin_task = tokio::spawn(admin.serve(ferry_admin::app(admin_context), shutdown.clone()));
     let shipper = match &config.audit.syslog {
         Some(syslog) => {
