@@ -75,8 +75,9 @@ pub enum LifecycleError {
 pub struct Deployment {
     /// From the previous state (`None`: the channel was new) to `started`.
     pub transition: Transition,
-    /// The channel's configuration section as deployed before (canonical form, secrets
-    /// redacted; `None` when it was not deployed).
+    /// The channel's configuration section as last deployed (canonical form, secrets
+    /// redacted), also when it was undeployed since; `None` for a channel never deployed in
+    /// this run.
     pub previous_section: Option<String>,
     /// The section deployed now.
     pub section: Option<String>,
@@ -118,6 +119,9 @@ struct Sources {
     closed: bool,
     /// In deployment order.
     channels: Vec<Source>,
+    /// The last deployed section and listener address of each channel undeployed since the
+    /// start, so deploying it again is compared with what ran before and listens where it did.
+    retired: std::collections::BTreeMap<String, (Option<String>, Option<SocketAddr>)>,
 }
 
 struct Shared {
@@ -192,6 +196,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
         sources: tokio::sync::Mutex::new(Sources {
             closed: false,
             channels: Vec::new(),
+            retired: Default::default(),
         }),
         listeners: RwLock::new(Vec::new()),
     });
@@ -283,8 +288,24 @@ impl Shared {
     }
 }
 
-/// Bind a channel's source, at `at` instead of its configured address when given.
+/// Bind a channel's source, at `at` instead of its configured address when given. A source
+/// configured on port 0 that cannot get its old port back takes any free port, as configured.
 async fn bind(
+    shared: &Shared,
+    channel: &str,
+    plan: &SourcePlan,
+    at: Option<SocketAddr>,
+) -> Result<(Bound, Option<SocketAddr>), DeployError> {
+    match bind_at(shared, channel, plan, at).await {
+        Err(error) if at.is_some() && listen_address(plan).is_some_and(|a| a.port() == 0) => {
+            tracing::warn!(%channel, %error, "the old port is taken; listening on another one");
+            bind_at(shared, channel, plan, None).await
+        }
+        other => other,
+    }
+}
+
+async fn bind_at(
     shared: &Shared,
     channel: &str,
     plan: &SourcePlan,
@@ -345,8 +366,8 @@ fn spawn(bound: Bound, ingest: ChannelIngest, stop: Shutdown) -> JoinHandle<()> 
     }
 }
 
-/// Stop a task and wait for it, up to `drain`; then it is cut off.
-async fn finish(task: Task, what: &str, channel: &str, drain: Duration) {
+/// Stop a task and wait for it, up to `drain`; then it is cut off (and false returned).
+async fn finish(task: Task, what: &str, channel: &str, drain: Duration) -> bool {
     task.stop.cancel();
     let mut handle = task.handle;
     if tokio::time::timeout(drain, &mut handle).await.is_err() {
@@ -354,15 +375,27 @@ async fn finish(task: Task, what: &str, channel: &str, drain: Duration) {
             "{what} still busy after the drain time; cut off (an unanswered message is resent by its sender)");
         handle.abort();
         let _ = handle.await;
+        return false;
     }
+    true
 }
 
 impl Source {
     /// Stop serving: new connections are refused, open ones finish the message in hand.
-    async fn stop(&mut self) {
-        if let Some(task) = self.running.take() {
-            finish(task, "source", &self.channel, SOURCE_DRAIN).await;
+    /// False when some had to be cut off after [`SOURCE_DRAIN`].
+    async fn stop(&mut self) -> bool {
+        match self.running.take() {
+            Some(task) => finish(task, "source", &self.channel, SOURCE_DRAIN).await,
+            None => true,
         }
+    }
+}
+
+/// `t`, not drained when the source had to be cut off.
+fn drained(t: Transition, source_drained: bool) -> Transition {
+    Transition {
+        drained: t.drained && source_drained,
+        ..t
     }
 }
 
@@ -459,6 +492,12 @@ impl ChannelControl {
             .find(|l| l.channel == channel)
     }
 
+    fn log_listener(&self, channel: &str) {
+        if let Some(l) = self.listener(channel) {
+            tracing::info!(%channel, "channel listening on {}://{}", l.scheme, l.address);
+        }
+    }
+
     async fn sources(&self) -> Result<tokio::sync::MutexGuard<'_, Sources>, LifecycleError> {
         let sources = self.shared.sources.lock().await;
         if sources.closed {
@@ -472,14 +511,14 @@ impl ChannelControl {
     pub async fn pause(&self, channel: &str) -> Result<Transition, LifecycleError> {
         let mut sources = self.sources().await?;
         let source = find(&mut sources, channel)?;
-        source.stop().await;
+        let source_drained = source.stop().await;
         let t = self
             .shared
             .engine
             .pause_channel(channel, INGEST_DRAIN)
             .await?;
         self.shared.publish(&sources);
-        Ok(t)
+        Ok(drained(t, source_drained))
     }
 
     /// Stop a channel: its source stops accepting, then its destination workers stop; queued
@@ -487,14 +526,14 @@ impl ChannelControl {
     pub async fn stop(&self, channel: &str) -> Result<Transition, LifecycleError> {
         let mut sources = self.sources().await?;
         let source = find(&mut sources, channel)?;
-        source.stop().await;
+        let source_drained = source.stop().await;
         let t = self
             .shared
             .engine
             .stop_channel(channel, INGEST_DRAIN)
             .await?;
         self.shared.publish(&sources);
-        Ok(t)
+        Ok(drained(t, source_drained))
     }
 
     /// Start a paused or stopped channel: its listener binds again on the address it had
@@ -514,6 +553,8 @@ impl ChannelControl {
             source.running = shared.serve(channel, b);
         }
         shared.publish(&sources);
+        drop(sources);
+        self.log_listener(channel);
         Ok(t)
     }
 
@@ -523,7 +564,7 @@ impl ChannelControl {
         let mut sources = self.sources().await?;
         let shared = &self.shared;
         let source = find(&mut sources, channel)?;
-        source.stop().await;
+        let source_drained = source.stop().await;
         if let Some(watch) = source.watch.take() {
             finish(watch, "certificate watch", channel, SOURCE_DRAIN).await;
         }
@@ -531,10 +572,12 @@ impl ChannelControl {
             .engine
             .undeploy_channel(channel, INGEST_DRAIN)
             .await?;
+        let retired = (source.section.take(), source.address);
         sources.channels.retain(|s| s.channel != channel);
+        sources.retired.insert(channel.to_owned(), retired);
         shared.engine.stats().certificates().remove_channel(channel);
         shared.publish(&sources);
-        Ok(t)
+        Ok(drained(t, source_drained))
     }
 
     /// Deploy channel `channel` of `config` (a configuration already validated as
@@ -563,17 +606,22 @@ impl ChannelControl {
             watched,
         } = plan(wanted, &shared.router)?;
         let index = sources.channels.iter().position(|s| s.channel == channel);
-        let old_address = index.and_then(|i| sources.channels[i].address);
+        let old_address = match index {
+            Some(i) => sources.channels[i].address,
+            None => sources.retired.get(channel).and_then(|(_, a)| *a),
+        };
         // A `:0` listener keeps the port it got; any other address is taken as configured.
         let at = listen_address(&new_plan).map(|want| match old_address {
             Some(old) if want.port() == 0 && want.ip() == old.ip() => old,
             _ => want,
         });
-        let same_socket = at.is_some() && at == old_address;
+        // Only a listener that still serves holds the socket.
+        let same_socket = index.is_some() && at.is_some() && at == old_address;
+        let mut source_drained = true;
         let (b, address) = if same_socket {
             // The old listener must let go of the socket first.
             if let Some(i) = index {
-                sources.channels[i].stop().await;
+                source_drained = sources.channels[i].stop().await;
             }
             match bind(shared, channel, &new_plan, at).await {
                 Ok(b) => b,
@@ -587,7 +635,7 @@ impl ChannelControl {
             // changes nothing.
             let b = bind(shared, channel, &new_plan, at).await?;
             if let Some(i) = index {
-                sources.channels[i].stop().await;
+                source_drained = sources.channels[i].stop().await;
             }
             b
         };
@@ -624,12 +672,17 @@ impl ChannelControl {
             }
             None => {
                 sources.channels.push(new);
-                None
+                sources
+                    .retired
+                    .remove(channel)
+                    .and_then(|(section, _)| section)
             }
         };
         shared.publish(&sources);
+        drop(sources);
+        self.log_listener(channel);
         Ok(Deployment {
-            transition,
+            transition: drained(transition, source_drained),
             previous_section,
             section,
             listener: self.listener(channel),

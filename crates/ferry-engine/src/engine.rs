@@ -396,9 +396,10 @@ impl Engine {
         *running = Some(Running { stop, tasks });
     }
 
-    /// Stop `channel`'s workers and wait for them: each ends the attempt in flight (the
-    /// message stays `QUEUED`) and flushes its completion records. Errors are logged and the
-    /// first is kept for [`shutdown`](Self::shutdown).
+    /// Stop `channel`'s workers and wait for them: a delivery attempt in flight is abandoned
+    /// (the message stays `QUEUED` and is sent again after the next start: delivery is
+    /// at-least-once) and completion records already made are flushed. Errors are logged and
+    /// the first is kept for [`shutdown`](Self::shutdown).
     async fn stop_workers(&self, channel: &Deployed, life: &mut Lifecycle) {
         let Some(mut running) = lock(&channel.running).take() else {
             return;
@@ -469,8 +470,9 @@ impl Engine {
 
     /// Stop `channel`: refuse new messages (waiting up to `drain` for the ones being received
     /// to be stored and answered), then stop its destination workers. Queued messages stay
-    /// `QUEUED` in the store and are delivered after [`start_channel`](Self::start_channel).
-    /// The channel's source must be stopped by its owner first.
+    /// `QUEUED` in the store and are delivered after [`start_channel`](Self::start_channel);
+    /// a delivery attempt in flight is abandoned and made again then (at-least-once). The
+    /// channel's source must be stopped by its owner first.
     pub async fn stop_channel(
         &self,
         channel: &str,
@@ -624,8 +626,8 @@ impl Engine {
     }
 
     /// Stop: every channel stops accepting (routed messages being received are stored and
-    /// answered first), workers end the attempt in flight (the message stays `QUEUED`) and
-    /// flush their completion records, and the store is closed. Lifecycle changes are refused
+    /// answered first), workers stop (an attempt in flight is abandoned, its message stays
+    /// `QUEUED`) and flush their completion records, and the store is closed. Lifecycle changes are refused
     /// from here on.
     pub async fn shutdown(self) -> Result<(), EngineError> {
         let mut life = self.shared.lifecycle.lock().await;

@@ -20,6 +20,7 @@ mod example_tests;
 mod filters;
 mod hl7;
 mod lanes;
+mod lifecycle;
 mod malformed;
 mod outcomes;
 mod pipeline;
