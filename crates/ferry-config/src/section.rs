@@ -5,8 +5,9 @@
 //! interpolation, so a secret read from the environment or a file never appears), with keys
 //! in a fixed order and comments and layout dropped, so two renderings differ exactly when the
 //! channel's settings differ. Values that hold secrets (`headers`, the scripts' `config` map,
-//! keys named like a password, secret or token) are written as `"[redacted]"` unless they are
-//! made of `${…}` references only, which name where the secret comes from and are kept.
+//! keys named like a password, secret or token, the password of a URL's `user:password@`) are
+//! written as `"[redacted]"` unless they are made of `${…}` references only, which name where
+//! the secret comes from and are kept.
 
 use toml::{Table, Value};
 
@@ -68,10 +69,28 @@ fn redact_table(table: &mut Table, secret: bool) {
 fn redact_value(value: &mut Value, secret: bool) {
     match value {
         Value::String(s) if secret && !only_references(s) => *s = REDACTED.to_owned(),
+        Value::String(s) => {
+            if let Some(url) = without_userinfo(s) {
+                *s = url;
+            }
+        }
         Value::Table(t) => redact_table(t, secret),
         Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, secret)),
         _ => {}
     }
+}
+
+/// `s` with the password of a URL's `user:password@` replaced, when it has a literal one.
+fn without_userinfo(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (userinfo, _) = rest[..authority_end].rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    if only_references(password) {
+        return None;
+    }
+    let host_and_rest = &rest[userinfo.len()..];
+    Some(format!("{scheme}://{user}:{REDACTED}{host_and_rest}"))
 }
 
 /// Whether `s` has no literal text besides `${…}` references (and spaces, or an
@@ -146,6 +165,17 @@ name = "x"
         assert_eq!(channel_sections(&relaid)[0].1, *text);
         let changed = a.replace("127.0.0.1:2575", "127.0.0.1:2576");
         assert_ne!(channel_sections(&changed)[0].1, *text);
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            without_userinfo("https://bob:hunter2@api.example.com/x?y=1").as_deref(),
+            Some("https://bob:[redacted]@api.example.com/x?y=1")
+        );
+        assert_eq!(without_userinfo("https://bob:${env:P}@h/"), None);
+        assert_eq!(without_userinfo("https://api.example.com/a@b"), None);
+        assert_eq!(without_userinfo("not a url"), None);
     }
 
     #[test]

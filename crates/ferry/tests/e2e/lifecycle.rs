@@ -548,6 +548,19 @@ name = "b""#,
         (200, Some(1)),
         "{stats}"
     );
+    // The other routes see the new channel: its messages can be reprocessed.
+    let (status, again) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/channels/c/messages/1/reprocess",
+        )
+        .await;
+    assert_eq!(
+        (status, again["message_id"].as_i64()),
+        (200, Some(2)),
+        "{again}"
+    );
+    assert_eq!(delivered_ids(&ferry, &c_dir, 2), ["C1", "C1"]);
     // Redeploying an unchanged channel changes nothing in its configuration.
     let v = api.change("a", "deploy", "started").await;
     assert_eq!(
