@@ -442,7 +442,8 @@ impl Runtime {
     }
 
     /// Stop cleanly: sources stop accepting and finish the message in hand, destination
-    /// workers finish the attempt in flight, the store is flushed and closed.
+    /// workers stop (an attempt in flight is abandoned, its message stays `QUEUED`), the
+    /// store is flushed and closed.
     pub async fn shutdown(self) -> Result<(), EngineError> {
         self.shutdown_audited(None).await
     }
