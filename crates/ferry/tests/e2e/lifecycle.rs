@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Ferry, adt, config_with_channels, ferry_bin, free_port, plain, send, toml_path};
+use common::{Ferry, adt, config_with_channels, ferry_bin, plain, reserve_port, send, toml_path};
 use ferry_connectors::mllp::MllpConnection;
 use ferry_testkit::mllp_peer::{MllpPeer, control_id};
 use serde_json::Value;
@@ -223,8 +223,7 @@ fn peer_ids(peer: &MllpPeer) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_refuses_and_holds_the_queue_and_start_delivers_everything_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let peer_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (peer_addr, reserved) = reserve_port();
     let config = config_with_channels(dir.path(), &mllp_to_peer("in", peer_addr));
     add_operator(&config, "olga");
     let ferry = Ferry::start(&config, &[]);
@@ -270,7 +269,7 @@ async fn stop_refuses_and_holds_the_queue_and_start_delivers_everything_in_order
     assert_eq!(ferry.admin_get("/health").await.0, 200);
 
     // The destination comes up, but a stopped channel delivers nothing.
-    let peer = MllpPeer::start_on(peer_addr, None).await.expect("peer");
+    let peer = MllpPeer::start_with(reserved.listen(64).expect("listen"), None).expect("peer");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(peer.received().is_empty(), "delivered while stopped");
     assert_eq!(ferry.metric(depth).await, Some(5), "the queue is intact");
@@ -319,8 +318,7 @@ async fn stop_refuses_and_holds_the_queue_and_start_delivers_everything_in_order
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_refuses_new_messages_while_a_backlog_drains_to_a_destination_back_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let peer_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (peer_addr, reserved) = reserve_port();
     let web_out = dir.path().join("web");
     let config = config_with_channels(
         dir.path(),
@@ -369,7 +367,7 @@ source = {{ type = "http", listen = "127.0.0.1:0" }}
     );
 
     // The destination comes back: the backlog drains while the channel stays paused.
-    let peer = MllpPeer::start_on(peer_addr, None).await.expect("peer");
+    let peer = MllpPeer::start_with(reserved.listen(64).expect("listen"), None).expect("peer");
     peer.wait_for(3, Duration::from_secs(15)).await;
     assert_eq!(peer_ids(&peer), ["B1", "B2", "B3"]);
     assert_eq!(
@@ -698,8 +696,7 @@ async fn a_broken_file_is_refused_with_its_error_and_nothing_changes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn undeploy_removes_the_channel_and_a_deploy_resumes_its_queue() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let peer_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (peer_addr, reserved) = reserve_port();
     let config = config_with_channels(dir.path(), &mllp_to_peer("in", peer_addr));
     add_operator(&config, "olga");
     let ferry = Ferry::start(&config, &[]);
@@ -730,7 +727,7 @@ async fn undeploy_removes_the_channel_and_a_deploy_resumes_its_queue() {
     assert!(!metrics.contains("channel=\"in\""), "{metrics}");
 
     // Deployed again (same file): the two queued messages are delivered, then new ones.
-    let peer = MllpPeer::start_on(peer_addr, None).await.expect("peer");
+    let peer = MllpPeer::start_with(reserved.listen(64).expect("listen"), None).expect("peer");
     let v = api.change("in", "deploy", "started").await;
     assert_eq!(v["previous"], "undeployed");
     assert_eq!(v["config_changed"], false, "the same section as before");
