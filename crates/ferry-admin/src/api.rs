@@ -18,10 +18,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use ferry_alerts::AlertSignals;
 use ferry_connectors::http::ConnectionInfo;
 use ferry_engine::{Engine, HealthProbe, ReprocessError, Stats};
 use ferry_store::{
     Accounts, AuditAction, AuditEvent, AuditSink, ContentStage, SOURCE, Store, StoreError,
+    UserRecord,
 };
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
@@ -31,7 +33,7 @@ use serde_json::{Value, json};
 use crate::auth::{self, Lockout, LockoutPolicy, TOKEN_PREFIX};
 use crate::lifecycle;
 use crate::policy::{self, Access, Role};
-use crate::sessions::{self, SessionPolicy};
+use crate::sessions::{self, SessionCheck, SessionPolicy};
 use crate::users::{self, UserError, now_ms};
 
 /// Largest request body any route reads (JSON bodies are small).
@@ -65,6 +67,10 @@ pub struct AdminContext {
     /// Where the API's audit records go (logins, PHI access, changes); never waits on the
     /// store.
     pub audit: AuditSink,
+    /// Where failed logins are reported for the `failed_logins` alert rules (a handle of its
+    /// own, feeding nothing, unless [`with_alert_signals`](Self::with_alert_signals) set the
+    /// one `ferry_alerts::start` returned).
+    pub alerts: AlertSignals,
 }
 
 impl std::fmt::Debug for AdminContext {
@@ -97,7 +103,15 @@ impl AdminContext {
             lockout,
             tls,
             audit,
+            alerts: AlertSignals::new(),
         }
+    }
+
+    /// Report failed logins to these alert signals (the handle `ferry_alerts::start`
+    /// returned).
+    pub fn with_alert_signals(mut self, alerts: AlertSignals) -> AdminContext {
+        self.alerts = alerts;
+        self
     }
 }
 
@@ -284,6 +298,9 @@ pub(crate) fn router(ctx: AdminContext) -> Router {
             post(lifecycle::undeploy),
         )
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/audit", get(crate::audit::search))
+        .route("/api/v1/audit/verify", get(crate::audit::verify))
+        .route("/api/v1/roles", get(crate::roles::list))
         .route_layer(axum::middleware::from_fn_with_state(api.clone(), guard))
         .with_state(api)
 }
@@ -310,8 +327,13 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Authenticate from the `Authorization: Bearer` header (an API token or a session id) or the
-/// session cookie.
-async fn authenticate(api: &Arc<Api>, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+/// session cookie. A session found ended (idle, absolute timeout, user disabled) is audited as
+/// `session_expired`, once: the check deletes it.
+async fn authenticate(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    conn: Option<&ConnectionInfo>,
+) -> Result<Option<Principal>, ApiError> {
     let (secret, cookie) = match (bearer(headers), session_cookie(headers)) {
         (Some(b), _) => (b.to_owned(), false),
         (None, Some(c)) => (c.to_owned(), true),
@@ -330,10 +352,23 @@ async fn authenticate(api: &Arc<Api>, headers: &HeaderMap) -> Result<Option<Prin
         }));
     }
     let policy = api.ctx.sessions;
-    let found = blocking(move || {
-        Ok(sessions::validate(&accounts, policy, &secret)?.map(|(s, u)| (secret, s, u)))
-    })
-    .await?;
+    let (check, secret) =
+        blocking(move || Ok((sessions::validate(&accounts, policy, &secret)?, secret))).await?;
+    let found = match check {
+        SessionCheck::Valid(s, u) => Some((secret, s, u)),
+        SessionCheck::Ended { user, reason } => {
+            tracing::info!(user = %user.name, reason = reason.as_str(), "admin session ended");
+            api.audit(
+                audit_event(AuditAction::SessionExpired, &user.name, conn)
+                    .target(format!("user/{}", user.name))
+                    .failure()
+                    .detail("reason", reason.as_str())
+                    .detail("via", if cookie { "cookie" } else { "bearer" }),
+            );
+            None
+        }
+        SessionCheck::Unknown => None,
+    };
     Ok(found.and_then(|(id, s, u)| {
         Some(Principal {
             role: Role::parse(&u.role)?,
@@ -356,7 +391,8 @@ async fn guard(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Res
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden").into_response();
     };
     if route.access != Access::Public {
-        let principal = match authenticate(&api, req.headers()).await {
+        let conn = req.extensions().get::<ConnectionInfo>().cloned();
+        let principal = match authenticate(&api, req.headers(), conn.as_ref()).await {
             Ok(Some(p)) => p,
             Ok(None) => {
                 return ApiError::new(StatusCode::UNAUTHORIZED, "authentication required")
@@ -364,7 +400,24 @@ async fn guard(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Res
             }
             Err(e) => return e.into_response(),
         };
+        let denied = |reason: &str| {
+            // Method and route pattern, never the query string.
+            api.audit(
+                audit_event(
+                    AuditAction::PermissionDenied,
+                    &principal.name,
+                    conn.as_ref(),
+                )
+                .target(req.uri().path().to_owned())
+                .failure()
+                .detail("method", route.method)
+                .detail("route", route.path)
+                .detail("role", principal.role.as_str())
+                .detail("reason", reason),
+            );
+        };
         if !route.access.allows(principal.role) {
+            denied("role");
             return ApiError::new(StatusCode::FORBIDDEN, "forbidden").into_response();
         }
         if let Credential::Session {
@@ -380,6 +433,7 @@ async fn guard(State(api): State<Arc<Api>>, mut req: Request, next: Next) -> Res
                 .and_then(|v| v.to_str().ok())
                 .map(auth::secret_hash);
             if !safe && !sent.is_some_and(|h| auth::hashes_equal(&h, csrf_hash)) {
+                denied("csrf");
                 return ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-Ferry-CSRF")
                     .into_response();
             }
@@ -412,11 +466,126 @@ fn unix_secs() -> u64 {
     u64::try_from(now_ms() / 1000).unwrap_or(0)
 }
 
+/// Why a login failed, as recorded in the audit trail (the answer is the same 401 for every
+/// one of them, so a caller learns nothing about which names exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoginFailure {
+    /// Unknown user or wrong password (deliberately one category).
+    BadCredentials,
+    /// The right password of a disabled user.
+    Disabled,
+    /// The stored role is not one this Ferry knows.
+    AccountInvalid,
+    /// The TOTP code was missing.
+    MfaMissing,
+    /// The TOTP code was wrong.
+    MfaWrong,
+    /// The TOTP code was used before.
+    MfaReplayed,
+    /// The role requires MFA but the user has no TOTP secret.
+    MfaNotEnrolled,
+}
+
+impl LoginFailure {
+    /// The `reason` detail: `bad_credentials`, `disabled`, `account_invalid` or `mfa`.
+    fn reason(self) -> &'static str {
+        match self {
+            LoginFailure::BadCredentials => "bad_credentials",
+            LoginFailure::Disabled => "disabled",
+            LoginFailure::AccountInvalid => "account_invalid",
+            LoginFailure::MfaMissing
+            | LoginFailure::MfaWrong
+            | LoginFailure::MfaReplayed
+            | LoginFailure::MfaNotEnrolled => "mfa",
+        }
+    }
+
+    /// The `mfa` detail for the MFA failures.
+    fn mfa(self) -> Option<&'static str> {
+        match self {
+            LoginFailure::MfaMissing => Some("missing"),
+            LoginFailure::MfaWrong => Some("wrong"),
+            LoginFailure::MfaReplayed => Some("replayed"),
+            LoginFailure::MfaNotEnrolled => Some("not_enrolled"),
+            _ => None,
+        }
+    }
+}
+
+/// The actor of a login attempt: the name given, when it is one a user could have (a name
+/// that cannot exist is not copied into the audit trail).
+fn login_actor(name: &str) -> &str {
+    if users::valid_name(name) {
+        name
+    } else {
+        "(invalid user name)"
+    }
+}
+
+impl Api {
+    /// Check password, account state and TOTP of a login attempt. Consumes the TOTP step on
+    /// success, so a code is accepted once.
+    fn check_login(
+        &self,
+        record: Option<UserRecord>,
+        password_ok: bool,
+        totp: Option<&str>,
+    ) -> Result<UserRecord, LoginFailure> {
+        let u = match record {
+            Some(u) if password_ok => u,
+            _ => return Err(LoginFailure::BadCredentials),
+        };
+        if u.disabled {
+            return Err(LoginFailure::Disabled);
+        }
+        let role = Role::parse(&u.role).ok_or(LoginFailure::AccountInvalid)?;
+        match &u.totp_secret {
+            Some(secret) => {
+                let code = totp.ok_or(LoginFailure::MfaMissing)?;
+                let step =
+                    auth::check_totp(secret, code, unix_secs()).ok_or(LoginFailure::MfaWrong)?;
+                // The map stays consistent whatever panicked while holding it.
+                let mut steps = self
+                    .totp_steps
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if steps.get(&u.id).is_some_and(|last| *last >= step) {
+                    return Err(LoginFailure::MfaReplayed); // a code is good once
+                }
+                steps.insert(u.id, step);
+            }
+            None if role.requires_mfa() => return Err(LoginFailure::MfaNotEnrolled),
+            None => {}
+        }
+        Ok(u)
+    }
+
+    /// Record a failed login: audit (never the password) and the failed-login alert signal.
+    fn login_failed(
+        &self,
+        user: &str,
+        conn: Option<&ConnectionInfo>,
+        reason: &str,
+        extra: impl FnOnce(AuditEvent) -> AuditEvent,
+    ) {
+        self.ctx.alerts.failed_login();
+        let actor = login_actor(user);
+        self.audit(extra(
+            audit_event(AuditAction::LoginFailed, actor, conn)
+                .target(format!("user/{actor}"))
+                .failure()
+                .detail("reason", reason),
+        ));
+    }
+}
+
 async fn login(
     State(api): State<Arc<Api>>,
+    conn: Option<Extension<ConnectionInfo>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let conn = conn.as_deref();
     let LoginRequest {
         user,
         password,
@@ -424,6 +593,9 @@ async fn login(
     } = read_json(&headers, body).await?;
     if let Some(wait) = api.lockout.locked_for(&user, Instant::now()) {
         tracing::warn!(user = %user, "admin login refused: locked after repeated failures");
+        api.login_failed(&user, conn, "locked", |e| {
+            e.detail("retry_after_s", wait.as_secs())
+        });
         let mut r = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too many failed logins; try again later",
@@ -444,38 +616,25 @@ async fn login(
         Ok((record, ok))
     })
     .await?;
-    let accepted = record.filter(|u| {
-        if !password_ok || u.disabled {
-            return false;
-        }
-        let Some(role) = Role::parse(&u.role) else {
-            return false;
-        };
-        match &u.totp_secret {
-            Some(secret) => {
-                let step = totp
-                    .as_deref()
-                    .and_then(|code| auth::check_totp(secret, code, unix_secs()));
-                let Some(step) = step else { return false };
-                let Ok(mut steps) = api.totp_steps.lock() else {
-                    return false;
-                };
-                if steps.get(&u.id).is_some_and(|last| *last >= step) {
-                    return false; // a code is good once
+    let record = match api.check_login(record, password_ok, totp.as_deref()) {
+        Ok(record) => record,
+        Err(failure) => {
+            let locked = api.lockout.failure(&user, Instant::now());
+            tracing::warn!(user = %user, "admin login failed");
+            api.login_failed(&user, conn, failure.reason(), |mut e| {
+                if let Some(mfa) = failure.mfa() {
+                    e = e.detail("mfa", mfa);
                 }
-                steps.insert(u.id, step);
-                true
-            }
-            None => !role.requires_mfa(),
+                if locked {
+                    e = e.detail("lockout", "engaged");
+                }
+                e
+            });
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid credentials",
+            ));
         }
-    });
-    let Some(record) = accepted else {
-        api.lockout.failure(&user, Instant::now());
-        tracing::warn!(user = %user, "admin login failed");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid credentials",
-        ));
     };
     api.lockout.success(&user);
     let accounts = api.ctx.accounts.clone();
@@ -487,6 +646,12 @@ async fn login(
     })
     .await?;
     tracing::info!(user = %record.name, role = %record.role, "admin login");
+    api.audit(
+        audit_event(AuditAction::Login, &record.name, conn)
+            .target(format!("user/{}", record.name))
+            .detail("role", record.role.clone())
+            .detail("mfa", record.totp_secret.is_some()),
+    );
     let mut cookie = format!(
         "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
         session.id,
@@ -524,6 +689,7 @@ async fn whoami(Extension(p): Extension<Principal>) -> Response {
 async fn logout(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
+    conn: Option<Extension<ConnectionInfo>>,
 ) -> Result<Response, ApiError> {
     let Credential::Session { id, .. } = p.credential else {
         return Err(ApiError::new(
@@ -534,6 +700,10 @@ async fn logout(
     let accounts = api.ctx.accounts.clone();
     blocking(move || Ok(sessions::end(&accounts, &id)?)).await?;
     tracing::info!(user = %p.name, "admin logout");
+    api.audit(
+        audit_event(AuditAction::Logout, &p.name, conn.as_deref())
+            .target(format!("user/{}", p.name)),
+    );
     let mut r = StatusCode::NO_CONTENT.into_response();
     let mut clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     if api.ctx.tls {
@@ -574,25 +744,52 @@ struct CreateUserRequest {
 async fn create_user(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
+    conn: Option<Extension<ConnectionInfo>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: CreateUserRequest = read_json(&headers, body).await?;
-    let role = Role::parse(&req.role)
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "unknown role"))?;
+    // Every understood attempt is audited, refused ones with the reason; the target is the
+    // name only when it is a valid one.
+    let target = format!("user/{}", login_actor(&req.name));
+    let event = audit_event(AuditAction::UserChange, &p.name, conn.as_deref())
+        .target(target)
+        .detail("kind", "user")
+        .detail("change", "created")
+        .detail("role", req.role.clone());
+    let Some(role) = Role::parse(&req.role) else {
+        api.audit(event.failure().detail("error", "unknown_role"));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "unknown role"));
+    };
     let accounts = api.ctx.accounts.clone();
-    let created = blocking(move || {
-        users::create_user(&accounts, &req.name, role, &req.password, now_ms()).map_err(|e| match e
-        {
-            UserError::BadName | UserError::BadPassword => {
-                ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
-            }
-            UserError::Exists => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-            e => ApiError::internal(e),
-        })
+    let result = blocking(move || {
+        Ok(users::create_user(
+            &accounts,
+            &req.name,
+            role,
+            &req.password,
+            now_ms(),
+        ))
     })
     .await?;
+    let created = match result {
+        Ok(created) => created,
+        Err(e) => {
+            let (status, error) = match e {
+                UserError::BadName => (StatusCode::BAD_REQUEST, "bad_name"),
+                UserError::BadPassword => (StatusCode::BAD_REQUEST, "bad_password"),
+                UserError::Exists => (StatusCode::CONFLICT, "exists"),
+                e => {
+                    api.audit(event.failure().detail("error", "internal"));
+                    return Err(ApiError::internal(e));
+                }
+            };
+            api.audit(event.failure().detail("error", error));
+            return Err(ApiError::new(status, e.to_string()));
+        }
+    };
     tracing::info!(by = %p.name, user = %created.name, role = created.role.as_str(), "admin user created");
+    api.audit(event.detail("mfa", created.totp_secret.is_some()));
     Ok(json_response(
         StatusCode::CREATED,
         &json!({
@@ -607,14 +804,21 @@ async fn create_user(
 async fn disable_user(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
+    conn: Option<Extension<ConnectionInfo>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let accounts = api.ctx.accounts.clone();
     let n = name.clone();
+    let event = audit_event(AuditAction::UserChange, &p.name, conn.as_deref())
+        .target(format!("user/{}", login_actor(&name)))
+        .detail("kind", "user")
+        .detail("change", "disabled");
     if !blocking(move || Ok(accounts.disable_user(&n)?)).await? {
+        api.audit(event.failure().detail("error", "not_found"));
         return Err(ApiError::not_found());
     }
     tracing::info!(by = %p.name, user = %name, "admin user disabled, sessions ended");
+    api.audit(event);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -648,13 +852,21 @@ struct CreateTokenRequest {
 async fn create_token(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
+    conn: Option<Extension<ConnectionInfo>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: CreateTokenRequest = read_json(&headers, body).await?;
-    let role = Role::parse(&req.role)
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "unknown role"))?;
+    let event = audit_event(AuditAction::UserChange, &p.name, conn.as_deref())
+        .detail("kind", "token")
+        .detail("change", "created")
+        .detail("role", req.role.clone());
+    let Some(role) = Role::parse(&req.role) else {
+        api.audit(event.failure().detail("error", "unknown_role"));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "unknown role"));
+    };
     if req.name.is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control) {
+        api.audit(event.failure().detail("error", "bad_name"));
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "a token name is 1 to 128 printable characters",
@@ -671,6 +883,12 @@ async fn create_token(
         blocking(move || Ok(accounts.create_token(&name, role.as_str(), &hash, &by, now_ms())?))
             .await?;
     tracing::info!(by = %p.name, id, role = role.as_str(), "admin API token created");
+    // The token's name (never its value): it is the actor of what the token does.
+    api.audit(
+        event
+            .target(format!("token/{id}"))
+            .detail("name", req.name.clone()),
+    );
     Ok(json_response(
         StatusCode::CREATED,
         &json!({ "id": id, "name": req.name, "role": role.as_str(), "token": token }),
@@ -680,14 +898,21 @@ async fn create_token(
 async fn revoke_token(
     State(api): State<Arc<Api>>,
     Extension(p): Extension<Principal>,
+    conn: Option<Extension<ConnectionInfo>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::not_found())?;
     let accounts = api.ctx.accounts.clone();
+    let event = audit_event(AuditAction::UserChange, &p.name, conn.as_deref())
+        .target(format!("token/{id}"))
+        .detail("kind", "token")
+        .detail("change", "revoked");
     if !blocking(move || Ok(accounts.revoke_token(id, now_ms())?)).await? {
+        api.audit(event.failure().detail("error", "not_found"));
         return Err(ApiError::not_found());
     }
     tracing::info!(by = %p.name, id, "admin API token revoked");
+    api.audit(event);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -171,10 +171,11 @@ impl Lockout {
         (until > now).then(|| until - now)
     }
 
-    /// Count a failure; locks the name when it reaches the threshold.
-    pub fn failure(&self, name: &str, now: Instant) {
+    /// Count a failure; locks the name when it reaches the threshold. Returns whether this
+    /// failure engaged a lock (for the audit record).
+    pub fn failure(&self, name: &str, now: Instant) -> bool {
         let Ok(mut state) = self.state.lock() else {
-            return;
+            return false;
         };
         if state.len() >= MAX_TRACKED {
             state.retain(|_, s| s.locked_until.is_some_and(|u| u > now));
@@ -187,7 +188,9 @@ impl Lockout {
             let length = self.policy.base.saturating_mul(factor).min(self.policy.max);
             s.locks = s.locks.saturating_add(1);
             s.locked_until = Some(now + length);
+            return true;
         }
+        false
     }
 
     /// A successful login clears the name's counters.
@@ -210,9 +213,9 @@ mod tests {
             max: Duration::from_secs(150),
         });
         let t = Instant::now();
-        l.failure("a", t);
+        assert!(!l.failure("a", t));
         assert_eq!(l.locked_for("a", t), None);
-        l.failure("a", t);
+        assert!(l.failure("a", t), "the second failure engages the lock");
         assert_eq!(l.locked_for("a", t), Some(Duration::from_secs(60)));
         let t2 = t + Duration::from_secs(61);
         assert_eq!(l.locked_for("a", t2), None);

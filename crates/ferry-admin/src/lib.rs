@@ -1,6 +1,6 @@
 //! The admin surface of a Ferry node: `GET /health` and `GET /metrics` (Prometheus), and the
-//! authenticated REST API under `/api/v1` (users, sessions, API tokens, channels and their
-//! lifecycle, messages),
+//! authenticated REST API under `/api/v1` (users, sessions, API tokens, roles, channels and
+//! their lifecycle, messages, the audit log),
 //! described by the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! This crate builds the [`axum::Router`] only; the binary serves it on the admin listener with
@@ -11,14 +11,18 @@
 //! - [`sessions`]: server-side sessions with idle and absolute expiry.
 //! - [`users`]: creating users (shared with `ferry user add`).
 //! - [`api`]: the request guard and the handlers.
+//! - [`audit`]: searching and verifying the audit log (`/api/v1/audit`).
+//! - [`roles`]: the roles (`/api/v1/roles`).
 //! - [`lifecycle`]: deploy, undeploy, start, stop and pause of channels.
 //! - [`openapi`]: the OpenAPI document.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod lifecycle;
 pub mod openapi;
 pub mod policy;
+pub mod roles;
 pub mod sessions;
 pub mod users;
 

@@ -215,6 +215,34 @@ const OPERATIONS: &[Operation] = &[
         body: None,
         ok: "200",
     },
+    Operation {
+        method: "GET",
+        path: "/api/v1/audit",
+        id: "searchAudit",
+        summary: "Audit records matching the query, oldest first, a page at a time \
+                  (`records`, and `next_after_seq` to pass as `after_seq` for the next page, \
+                  null on the last); the read is itself audited",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/audit/verify",
+        id: "verifyAudit",
+        summary: "Check the audit log's hash chain: `ok`, `records` checked, the `head` to keep \
+                  elsewhere, and every `problems` entry (edited, deleted, reordered, inserted, \
+                  truncated records); the check is itself audited",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/roles",
+        id: "listRoles",
+        summary: "The roles: name, what each is for, and whether its users need MFA",
+        body: None,
+        ok: "200",
+    },
 ];
 
 /// Answers some operations give besides the common ones.
@@ -239,6 +267,67 @@ fn extra_responses(id: &str) -> &'static [(&'static str, &'static str)] {
             &[("503", "the engine is shutting down")]
         }
         _ => &[],
+    }
+}
+
+fn query(name: &str, schema: Value, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "schema": schema,
+           "description": description})
+}
+
+/// Query parameters of the operations that take them (unknown parameters are refused).
+fn query_parameters(path: &str) -> Vec<Value> {
+    let time = || {
+        json!({"oneOf": [{"type": "string", "format": "date-time"},
+                         {"type": "integer", "format": "int64"}]})
+    };
+    match path {
+        "/api/v1/audit" => vec![
+            query(
+                "since",
+                time(),
+                "only records at or after this time (RFC 3339, or Unix ms)",
+            ),
+            query(
+                "until",
+                time(),
+                "only records before this time (RFC 3339, or Unix ms)",
+            ),
+            query(
+                "action",
+                json!({"type": "array", "items": {"type": "string"}}),
+                "only these actions (repeat the parameter or give a comma list), e.g. \
+                 `login_failed,permission_denied`",
+            ),
+            query("actor", json!({"type": "string"}), "only this actor"),
+            query(
+                "target",
+                json!({"type": "string"}),
+                "only this target or targets under it (`user` matches `user/olga`)",
+            ),
+            query(
+                "outcome",
+                json!({"type": "string", "enum": ["success", "failure"]}),
+                "only this outcome",
+            ),
+            query(
+                "after_seq",
+                json!({"type": "integer", "format": "int64"}),
+                "only records after this sequence number (the previous page's `next_after_seq`)",
+            ),
+            query(
+                "limit",
+                json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+                "records per page",
+            ),
+        ],
+        "/api/v1/audit/verify" => vec![query(
+            "expect_head",
+            json!({"type": "string"}),
+            "a head (`SEQ:HASH` or `HASH`) kept outside the database: it must still be a \
+             record of the chain",
+        )],
+        _ => Vec::new(),
     }
 }
 
@@ -293,7 +382,8 @@ pub fn document() -> Value {
                 json!({"description": "role not allowed, or CSRF header missing"}),
             );
         }
-        let params = parameters(op.path);
+        let mut params = parameters(op.path);
+        params.extend(query_parameters(op.path));
         if !params.is_empty() {
             o.insert("parameters".into(), Value::Array(params));
         }

@@ -10,7 +10,8 @@ use axum::http::Method;
 /// A role (PRODUCT.md §8). Roles are not ordered: each route names the roles it allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Manages users and API tokens; everything else an operator may do.
+    /// Manages users and API tokens and reads the audit log; everything else an operator may
+    /// do.
     Admin,
     /// Edits channels; sees statistics, no message content.
     Developer,
@@ -52,6 +53,19 @@ impl Role {
     pub fn requires_mfa(self) -> bool {
         self == Role::Admin
     }
+
+    /// One line saying what the role is for (served by `GET /api/v1/roles`).
+    pub fn description(self) -> &'static str {
+        match self {
+            Role::Admin => {
+                "manages users and API tokens, reads the audit log, and may do what an operator does"
+            }
+            Role::Developer => "edits channels; sees statistics, no message content",
+            Role::Operator => "deploys channels, views and reprocesses messages (PHI)",
+            Role::Auditor => "reads and verifies the audit log; no statistics, no message content",
+            Role::Viewer => "sees statistics only, no message content",
+        }
+    }
 }
 
 /// Who may call a route.
@@ -91,6 +105,8 @@ const ADMIN: &[Role] = &[Role::Admin];
 const STATS: &[Role] = &[Role::Admin, Role::Developer, Role::Operator, Role::Viewer];
 /// Message content and reprocessing (PHI).
 const PHI: &[Role] = &[Role::Admin, Role::Operator];
+/// The audit log (who did what; no message content, but names, addresses and activity).
+const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
 /// Channel lifecycle: deploy, undeploy, start, stop, pause. PRODUCT.md §8 gives deploying to
 /// the operator and editing channels to the developer; the developer's edits live in the
 /// configuration files (reviewed, in version control), and putting them into production is
@@ -195,6 +211,24 @@ pub const ROUTES: &[Route] = &[
         path: "/api/v1/openapi.json",
         access: Access::AnyRole,
     },
+    Route {
+        method: "GET",
+        path: "/api/v1/audit",
+        access: Access::Roles(AUDIT),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/audit/verify",
+        access: Access::Roles(AUDIT),
+    },
+    // Any role: the roles, what they are for and who needs MFA are no secret (the OpenAPI
+    // document, readable by every role, lists them too), and every caller's console needs
+    // them to explain the caller's own role.
+    Route {
+        method: "GET",
+        path: "/api/v1/roles",
+        access: Access::AnyRole,
+    },
 ];
 
 /// The policy entry of a method and a matched path pattern; `None` means deny.
@@ -218,6 +252,17 @@ mod tests {
         assert!(lookup(&Method::PUT, "/api/v1/users").is_none());
         let users = lookup(&Method::POST, "/api/v1/users").map(|r| r.access);
         assert_eq!(users, Some(Access::Roles(ADMIN)));
+        let audit = lookup(&Method::GET, "/api/v1/audit").map(|r| r.access);
+        assert_eq!(audit, Some(Access::Roles(AUDIT)));
+        for role in Role::ALL {
+            let allowed = matches!(role, Role::Admin | Role::Auditor);
+            assert_eq!(AUDIT.contains(&role), allowed, "{role:?} and the audit log");
+            assert!(!role.description().is_empty());
+        }
+        assert!(
+            !Access::Roles(PHI).allows(Role::Auditor),
+            "auditors see no message content"
+        );
     }
 
     #[test]

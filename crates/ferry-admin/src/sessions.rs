@@ -72,33 +72,159 @@ pub fn start(
     })
 }
 
+/// Why a session that was presented no longer counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// No authenticated request for longer than the idle timeout.
+    Idle,
+    /// Older than the absolute timeout.
+    Absolute,
+    /// Its user was disabled.
+    UserDisabled,
+}
+
+impl SessionEnd {
+    /// The name recorded in the audit trail: `idle`, `absolute`, `user_disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Idle => "idle",
+            SessionEnd::Absolute => "absolute",
+            SessionEnd::UserDisabled => "user_disabled",
+        }
+    }
+}
+
+/// What [`validate`] found for a session id.
+#[derive(Debug)]
+pub enum SessionCheck {
+    /// A live session (its activity recorded) and its user.
+    Valid(SessionRecord, UserRecord),
+    /// The session existed but had ended; this call deleted it, so a session's end is
+    /// reported once (a later request with the same id finds [`SessionCheck::Unknown`]).
+    Ended {
+        /// Whose session it was.
+        user: UserRecord,
+        /// Why it ended.
+        reason: SessionEnd,
+    },
+    /// No such session (never issued, logged out, or already found ended).
+    Unknown,
+}
+
 /// Look a session id up; expired sessions and sessions of disabled users are deleted and
-/// count as absent. Records activity. Blocking.
+/// reported as [`SessionCheck::Ended`]. Records activity. Blocking.
 pub fn validate(
     accounts: &Accounts,
     policy: SessionPolicy,
     id: &str,
-) -> Result<Option<(SessionRecord, UserRecord)>, StoreError> {
+) -> Result<SessionCheck, StoreError> {
     let hash = auth::secret_hash(id);
     let Some((session, user)) = accounts.session(&hash)? else {
-        return Ok(None);
+        return Ok(SessionCheck::Unknown);
     };
     let now = now_ms();
     let idle_for = now.saturating_sub(session.last_seen_ms);
     let age = now.saturating_sub(session.created_at_ms);
-    if user.disabled || idle_for > ms(policy.idle) || age > ms(policy.absolute) {
-        accounts.delete_session(&hash)?;
-        return Ok(None);
+    let ended = if user.disabled {
+        Some(SessionEnd::UserDisabled)
+    } else if age > ms(policy.absolute) {
+        Some(SessionEnd::Absolute)
+    } else if idle_for > ms(policy.idle) {
+        Some(SessionEnd::Idle)
+    } else {
+        None
+    };
+    if let Some(reason) = ended {
+        // Two requests racing with the same ended session: only the one that deleted it
+        // reports the end.
+        return Ok(if accounts.delete_session(&hash)? {
+            SessionCheck::Ended { user, reason }
+        } else {
+            SessionCheck::Unknown
+        });
     }
     // Record activity, but not on every request: a tenth of the idle timeout (at most 30 s)
     // of imprecision saves a write per request.
     if idle_for >= (ms(policy.idle) / 10).min(30_000) {
         accounts.touch_session(&hash, now)?;
     }
-    Ok(Some((session, user)))
+    Ok(SessionCheck::Valid(session, user))
 }
 
 /// Delete a session (logout). Blocking.
 pub fn end(accounts: &Accounts, id: &str) -> Result<bool, StoreError> {
     accounts.delete_session(&auth::secret_hash(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_store::NewUser;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A user and a session of it created `age_ms` ago and last seen `idle_ms` ago.
+    fn session(accounts: &Accounts, name: &str, age_ms: i64, idle_ms: i64) -> String {
+        let now = now_ms();
+        let user_id = accounts
+            .create_user(&NewUser {
+                name,
+                role: "viewer",
+                password_hash: "unused",
+                totp_secret: None,
+                created_at_ms: now,
+            })
+            .expect("create user")
+            .expect("new name");
+        let id = auth::random_secret().expect("id");
+        accounts
+            .create_session(
+                &SessionRecord {
+                    id_hash: auth::secret_hash(&id),
+                    user_id,
+                    csrf_hash: auth::secret_hash("csrf"),
+                    created_at_ms: now - age_ms,
+                    last_seen_ms: now - idle_ms,
+                },
+                None,
+            )
+            .expect("create session");
+        id
+    }
+
+    #[test]
+    fn an_ended_session_is_reported_once_with_its_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let accounts = Accounts::open(&dir.path().join("a.db")).expect("accounts");
+        let policy = SessionPolicy {
+            idle: HOUR,
+            absolute: 8 * HOUR,
+        };
+        let live = session(&accounts, "live", 60_000, 1_000);
+        let idle = session(&accounts, "idle", 2 * 3_600_000, 3_600_001);
+        let old = session(&accounts, "old", 8 * 3_600_000 + 1, 1_000);
+        let check = |id: &str| validate(&accounts, policy, id).expect("validate");
+        assert!(matches!(check(&live), SessionCheck::Valid(_, u) if u.name == "live"));
+        assert!(matches!(
+            check(&idle),
+            SessionCheck::Ended { user, reason: SessionEnd::Idle } if user.name == "idle"
+        ));
+        assert!(matches!(
+            check(&old),
+            SessionCheck::Ended {
+                reason: SessionEnd::Absolute,
+                ..
+            }
+        ));
+        assert!(
+            matches!(check(&idle), SessionCheck::Unknown),
+            "the end is reported once: the first check deleted the session"
+        );
+        assert!(matches!(check("never issued"), SessionCheck::Unknown));
+        assert!(accounts.disable_user("live").expect("disable"));
+        assert!(
+            !matches!(check(&live), SessionCheck::Valid(..)),
+            "a disabled user's session is dead"
+        );
+    }
 }

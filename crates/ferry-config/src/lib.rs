@@ -24,10 +24,10 @@ pub mod values;
 
 pub use load::ConfigError;
 pub use schema::{
-    AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, ChannelConfig,
-    ChannelDestinationConfig, ChannelSourceConfig, Config, CopyConfig, DedupeConfig, DeleteConfig,
-    DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig, FilterConfig,
-    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
+    AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, AuditSyslogFormat,
+    ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, Config, CopyConfig, DedupeConfig,
+    DeleteConfig, DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig,
+    FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
     RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig, TlsConfig,
     TransformConfig,

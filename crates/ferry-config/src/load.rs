@@ -282,6 +282,7 @@ impl Config {
             {
                 fix(p);
             }
+            t.crl.iter_mut().for_each(fix);
         };
         if self.store.url.is_none() {
             let mut p = self.store_path();
@@ -678,6 +679,11 @@ fn listener_tls(t: &TlsConfig) -> Result<(), String> {
             "`allowed_clients` needs `client_ca` (the CA client certificates must chain to)".into(),
         );
     }
+    if !t.crl.is_empty() && t.client_ca.is_none() {
+        return Err(
+            "`crl` needs `client_ca` (revocation lists are checked for client certificates)".into(),
+        );
+    }
     if t.ca.is_some() {
         return Err("`ca` is for clients; a listener verifies clients with `client_ca`".into());
     }
@@ -688,8 +694,8 @@ fn client_tls(t: &TlsConfig) -> Result<(), String> {
     if t.cert.is_some() != t.key.is_some() {
         return Err("`cert` and `key` go together (both or neither)".into());
     }
-    if t.client_ca.is_some() || !t.allowed_clients.is_empty() {
-        return Err("`client_ca` and `allowed_clients` are for listeners; a client trusts its server with `ca`".into());
+    if t.client_ca.is_some() || !t.allowed_clients.is_empty() || !t.crl.is_empty() {
+        return Err("`client_ca`, `allowed_clients` and `crl` are for listeners; a client trusts its server with `ca`".into());
     }
     Ok(())
 }

@@ -481,3 +481,43 @@ fn transform_typos_are_errors_with_suggestions() {
     let err = load(&TRANSFORMS.replace("encode = \"json\"", "encode = 3")).expect_err("type");
     assert!(err.contains("\"hl7\", \"json\" or { template"), "{err}");
 }
+
+#[test]
+fn listener_crls_resolve_relative_paths_and_need_client_ca() {
+    let tls = MINIMAL_CHANNEL.replace(
+        "listen = \"127.0.0.1:2575\"",
+        "listen = \"127.0.0.1:2575\", tls = { cert = \"c.pem\", key = \"c.key\", client_ca = \"ca.pem\", \
+         crl = [\"crl/ca.crl.pem\", \"/pki/root.crl\"] }",
+    );
+    let config = load(&tls).expect("a listener with CRLs loads");
+    let SourceConfig::Mllp(source) = &config.channels[0].source else {
+        panic!("mllp source");
+    };
+    let crl = &source.tls.as_ref().expect("tls").crl;
+    assert_eq!(
+        crl,
+        &[
+            Path::new("/etc/ferry/crl/ca.crl.pem").to_path_buf(),
+            Path::new("/pki/root.crl").to_path_buf()
+        ]
+    );
+
+    let without_ca = MINIMAL_CHANNEL.replace(
+        "listen = \"127.0.0.1:2575\"",
+        "listen = \"127.0.0.1:2575\", tls = { cert = \"c\", key = \"k\", crl = [\"x.crl\"] }",
+    );
+    assert!(
+        load(&without_ca)
+            .expect_err("crl without client_ca")
+            .contains("`crl` needs `client_ca`")
+    );
+    let on_a_client = MINIMAL_CHANNEL.replace(
+        "type = \"file\"\n  directory = \"out\"",
+        "type = \"http\"\n  url = \"https://x/y\"\n  tls = { crl = [\"x.crl\"] }",
+    );
+    assert!(
+        load(&on_a_client)
+            .expect_err("crl on a client")
+            .contains("`crl` are for listeners")
+    );
+}

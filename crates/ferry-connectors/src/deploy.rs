@@ -194,7 +194,8 @@ pub fn pipelines(config: &Config) -> Result<Vec<ferry_engine::Pipeline>, DeployE
         .collect()
 }
 
-/// The TLS configuration of a listener that is not a channel (the admin server).
+/// The TLS configuration of a listener that is not a channel, loaded once (no reload; the
+/// admin server uses [`crate::Runtime::admin_tls`]).
 pub fn server_tls(tls: &ferry_config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     crate::tls::server(tls, &[b"http/1.1"])
 }

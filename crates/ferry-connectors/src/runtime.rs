@@ -133,6 +133,8 @@ struct Shared {
     sources: tokio::sync::Mutex<Sources>,
     /// Every listener now bound, for lookups that must not wait for a lifecycle change.
     listeners: RwLock<Vec<ListenerInfo>>,
+    /// Tasks that live as long as the runtime (the admin certificate's watch).
+    extra: std::sync::Mutex<Vec<Task>>,
 }
 
 /// Deployed channels: the engine and the source tasks feeding it. The owner stops everything
@@ -199,6 +201,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
             retired: Default::default(),
         }),
         listeners: RwLock::new(Vec::new()),
+        extra: std::sync::Mutex::new(Vec::new()),
     });
     // Bind everything first, so a port in use fails the deploy before anything serves.
     let mut bound = Vec::with_capacity(rest.len());
@@ -434,6 +437,40 @@ impl Runtime {
         &self.shared.audit
     }
 
+    /// The TLS configuration of the admin listener (HTTPS, ALPN `http/1.1`), on the same
+    /// terms as a channel listener's: its certificates and CRLs are on the expiry gauge
+    /// (channel `""`, connector `admin`), and its certificate, key and CRLs are reloaded
+    /// when their files change (new handshakes only; open connections keep theirs), by a
+    /// watcher that stops with this runtime.
+    ///
+    /// # Errors
+    /// The files do not load.
+    pub fn admin_tls(
+        &self,
+        tls: &ferry_config::TlsConfig,
+    ) -> Result<Arc<rustls::ServerConfig>, ferry_tls::TlsError> {
+        let (config, cert) = crate::tls::server_reloadable(tls, &[b"http/1.1"])?;
+        let shared = &self.shared;
+        shared.engine.stats().certificates().replace(
+            "",
+            "admin",
+            crate::tls::server_certificates("", "admin", tls),
+        );
+        let watch = shared.watch(Some(crate::tls::Watched {
+            channel: String::new(),
+            connector: "admin".to_owned(),
+            tls: tls.clone(),
+            cert,
+        }));
+        if let Some(task) = watch {
+            match shared.extra.lock() {
+                Ok(mut extra) => extra.push(task),
+                Err(poisoned) => poisoned.into_inner().push(task),
+            }
+        }
+        Ok(config)
+    }
+
     /// The handle that deploys, undeploys, starts, stops and pauses channels.
     pub fn control(&self) -> ChannelControl {
         ChannelControl {
@@ -464,6 +501,13 @@ impl Runtime {
         }
         shared.publish(&sources);
         drop(sources);
+        let extra = match shared.extra.lock() {
+            Ok(mut extra) => std::mem::take(&mut *extra),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for task in extra {
+            let _ = task.handle.await;
+        }
         shared.audit.close().await;
         if let Some(event) = last
             && let Err(error) = shared.engine.store().audit_append(event).await

@@ -851,6 +851,27 @@ impl VerifyReport {
         self.problems.first()
     }
 
+    /// The report as JSON (what `ferry audit verify --json` prints and
+    /// `GET /api/v1/audit/verify` answers): `ok`, `records`, `head` (the last record),
+    /// `stored_head`, `expected_head_at`, `problems` (`seq`, `kind`, `detail`) and
+    /// `more_problems`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let head = |h: &AuditHead| serde_json::json!({"seq": h.seq, "hash": h.hash});
+        serde_json::json!({
+            "ok": self.is_ok(),
+            "records": self.records,
+            "head": self.last.as_ref().map(head),
+            "stored_head": self.head.as_ref().map(head),
+            "expected_head_at": self.expected_head_at,
+            "problems": self.problems.iter().map(|p| serde_json::json!({
+                "seq": p.seq,
+                "kind": p.kind.as_str(),
+                "detail": p.detail,
+            })).collect::<Vec<_>>(),
+            "more_problems": self.more_problems,
+        })
+    }
+
     fn problem(&mut self, seq: i64, kind: ProblemKind, detail: String) {
         if self.problems.len() < MAX_PROBLEMS {
             self.problems.push(AuditProblem { seq, kind, detail });

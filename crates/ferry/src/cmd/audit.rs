@@ -99,7 +99,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         tokio::task::spawn_blocking(move || audit::verify_file(&path, expect.as_deref())).await??
     };
     if args.json {
-        println!("{}", report_json(&report));
+        println!("{}", report.to_json());
     } else {
         print_report(&path, &report);
     }
@@ -142,22 +142,6 @@ fn print_report(path: &std::path::Path, report: &VerifyReport) {
     if report.more_problems {
         println!("  … and more");
     }
-}
-
-fn report_json(report: &VerifyReport) -> serde_json::Value {
-    serde_json::json!({
-        "ok": report.is_ok(),
-        "records": report.records,
-        "head": report.last.as_ref().map(|h| serde_json::json!({"seq": h.seq, "hash": h.hash})),
-        "stored_head": report.head.as_ref().map(|h| serde_json::json!({"seq": h.seq, "hash": h.hash})),
-        "expected_head_at": report.expected_head_at,
-        "problems": report.problems.iter().map(|p| serde_json::json!({
-            "seq": p.seq,
-            "kind": p.kind.as_str(),
-            "detail": p.detail,
-        })).collect::<Vec<_>>(),
-        "more_problems": report.more_problems,
-    })
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {

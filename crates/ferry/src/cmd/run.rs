@@ -104,8 +104,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(seq = start.seq, "audit: engine_start recorded");
     let runtime = ferry_connectors::deploy(&config, store.clone()).await?;
     let shutdown = Shutdown::new();
-    // The failed-login signal is for the admin interface's authentication to report into.
-    let (_alert_signals, alerts_task) =
+    // The admin API reports every failed login into these signals (`failed_logins` rules).
+    let (alert_signals, alerts_task) =
         ferry_alerts::start(&config, runtime.engine().stats(), shutdown.clone())?;
     if alerts_task.is_some() {
         println!(
@@ -132,20 +132,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // Reloaded like the channel listeners' certificates, and on the expiry gauge.
     let admin_tls = config
         .admin
         .tls
         .as_ref()
-        .map(ferry_connectors::deploy::server_tls)
-        .transpose()?;
-    if let Some(tls) = &config.admin.tls {
-        let certs = ferry_connectors::tls::server_certificates("", "admin", tls);
-        runtime
-            .engine()
-            .stats()
-            .certificates()
-            .replace("", "admin", certs);
-    }
+        .map(|tls| runtime.admin_tls(tls))
+        .transpose()
+        .context("[admin] tls")?;
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = HttpListener::bind(config.admin.listen(), admin_tls, Duration::from_secs(10))
         .await
@@ -171,6 +165,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scheme == "https",
         runtime.audit_sink().clone(),
     )
+    .with_alert_signals(alert_signals)
     // Deploys re-read this file; with the embedded defaults there is none to read.
     .with_lifecycle(runtime.control(), path.clone());
     let admin_task = tokio::spawn(admin.serve(ferry_admin::app(admin_context), shutdown.clone()));
@@ -178,8 +173,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(syslog) => {
             let settings =
                 ferry_connectors::syslog::settings(syslog).map_err(anyhow::Error::msg)?;
+            let format = match syslog.format {
+                ferry_config::AuditSyslogFormat::Json => "JSON",
+                ferry_config::AuditSyslogFormat::Atna => "IHE ATNA",
+            };
             println!(
-                "ferry: audit records shipped to syslog-tls://{}",
+                "ferry: audit records shipped to syslog-tls://{} ({format})",
                 syslog.address
             );
             Some(tokio::spawn(

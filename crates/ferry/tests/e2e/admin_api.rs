@@ -13,10 +13,10 @@ use ferry_admin::policy::{self, Access, Role};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// A config with one MLLP channel `in` (file destination) and extra `[admin]` keys.
-fn config(dir: &Path, admin_extra: &str) -> PathBuf {
+pub(crate) fn config(dir: &Path, admin_extra: &str) -> PathBuf {
     let out = dir.join("out");
     std::fs::create_dir_all(&out).expect("out dir");
     write_config(
@@ -31,8 +31,8 @@ fn config(dir: &Path, admin_extra: &str) -> PathBuf {
     )
 }
 
-/// `ferry user add`; returns the TOTP secret it printed (admins).
-fn add_user(config: &Path, name: &str, role: &str) -> Option<String> {
+/// `ferry user add` with [`PASSWORD`]; returns the TOTP secret it printed (admins).
+pub(crate) fn add_user(config: &Path, name: &str, role: &str) -> Option<String> {
     use std::io::Write as _;
     let mut child = Command::new(ferry_bin())
         .args(["user", "add", name, "--role", role, "--config"])
@@ -61,7 +61,7 @@ fn add_user(config: &Path, name: &str, role: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn totp_now(secret: &str) -> String {
+pub(crate) fn totp_now(secret: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -71,39 +71,39 @@ fn totp_now(secret: &str) -> String {
 
 /// How a request authenticates.
 #[derive(Clone, Copy)]
-enum Auth<'a> {
+pub(crate) enum Auth<'a> {
     None,
     Bearer(&'a str),
     /// Session cookie, with the CSRF header when given.
     Cookie(&'a str, Option<&'a str>),
 }
 
-struct Response {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Response {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Api {
-    fn new(ferry: &Ferry) -> Api {
+    pub(crate) fn new(ferry: &Ferry) -> Api {
         Api {
             base: format!("http://{}", ferry.admin),
             http: reqwest::Client::new(),
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -134,7 +134,7 @@ impl Api {
         }
     }
 
-    async fn login(&self, user: &str, password: &str, totp: Option<String>) -> Response {
+    pub(crate) async fn login(&self, user: &str, password: &str, totp: Option<String>) -> Response {
         let mut body = json!({ "user": user, "password": password });
         if let Some(t) = totp {
             body["totp"] = json!(t);
@@ -144,7 +144,7 @@ impl Api {
     }
 
     /// Log in and return (session id, csrf token).
-    async fn session(&self, user: &str, totp: Option<String>) -> (String, String) {
+    pub(crate) async fn session(&self, user: &str, totp: Option<String>) -> (String, String) {
         let r = self.login(user, PASSWORD, totp).await;
         assert_eq!(r.status, 200, "login {user}: {}", r.body);
         let v = r.json();
@@ -154,7 +154,7 @@ impl Api {
         )
     }
 
-    async fn token(&self, admin_session: &str, role: &str) -> String {
+    pub(crate) async fn token(&self, admin_session: &str, role: &str) -> String {
         let r = self
             .call(
                 Method::POST,

@@ -148,3 +148,41 @@ async fn kill_9_loses_no_acknowledged_message() {
         }
     }
 }
+
+/// The harness of `ferry bench crash` (PRODUCT.md §3): 20 SIGKILLs at random moments under
+/// four concurrent senders that resend until acknowledged; the oracle must find nothing
+/// acknowledged missing downstream and no order broken.
+#[test]
+fn twenty_random_kills_lose_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(common::ferry_bin())
+        .args(["bench", "crash", "--kills", "20", "--senders", "4"])
+        .args([
+            "--min-interval",
+            "100ms",
+            "--max-interval",
+            "300ms",
+            "--json",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run ferry bench crash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    eprintln!("{report}");
+    assert_eq!(report["kills"], 20);
+    assert!(
+        report["acknowledged"].as_u64().unwrap_or(0) > 100,
+        "{report}"
+    );
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["order_violations"], 0, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(out.status.success(), "{report}");
+}

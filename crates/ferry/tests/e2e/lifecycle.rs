@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Ferry, adt, config_with_channels, ferry_bin, plain, reserve_port, send, toml_path};
+use common::{
+    Ferry, adt, audit_records, config_with_channels, ferry_bin, plain, reserve_port, send,
+    toml_path,
+};
 use ferry_connectors::mllp::MllpConnection;
 use ferry_testkit::mllp_peer::{MllpPeer, control_id};
 use serde_json::Value;
@@ -121,21 +124,6 @@ fn adt_event(control_id: &str, event: &str) -> Vec<u8> {
     String::from_utf8_lossy(&adt(control_id))
         .replace("ADT^A01^ADT_A01", &format!("ADT^{event}^ADT_A01"))
         .into_bytes()
-}
-
-/// The audit trail as `ferry audit list --json` prints it (the store is read beside the
-/// running process).
-fn audit_records(config: &Path) -> Vec<Value> {
-    let output = Command::new(ferry_bin())
-        .args(["audit", "list", "--json", "--config"])
-        .arg(config)
-        .output()
-        .expect("ferry audit list");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
-        .collect()
 }
 
 /// Wait until the trail holds a record by `olga` of `action` on `target` with `outcome`;

@@ -5,6 +5,8 @@
 mod common;
 
 mod admin_api;
+mod admin_audit;
+mod admin_tls;
 mod alerts;
 mod audit;
 mod bridge;
@@ -25,6 +27,7 @@ mod malformed;
 mod outcomes;
 mod pipeline;
 mod responses;
+mod revocation;
 mod routing;
 mod security;
 mod tls_matrix;

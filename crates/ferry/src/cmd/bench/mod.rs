@@ -7,6 +7,16 @@
 //!   with a fixed ACK and stores nothing.
 //! - `ferry bench fsync DIR`: how many 1 KiB write+fdatasync a second the disk under DIR does,
 //!   the bound of durable one-connection ingest.
+//! - `ferry bench receive`: the downstream MLLP receiver; with `load` upstream it reports
+//!   end-to-end latency (the load generator stamps each message's send time), duplicates and
+//!   order violations ([`receive`]).
+//! - `ferry bench crash`: the zero-loss harness: senders log every acknowledged MSH-10, a
+//!   receiver logs every delivery, the engine is killed with SIGKILL at random moments and
+//!   restarted; the oracle reports lost acknowledged messages, duplicates and order
+//!   violations ([`crash`]).
+
+pub mod crash;
+pub mod receive;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +51,22 @@ enum Mode {
         #[arg(long, default_value = "127.0.0.1:2599")]
         listen: SocketAddr,
     },
+    /// Serve as the downstream MLLP receiver and report end-to-end latency, duplicates and
+    /// order violations.
+    Receive {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:2600")]
+        listen: SocketAddr,
+        /// Stop and report after this many distinct messages (0 = at Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        expect: u64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill a real engine with SIGKILL at random moments under load and check that no
+    /// acknowledged message is lost.
+    Crash(crash::CrashArgs),
     /// Measure 1 KiB write + fdatasync operations per second in a directory.
     Fsync {
         /// Directory on the disk to measure (the store's directory).
@@ -84,10 +110,72 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Mode::Load(load) => run_load(load).await,
         Mode::Echo { listen } => run_echo(listen).await,
         Mode::Fsync { dir, duration } => run_fsync(dir, duration),
+        Mode::Receive {
+            listen,
+            expect,
+            json,
+        } => receive::run(listen, expect, json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Mode::Crash(args) => crash::run(args).await,
     }
 }
 
-/// A realistic ADT^A01 of about `size` bytes with the given control id.
+/// The segment the load generator adds to carry its send time (µs since the Unix epoch) to
+/// `ferry bench receive`; Ferry passes unknown Z-segments through untouched.
+pub const STAMP_SEGMENT: &str = "ZFB";
+
+/// Microseconds since the Unix epoch (the clock both ends of a measurement on one machine
+/// share).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// p50, p99 and max of a set of latencies.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Percentiles {
+    /// The percentiles of `sorted` (ascending); all zero when it is empty.
+    pub fn of_sorted(sorted: &[Duration]) -> Percentiles {
+        let at = |p: f64| -> Duration {
+            let Some(last) = sorted.len().checked_sub(1) else {
+                return Duration::ZERO;
+            };
+            let i = ((last as f64) * p).round() as usize;
+            sorted[i.min(last)]
+        };
+        Percentiles {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+
+    /// Median in milliseconds.
+    pub fn p50_ms(&self) -> f64 {
+        self.p50.as_secs_f64() * 1000.0
+    }
+
+    /// 99th percentile in milliseconds.
+    pub fn p99_ms(&self) -> f64 {
+        self.p99.as_secs_f64() * 1000.0
+    }
+
+    /// Maximum in milliseconds.
+    pub fn max_ms(&self) -> f64 {
+        self.max.as_secs_f64() * 1000.0
+    }
+}
+
+/// A realistic ADT^A01 of about `size` bytes with the given control id, stamped with the
+/// current time in a [`STAMP_SEGMENT`].
 pub fn sample_message(control_id: &str, size: usize) -> Vec<u8> {
     let mut m = format!(
         "MSH|^~\\&|HIS|GENERAL HOSPITAL|FERRY|CLOUD|20261125083000||ADT^A01^ADT_A01|{control_id}|P|2.5.1\r\
@@ -96,6 +184,7 @@ pub fn sample_message(control_id: &str, size: usize) -> Vec<u8> {
          PV1|1|I|W^101^1^GH||||1234^SMITH^ANNA^^^DR|||MED||||ADM|||||||||||||||||||||||||20261125083000\r"
     )
     .into_bytes();
+    m.extend_from_slice(format!("{STAMP_SEGMENT}|{}\r", unix_micros()).as_bytes());
     if m.len() + 8 < size {
         m.extend_from_slice(b"NTE|1||");
         let pad = size - m.len() - 1;
@@ -156,13 +245,7 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies[i.min(latencies.len() - 1)].as_secs_f64() * 1000.0
-    };
+    let latency = Percentiles::of_sorted(&latencies);
     let acked = latencies.len();
     let rate = acked as f64 / elapsed.as_secs_f64();
     let failed = failures.load(Ordering::Relaxed);
@@ -172,7 +255,8 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "target": args.target, "connections": connections, "messages": acked,
                 "size": args.size, "seconds": elapsed.as_secs_f64(), "msgs_per_sec": rate,
-                "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0), "failed": failed,
+                "p50_ms": latency.p50_ms(), "p99_ms": latency.p99_ms(), "max_ms": latency.max_ms(),
+                "failed": failed,
             })
         );
     } else {
@@ -181,9 +265,9 @@ async fn run_load(args: LoadArgs) -> anyhow::Result<ExitCode> {
              ACK latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {failed} failed",
             args.size,
             elapsed.as_secs_f64(),
-            pct(0.50),
-            pct(0.99),
-            pct(1.0)
+            latency.p50_ms(),
+            latency.p99_ms(),
+            latency.max_ms()
         );
     }
     Ok(if failed == 0 {
