@@ -184,6 +184,46 @@ const OPERATIONS: &[Operation] = &[
         ok: "200",
     },
     Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/start",
+        id: "startChannel",
+        summary: "Start a paused or stopped channel: its source accepts messages and its destinations deliver again",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/stop",
+        id: "stopChannel",
+        summary: "Stop a channel: the source stops accepting (messages in flight are stored and answered first), then the destination workers; queued messages stay queued",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/pause",
+        id: "pauseChannel",
+        summary: "Pause a channel: the source accepts no new message while the destination queues keep draining",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/deploy",
+        id: "deployChannel",
+        summary: "Re-read and check the configuration file (as `ferry check`; 422 with the error and no change when it fails), then deploy the channel from it, started; a channel new in the file is added. Answers the section's diff",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/undeploy",
+        id: "undeployChannel",
+        summary: "Undeploy a channel: it leaves the runtime; its stored messages, queued ones included, stay",
+        body: None,
+        ok: "200",
+    },
+    Operation {
         method: "GET",
         path: "/api/v1/openapi.json",
         id: "openapi",
@@ -220,6 +260,31 @@ const OPERATIONS: &[Operation] = &[
         ok: "200",
     },
 ];
+
+/// Answers some operations give besides the common ones.
+fn extra_responses(id: &str) -> &'static [(&'static str, &'static str)] {
+    match id {
+        "deployChannel" => &[
+            (
+                "409",
+                "channel disabled in the file, its listener cannot bind, or no configuration file",
+            ),
+            (
+                "422",
+                "the configuration does not pass `ferry check` (the error names file, line and column)",
+            ),
+            ("503", "the engine is shutting down"),
+        ],
+        "startChannel" => &[
+            ("409", "the channel's listener cannot bind"),
+            ("503", "the engine is shutting down"),
+        ],
+        "stopChannel" | "pauseChannel" | "undeployChannel" => {
+            &[("503", "the engine is shutting down")]
+        }
+        _ => &[],
+    }
+}
 
 fn query(name: &str, schema: Value, description: &str) -> Value {
     json!({"name": name, "in": "query", "required": false, "schema": schema,
@@ -378,6 +443,9 @@ pub fn document() -> Value {
             ("413", "body too large"),
         ] {
             responses.insert(code.into(), json!({"description": what}));
+        }
+        for (code, what) in extra_responses(op.id) {
+            responses.insert((*code).into(), json!({"description": what}));
         }
         let mut o = Map::new();
         o.insert("operationId".into(), op.id.into());

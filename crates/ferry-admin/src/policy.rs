@@ -107,6 +107,12 @@ const STATS: &[Role] = &[Role::Admin, Role::Developer, Role::Operator, Role::Vie
 const PHI: &[Role] = &[Role::Admin, Role::Operator];
 /// The audit log (who did what; no message content, but names, addresses and activity).
 const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
+/// Channel lifecycle: deploy, undeploy, start, stop, pause. PRODUCT.md §8 gives deploying to
+/// the operator and editing channels to the developer; the developer's edits live in the
+/// configuration files (reviewed, in version control), and putting them into production is
+/// the operator's act. Keeping the two apart means nobody changes a running channel alone, so
+/// the developer is not here (nor the auditor or viewer, who only read).
+const LIFECYCLE: &[Role] = &[Role::Admin, Role::Operator];
 
 /// The policy table.
 pub const ROUTES: &[Route] = &[
@@ -186,6 +192,31 @@ pub const ROUTES: &[Route] = &[
         access: Access::Roles(PHI),
     },
     Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/start",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/stop",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/pause",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/deploy",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/undeploy",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
         method: "GET",
         path: "/api/v1/openapi.json",
         access: Access::AnyRole,
@@ -242,5 +273,20 @@ mod tests {
             !Access::Roles(PHI).allows(Role::Auditor),
             "auditors see no message content"
         );
+    }
+
+    #[test]
+    fn operators_deploy_and_developers_do_not() {
+        for action in ["start", "stop", "pause", "deploy", "undeploy"] {
+            let path = format!("/api/v1/channels/{{channel}}/{action}");
+            let access = lookup(&Method::POST, &path).map(|r| r.access);
+            let Some(access) = access else {
+                panic!("no policy for {path}");
+            };
+            assert!(access.allows(Role::Admin) && access.allows(Role::Operator));
+            for role in [Role::Developer, Role::Auditor, Role::Viewer] {
+                assert!(!access.allows(role), "{role:?} may not {action}");
+            }
+        }
     }
 }

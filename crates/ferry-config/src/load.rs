@@ -225,6 +225,10 @@ impl Config {
         }
         config.resolve_paths(&base);
         config.validate(&sources)?;
+        config.channel_sections = sources
+            .iter()
+            .flat_map(|(_, text, _)| crate::section::channel_sections(text))
+            .collect();
         Ok(config)
     }
 
@@ -240,6 +244,7 @@ impl Config {
             alerts: Default::default(),
             alert_rules: Vec::new(),
             warnings: Vec::new(),
+            channel_sections: Default::default(),
         }
     }
 
@@ -254,6 +259,14 @@ impl Config {
     /// Non-fatal findings (for example URLs over plain HTTP).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// The `[[channel]]` section of channel `name` as written in its file, in a canonical
+    /// form (keys sorted, comments and layout dropped) with literal secrets redacted and
+    /// `${…}` references kept: what the audit trail diffs when a channel's configuration
+    /// changes (see [`crate::section`]).
+    pub fn channel_section(&self, name: &str) -> Option<&str> {
+        self.channel_sections.get(name).map(String::as_str)
     }
 
     fn resolve_paths(&mut self, base: &Path) {

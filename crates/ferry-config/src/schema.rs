@@ -39,6 +39,10 @@ pub struct Config {
     /// Non-fatal findings of validation (for example plain-HTTP URLs).
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,
+    /// Each channel's `[[channel]]` section in canonical form, secrets redacted (see
+    /// [`crate::section`]), by channel name.
+    #[serde(skip)]
+    pub(crate) channel_sections: BTreeMap<String, String>,
 }
 
 /// `[store]`: the durable message store.

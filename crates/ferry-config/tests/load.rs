@@ -248,6 +248,11 @@ fn includes_add_channels_from_other_files() {
     let config = Config::load(&main).expect("loads");
     let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
+    // Each channel's section comes from its own file.
+    let b = config.channel_section("b").expect("section of b");
+    assert!(b.starts_with("[[channel]]\n") && b.contains("2576"), "{b}");
+    assert!(!b.contains("2575"), "{b}");
+    assert_eq!(config.channel_section("nope"), None);
     std::fs::write(
         dir.path().join("channels/c.toml"),
         "[[channel]]\nname = \"c\"\nbogus = 1\n",

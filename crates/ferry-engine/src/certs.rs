@@ -42,6 +42,13 @@ impl Certificates {
         }
     }
 
+    /// Forget every certificate of an undeployed (or redeployed) channel.
+    pub fn remove_channel(&self, channel: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|e| e.channel != channel);
+        }
+    }
+
     /// A copy of every entry.
     pub fn all(&self) -> Vec<CertificateGauge> {
         self.entries.lock().map(|e| e.clone()).unwrap_or_default()

@@ -32,6 +32,9 @@
 //!
 //! [`MetadataIndex`] extracts the values a channel indexes for search (its MRN, by default)
 //! from each received message; they are stored with it.
+//! Each deployed channel is started, paused or stopped ([`ChannelState`], [`lifecycle`]); the
+//! engine changes that, and deploys and undeploys channels, while it runs, without losing an
+//! acknowledged message.
 //!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
 //!
@@ -45,6 +48,7 @@ mod engine;
 mod filter;
 mod index;
 mod ingest;
+pub mod lifecycle;
 pub mod phi;
 mod pipeline;
 mod retry;
@@ -61,6 +65,7 @@ pub use engine::{
 pub use filter::FilterRule;
 pub use index::{DEFAULT_INDEX, MAX_INDEXED_VALUE_BYTES, MetadataIndex};
 pub use ingest::{ChannelIngest, IngestReply, ReprocessError, ResponseMode};
+pub use lifecycle::{ChannelState, Transition};
 pub use pipeline::{
     Accepted, Context, Convert, DestinationProcessing, DestinationResult, Encode, Filter,
     FilterStep, Pipeline, Preprocess, Processed, TransformStep,

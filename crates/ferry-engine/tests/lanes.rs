@@ -176,7 +176,7 @@ async fn run(workers: usize, slow: usize, per_key: usize) -> (Arc<Recorder>, usi
     let sent = || {
         stats
             .channel("c")
-            .and_then(|c| c.destination("d"))
+            .and_then(|c| c.destination("d").cloned())
             .map_or(0, |d| d.sent.load(Ordering::Relaxed))
     };
     let deadline = Instant::now() + Duration::from_secs(20);

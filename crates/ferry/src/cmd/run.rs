@@ -102,7 +102,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("recording engine_start in the audit trail")?;
     tracing::info!(seq = start.seq, "audit: engine_start recorded");
-    let mut runtime = ferry_connectors::deploy(&config, store.clone()).await?;
+    let runtime = ferry_connectors::deploy(&config, store.clone()).await?;
     let shutdown = Shutdown::new();
     // The admin API reports every failed login into these signals (`failed_logins` rules).
     let (alert_signals, alerts_task) =
@@ -165,7 +165,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scheme == "https",
         runtime.audit_sink().clone(),
     )
-    .with_alert_signals(alert_signals);
+    .with_alert_signals(alert_signals)
+    // Deploys re-read this file; with the embedded defaults there is none to read.
+    .with_lifecycle(runtime.control(), path.clone());
     let admin_task = tokio::spawn(admin.serve(ferry_admin::app(admin_context), shutdown.clone()));
     let shipper = match &config.audit.syslog {
         Some(syslog) => {
@@ -186,9 +188,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // The handlers are in place before `ready` is printed: a SIGTERM sent as soon as it is
+    // seen must stop cleanly, not kill the process with the default action.
+    let stop = stop_signal();
     println!("ferry: ready in {} ms", started.elapsed().as_millis());
 
-    wait_for_signal().await;
+    stop.await;
     println!("ferry: stopping (no new connections; finishing in-flight messages)");
     shutdown.cancel();
     if let Some(rotation) = rotation {
@@ -212,24 +217,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
+/// Install the SIGTERM and SIGINT handlers now and return what waits for either.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

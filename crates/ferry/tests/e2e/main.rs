@@ -22,6 +22,7 @@ mod example_tests;
 mod filters;
 mod hl7;
 mod lanes;
+mod lifecycle;
 mod malformed;
 mod message_search;
 mod outcomes;

@@ -217,6 +217,17 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A loopback port held bound but not listening: connections to it are refused (a peer that
+/// is down), yet no other test can take it, as can happen to a [`free_port`] between its
+/// release and its use. `socket.listen(…)` brings the peer up on it.
+pub fn reserve_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind a reserved port");
+    (socket.local_addr().expect("local addr"), socket)
+}
+
 /// Write `text` as `ferry.toml` in `dir`; returns its path.
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("ferry.toml");
