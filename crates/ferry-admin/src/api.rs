@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ferry_alerts::AlertSignals;
 use ferry_connectors::http::ConnectionInfo;
-use ferry_engine::{ChannelIngest, Engine, HealthProbe, ReprocessError, Stats};
+use ferry_engine::{Engine, HealthProbe, ReprocessError, Stats};
 use ferry_store::{
     Accounts, AuditAction, AuditEvent, AuditSink, ContentStage, SOURCE, Store, StoreError,
     UserRecord,
@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::auth::{self, Lockout, LockoutPolicy, TOKEN_PREFIX};
+use crate::lifecycle;
 use crate::policy::{self, Access, Role, ScopeRule};
 use crate::scope::{ChannelScope, ScopeError};
 use crate::sessions::{self, SessionCheck, SessionPolicy};
@@ -56,8 +57,11 @@ pub struct AdminContext {
     pub store: Store,
     /// Users, sessions and API tokens.
     pub accounts: Accounts,
-    /// Each deployed channel's ingest handle (for reprocessing).
-    pub channels: BTreeMap<String, ChannelIngest>,
+    /// The engine: the channels deployed now (for reprocessing), whenever they were deployed.
+    pub engine: Engine,
+    /// Channel lifecycle control (deploy, undeploy, start, stop, pause); `None`: those routes
+    /// answer 503.
+    pub lifecycle: Option<crate::lifecycle::LifecycleControl>,
     /// Session lifetimes.
     pub sessions: SessionPolicy,
     /// Failed-login lockout.
@@ -76,7 +80,7 @@ pub struct AdminContext {
 impl std::fmt::Debug for AdminContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminContext")
-            .field("channels", &self.channels.keys().collect::<Vec<_>>())
+            .field("channels", &self.engine.channel_names())
             .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
@@ -92,18 +96,13 @@ impl AdminContext {
         tls: bool,
         audit: AuditSink,
     ) -> AdminContext {
-        let stats = engine.stats();
-        let channels = stats
-            .channels()
-            .iter()
-            .filter_map(|c| engine.ingest(&c.name).map(|i| (c.name.clone(), i)))
-            .collect();
         AdminContext {
             probe: engine.health_probe(),
-            stats,
+            stats: engine.stats(),
             store: engine.store().clone(),
             accounts,
-            channels,
+            engine: engine.clone(),
+            lifecycle: None,
             sessions,
             lockout,
             tls,
@@ -211,7 +210,7 @@ impl ApiError {
         tracing::error!("admin API: {what}");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
-    fn not_found() -> ApiError {
+    pub(crate) fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not found")
     }
 }
@@ -301,10 +300,26 @@ pub(crate) fn router(ctx: AdminContext) -> Router {
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/channels", get(list_channels))
         .route("/api/v1/channels/{channel}/stats", get(channel_stats))
+        .route(
+            "/api/v1/channels/{channel}/messages",
+            get(crate::messages::search),
+        )
+        .route(
+            "/api/v1/channels/{channel}/messages/export",
+            get(crate::messages::export),
+        )
         .route("/api/v1/channels/{channel}/messages/{id}", get(get_message))
         .route(
             "/api/v1/channels/{channel}/messages/{id}/reprocess",
             post(reprocess),
+        )
+        .route("/api/v1/channels/{channel}/start", post(lifecycle::start))
+        .route("/api/v1/channels/{channel}/stop", post(lifecycle::stop))
+        .route("/api/v1/channels/{channel}/pause", post(lifecycle::pause))
+        .route("/api/v1/channels/{channel}/deploy", post(lifecycle::deploy))
+        .route(
+            "/api/v1/channels/{channel}/undeploy",
+            post(lifecycle::undeploy),
         )
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/audit", get(crate::audit::search))
@@ -1082,6 +1097,7 @@ fn channel_summary(c: &ferry_engine::ChannelStats) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     json!({
         "name": c.name,
+        "state": c.state().as_str(),
         "deployed": c.deployed.load(Relaxed),
         "received": c.received.load(Relaxed),
         "filtered": c.filtered.load(Relaxed),
@@ -1116,7 +1132,7 @@ async fn channel_stats(
         .stats
         .channel(&channel)
         .ok_or_else(ApiError::not_found)?;
-    let mut v = channel_summary(c);
+    let mut v = channel_summary(&c);
     let destinations: Vec<Value> = c
         .destinations
         .iter()
@@ -1200,8 +1216,8 @@ async fn reprocess(
 ) -> Result<Response, ApiError> {
     let ingest = api
         .ctx
-        .channels
-        .get(&channel)
+        .engine
+        .ingest(&channel)
         .ok_or_else(ApiError::not_found)?;
     let id: i64 = id.parse().map_err(|_| ApiError::not_found())?;
     let req: ReprocessRequest = if headers.contains_key(header::CONTENT_TYPE) {

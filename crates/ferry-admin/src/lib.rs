@@ -1,6 +1,6 @@
 //! The admin surface of a Ferry node: `GET /health` and `GET /metrics` (Prometheus), and the
-//! authenticated REST API under `/api/v1` (users, sessions, API tokens, roles, channels,
-//! messages, the audit log),
+//! authenticated REST API under `/api/v1` (users, sessions, API tokens, roles, channels and
+//! their lifecycle, messages, the audit log),
 //! described by the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! This crate builds the [`axum::Router`] only; the binary serves it on the admin listener with
@@ -13,14 +13,18 @@
 //! - [`scope`]: per-channel scope of users and tokens.
 //! - [`bootstrap`]: the one-time bootstrap token that creates the first admin.
 //! - [`api`]: the request guard and the handlers.
+//! - `messages`: message search and export (PHI access, audited).
 //! - [`audit`]: searching and verifying the audit log (`/api/v1/audit`).
 //! - [`roles`]: the roles (`/api/v1/roles`).
+//! - [`lifecycle`]: deploy, undeploy, start, stop and pause of channels.
 //! - [`openapi`]: the OpenAPI document.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod lifecycle;
+mod messages;
 pub mod openapi;
 pub mod policy;
 pub mod roles;

@@ -182,6 +182,22 @@ const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "GET",
+        path: "/api/v1/channels/{channel}/messages",
+        id: "searchMessages",
+        summary: "Search a channel's messages, newest first: summaries with each connector's status, no content (PHI access, audited). Bounded: at most `limit` matches and `max_examined` rows examined; continue with `before_id = next_before_id` until it is null",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/channels/{channel}/messages/export",
+        id: "exportMessages",
+        summary: "Export the matching messages' raw content as NDJSON (one object per line: the summary and `raw`, or `raw_base64` when not UTF-8), streamed newest first, as an attachment (PHI access, audited)",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
         path: "/api/v1/channels/{channel}/messages/{id}",
         id: "getMessage",
         summary: "One message: status per connector and raw content (PHI)",
@@ -194,6 +210,46 @@ const OPERATIONS: &[Operation] = &[
         id: "reprocessMessage",
         summary: "Run a stored message through the channel again, as a new message",
         body: Some(reprocess_body),
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/start",
+        id: "startChannel",
+        summary: "Start a paused or stopped channel: its source accepts messages and its destinations deliver again",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/stop",
+        id: "stopChannel",
+        summary: "Stop a channel: the source stops accepting (messages in flight are stored and answered first), then the destination workers; queued messages stay queued",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/pause",
+        id: "pauseChannel",
+        summary: "Pause a channel: the source accepts no new message while the destination queues keep draining",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/deploy",
+        id: "deployChannel",
+        summary: "Re-read and check the configuration file (as `ferry check`; 422 with the error and no change when it fails), then deploy the channel from it, started; a channel new in the file is added. Answers the section's diff",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/undeploy",
+        id: "undeployChannel",
+        summary: "Undeploy a channel: it leaves the runtime; its stored messages, queued ones included, stay",
+        body: None,
         ok: "200",
     },
     Operation {
@@ -233,6 +289,31 @@ const OPERATIONS: &[Operation] = &[
         ok: "200",
     },
 ];
+
+/// Answers some operations give besides the common ones.
+fn extra_responses(id: &str) -> &'static [(&'static str, &'static str)] {
+    match id {
+        "deployChannel" => &[
+            (
+                "409",
+                "channel disabled in the file, its listener cannot bind, or no configuration file",
+            ),
+            (
+                "422",
+                "the configuration does not pass `ferry check` (the error names file, line and column)",
+            ),
+            ("503", "the engine is shutting down"),
+        ],
+        "startChannel" => &[
+            ("409", "the channel's listener cannot bind"),
+            ("503", "the engine is shutting down"),
+        ],
+        "stopChannel" | "pauseChannel" | "undeployChannel" => {
+            &[("503", "the engine is shutting down")]
+        }
+        _ => &[],
+    }
+}
 
 fn query(name: &str, schema: Value, description: &str) -> Value {
     json!({"name": name, "in": "query", "required": false, "schema": schema,
@@ -291,8 +372,74 @@ fn query_parameters(path: &str) -> Vec<Value> {
             "a head (`SEQ:HASH` or `HASH`) kept outside the database: it must still be a \
              record of the chain",
         )],
+        "/api/v1/channels/{channel}/messages" => message_query(true),
+        "/api/v1/channels/{channel}/messages/export" => message_query(false),
         _ => Vec::new(),
     }
+}
+
+/// The query parameters of message search (`search`) and export.
+fn message_query(search: bool) -> Vec<Value> {
+    let string = json!({"type": "string"});
+    let int = json!({"type": "integer", "format": "int64"});
+    let limit = if search {
+        (
+            "matches per page (default 100)",
+            json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+        )
+    } else {
+        (
+            "messages in all (default 10000)",
+            json!({"type": "integer", "minimum": 1, "maximum": 1_000_000}),
+        )
+    };
+    let mut list = vec![
+        (
+            "status",
+            "a connector status (RECEIVED, FILTERED, TRANSFORMED, QUEUED, SENT, ERROR, PENDING)",
+            json!({"type": "string", "enum": ["RECEIVED", "FILTERED", "TRANSFORMED", "QUEUED", "SENT", "ERROR", "PENDING"]}),
+        ),
+        (
+            "connector",
+            "only this connector's status (`source` or a destination); needs `status`",
+            string.clone(),
+        ),
+        (
+            "since_ms",
+            "received at or after, Unix milliseconds",
+            int.clone(),
+        ),
+        (
+            "until_ms",
+            "received before, Unix milliseconds",
+            int.clone(),
+        ),
+        ("control_id", "MSH-10, exactly", string.clone()),
+        ("type", "MSH-9, exactly or followed by `^`", string.clone()),
+        (
+            "meta",
+            "`key:value` of the channel's indexed metadata, exactly (e.g. `mrn:12345`)",
+            string.clone(),
+        ),
+        (
+            "text",
+            "a substring of the raw message, case-sensitive, 1 to 256 bytes",
+            string,
+        ),
+        ("before_id", "only ids below (the cursor)", int.clone()),
+        ("after_id", "only ids above", int),
+        ("limit", limit.0, limit.1),
+    ];
+    if search {
+        list.push((
+            "max_examined",
+            "rows examined at most (default 10000)",
+            json!({"type": "integer", "minimum": 1, "maximum": 100_000}),
+        ));
+    }
+    list.into_iter()
+        .map(|(name, description, schema)| query(name, schema, description))
+        .collect()
 }
 
 fn parameters(path: &str) -> Vec<Value> {
@@ -328,6 +475,9 @@ pub fn document() -> Value {
             ("413", "body too large"),
         ] {
             responses.insert(code.into(), json!({"description": what}));
+        }
+        for (code, what) in extra_responses(op.id) {
+            responses.insert((*code).into(), json!({"description": what}));
         }
         let mut o = Map::new();
         o.insert("operationId".into(), op.id.into());

@@ -109,10 +109,16 @@ pub struct Route {
 const ADMIN: &[Role] = &[Role::Admin];
 /// Statistics (no PHI): everyone except the auditor, whose role is the audit log only.
 const STATS: &[Role] = &[Role::Admin, Role::Developer, Role::Operator, Role::Viewer];
-/// Message content and reprocessing (PHI).
+/// Message content, search, export and reprocessing (PHI).
 const PHI: &[Role] = &[Role::Admin, Role::Operator];
 /// The audit log (who did what; no message content, but names, addresses and activity).
 const AUDIT: &[Role] = &[Role::Admin, Role::Auditor];
+/// Channel lifecycle: deploy, undeploy, start, stop, pause. PRODUCT.md §8 gives deploying to
+/// the operator and editing channels to the developer; the developer's edits live in the
+/// configuration files (reviewed, in version control), and putting them into production is
+/// the operator's act. Keeping the two apart means nobody changes a running channel alone, so
+/// the developer is not here (nor the auditor or viewer, who only read).
+const LIFECYCLE: &[Role] = &[Role::Admin, Role::Operator];
 
 /// The policy table.
 pub const ROUTES: &[Route] = &[
@@ -180,6 +186,16 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "GET",
+        path: "/api/v1/channels/{channel}/messages",
+        access: Access::Roles(PHI),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/channels/{channel}/messages/export",
+        access: Access::Roles(PHI),
+    },
+    Route {
+        method: "GET",
         path: "/api/v1/channels/{channel}/messages/{id}",
         access: Access::Roles(PHI),
     },
@@ -187,6 +203,31 @@ pub const ROUTES: &[Route] = &[
         method: "POST",
         path: "/api/v1/channels/{channel}/messages/{id}/reprocess",
         access: Access::Roles(PHI),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/start",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/stop",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/pause",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/deploy",
+        access: Access::Roles(LIFECYCLE),
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/channels/{channel}/undeploy",
+        access: Access::Roles(LIFECYCLE),
     },
     Route {
         method: "GET",
@@ -339,5 +380,20 @@ mod tests {
             ScopeRule::Refused,
             "a new node-wide route is refused to scoped callers until it is listed"
         );
+    }
+
+    #[test]
+    fn operators_deploy_and_developers_do_not() {
+        for action in ["start", "stop", "pause", "deploy", "undeploy"] {
+            let path = format!("/api/v1/channels/{{channel}}/{action}");
+            let access = lookup(&Method::POST, &path).map(|r| r.access);
+            let Some(access) = access else {
+                panic!("no policy for {path}");
+            };
+            assert!(access.allows(Role::Admin) && access.allows(Role::Operator));
+            for role in [Role::Developer, Role::Auditor, Role::Viewer] {
+                assert!(!access.allows(role), "{role:?} may not {action}");
+            }
+        }
     }
 }

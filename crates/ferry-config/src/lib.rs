@@ -12,18 +12,22 @@
 //!   [`ByteSize`] (`"16MiB"`), [`Text`] and [`Secret`] (interpolated strings).
 //! - [`alerts`]: `[alerts]` and `[[alert]]` (rules, actions, throttling).
 //! - [`load`]: reading files, `include`, relative paths, error positions, validation.
+//! - [`section`] and [`diff`]: a channel's section in canonical form and the line diff between
+//!   two versions, for the audit record of a configuration change.
 
 pub mod alerts;
+pub mod diff;
 pub mod load;
 pub mod schema;
+pub mod section;
 pub mod values;
 
 pub use load::ConfigError;
 pub use schema::{
-    AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, ChannelConfig,
-    ChannelDestinationConfig, ChannelSourceConfig, Config, CopyConfig, DedupeConfig, DeleteConfig,
-    DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig, FilterConfig,
-    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
+    AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, AuditSyslogFormat,
+    ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, Config, CopyConfig, DedupeConfig,
+    DeleteConfig, DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig,
+    FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
     RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig, TlsConfig,
     TransformConfig,

@@ -225,6 +225,10 @@ impl Config {
         }
         config.resolve_paths(&base);
         config.validate(&sources)?;
+        config.channel_sections = sources
+            .iter()
+            .flat_map(|(_, text, _)| crate::section::channel_sections(text))
+            .collect();
         Ok(config)
     }
 
@@ -240,6 +244,7 @@ impl Config {
             alerts: Default::default(),
             alert_rules: Vec::new(),
             warnings: Vec::new(),
+            channel_sections: Default::default(),
         }
     }
 
@@ -256,6 +261,14 @@ impl Config {
         &self.warnings
     }
 
+    /// The `[[channel]]` section of channel `name` as written in its file, in a canonical
+    /// form (keys sorted, comments and layout dropped) with literal secrets redacted and
+    /// `${…}` references kept: what the audit trail diffs when a channel's configuration
+    /// changes (see [`crate::section`]).
+    pub fn channel_section(&self, name: &str) -> Option<&str> {
+        self.channel_sections.get(name).map(String::as_str)
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -269,6 +282,7 @@ impl Config {
             {
                 fix(p);
             }
+            t.crl.iter_mut().for_each(fix);
         };
         if self.store.url.is_none() {
             let mut p = self.store_path();
@@ -521,6 +535,19 @@ impl Config {
             if let Some(d) = &channel.dedupe {
                 positive(&[("dedupe window", d.window)]).map_err(err)?;
             }
+            if let Some(index) = &channel.index {
+                if index.len() > MAX_INDEX_KEYS {
+                    return Err(err(format!(
+                        "index has {} keys; at most {MAX_INDEX_KEYS}",
+                        index.len()
+                    )));
+                }
+                if let Some(key) = index.keys().find(|k| !valid_index_key(k)) {
+                    return Err(err(format!(
+                        "index key `{key}`: use 1 to 32 letters, digits, `_` or `-`"
+                    )));
+                }
+            }
             if channel.destinations.is_empty() {
                 return Err(err(
                     "has no destination; add a [[channel.destination]]".into()
@@ -665,6 +692,11 @@ fn listener_tls(t: &TlsConfig) -> Result<(), String> {
             "`allowed_clients` needs `client_ca` (the CA client certificates must chain to)".into(),
         );
     }
+    if !t.crl.is_empty() && t.client_ca.is_none() {
+        return Err(
+            "`crl` needs `client_ca` (revocation lists are checked for client certificates)".into(),
+        );
+    }
     if t.ca.is_some() {
         return Err("`ca` is for clients; a listener verifies clients with `client_ca`".into());
     }
@@ -675,8 +707,8 @@ fn client_tls(t: &TlsConfig) -> Result<(), String> {
     if t.cert.is_some() != t.key.is_some() {
         return Err("`cert` and `key` go together (both or neither)".into());
     }
-    if t.client_ca.is_some() || !t.allowed_clients.is_empty() {
-        return Err("`client_ca` and `allowed_clients` are for listeners; a client trusts its server with `ca`".into());
+    if t.client_ca.is_some() || !t.allowed_clients.is_empty() || !t.crl.is_empty() {
+        return Err("`client_ca`, `allowed_clients` and `crl` are for listeners; a client trusts its server with `ca`".into());
     }
     Ok(())
 }
@@ -718,4 +750,16 @@ fn glob(base: &Path, pattern: &str, origin: &Path) -> Result<Vec<PathBuf>, Confi
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Most keys a channel's `index` may name.
+const MAX_INDEX_KEYS: usize = 16;
+
+/// An `index` key: 1 to 32 ASCII letters, digits, `_` or `-` (it appears in search URLs as
+/// `meta=key:value`, so no `:`).
+fn valid_index_key(key: &str) -> bool {
+    (1..=32).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }

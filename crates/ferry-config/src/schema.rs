@@ -39,6 +39,10 @@ pub struct Config {
     /// Non-fatal findings of validation (for example plain-HTTP URLs).
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,
+    /// Each channel's `[[channel]]` section in canonical form, secrets redacted (see
+    /// [`crate::section`]), by channel name.
+    #[serde(skip)]
+    pub(crate) channel_sections: BTreeMap<String, String>,
 }
 
 /// `[store]`: the durable message store.
@@ -156,9 +160,10 @@ pub struct AuditConfig {
     pub syslog: Option<AuditSyslogConfig>,
 }
 
-/// `[audit.syslog]`: syslog RFC 5424 over TLS (RFC 5425 octet-counting framing), one JSON audit
-/// record per message (MSGID `ferry-audit`, facility 10). Records written while the collector
-/// is unreachable stay in the store and are sent once it is back, oldest first.
+/// `[audit.syslog]`: syslog RFC 5424 over TLS (RFC 5425 octet-counting framing), one audit
+/// record per message (facility 10), as JSON or as an IHE ATNA audit message (`format`).
+/// Records written while the collector is unreachable stay in the store and are sent once it
+/// is back, oldest first.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSyslogConfig {
@@ -169,6 +174,25 @@ pub struct AuditSyslogConfig {
     /// Trust for the collector (`ca`; default: the system's roots) and, for mTLS, this node's
     /// `cert` and `key`.
     pub tls: Option<TlsConfig>,
+    /// What each message carries. `"json"` (the default): the whole record as JSON, MSGID
+    /// `ferry-audit`, sequence number and chain hashes included. `"atna"`: the DICOM PS3.15
+    /// A.5 / RFC 3881 `AuditMessage` XML that an IHE ATNA Audit Record Repository reads,
+    /// MSGID `IHE+RFC-3881`, with the record's sequence number in `[meta sequenceId]` (the
+    /// chain hashes stay on the node: `ferry audit verify`).
+    #[serde(default)]
+    pub format: AuditSyslogFormat,
+}
+
+/// The form of the messages of `[audit.syslog]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSyslogFormat {
+    /// One JSON audit record per message (MSGID `ferry-audit`).
+    #[default]
+    Json,
+    /// One IHE ATNA (DICOM PS3.15 A.5, RFC 3881) `AuditMessage` XML per message (MSGID
+    /// `IHE+RFC-3881`).
+    Atna,
 }
 
 /// `[admin]`: the admin listener.
@@ -265,6 +289,15 @@ pub struct TlsConfig {
     /// Empty: any certificate from `client_ca` is allowed.
     #[serde(default)]
     pub allowed_clients: Vec<String>,
+    /// Certificate revocation lists (listeners with `client_ca`), each a PEM (`X509 CRL`
+    /// blocks) or DER file: a client certificate they revoke is refused in the handshake and
+    /// recorded as `tls_rejected`. Fail closed: once set, a client certificate that no listed
+    /// CRL covers (give one CRL per issuing CA) and every certificate of a CRL whose
+    /// `nextUpdate` has passed are refused too. The files are re-read when they change,
+    /// without a restart; each CRL's `nextUpdate` is on `ferry_tls_certificate_expiry_days`
+    /// (`kind="crl"`). Empty: no revocation check.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
 }
 
 /// When the source answers the sender.
@@ -339,6 +372,16 @@ pub struct ChannelConfig {
     /// dispatched message), not from later duplicates. Rejected and source-filtered messages
     /// are never originals.
     pub dedupe: Option<DedupeConfig>,
+    /// `index = { mrn = "PID-3.1", visit = "PV1-19" }` (or a `[channel.index]` table): the
+    /// metadata stored with every received message for exact-match search in the admin API
+    /// (`GET /api/v1/channels/{channel}/messages?meta=mrn:12345`). Each key (1 to 32 letters,
+    /// digits, `_` or `-`) names an HL7 path; its value is read with escapes decoded, from the
+    /// first repetition unless the path names one (`PID-3(2).1`), and indexed when present,
+    /// non-empty and at most 256 bytes. At most 16 keys. Absent: `{ mrn = "PID-3.1" }`, the
+    /// patient's first identifier; `index = {}` indexes nothing. With `[store] encryption`
+    /// the store keeps a keyed blind index (HMAC-SHA256) of each value, never the value in
+    /// the clear. Messages stored before a key was added are not indexed under it.
+    pub index: Option<BTreeMap<String, String>>,
 }
 
 /// `dedupe = { … }` on a channel.

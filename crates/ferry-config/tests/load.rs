@@ -248,6 +248,11 @@ fn includes_add_channels_from_other_files() {
     let config = Config::load(&main).expect("loads");
     let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
+    // Each channel's section comes from its own file.
+    let b = config.channel_section("b").expect("section of b");
+    assert!(b.starts_with("[[channel]]\n") && b.contains("2576"), "{b}");
+    assert!(!b.contains("2575"), "{b}");
+    assert_eq!(config.channel_section("nope"), None);
     std::fs::write(
         dir.path().join("channels/c.toml"),
         "[[channel]]\nname = \"c\"\nbogus = 1\n",
@@ -288,6 +293,35 @@ fn dedupe_is_off_by_default_and_its_window_is_checked() {
     );
     let error = with("{ windw = \"1h\" }").expect_err("typo");
     assert!(error.contains("windw"), "{error}");
+}
+
+#[test]
+fn the_index_is_absent_by_default_and_its_keys_are_checked() {
+    let config = load(MINIMAL_CHANNEL).expect("loads");
+    assert_eq!(
+        config.channels[0].index, None,
+        "deploy indexes the MRN then"
+    );
+    let with = |table: &str| {
+        load(&MINIMAL_CHANNEL.replace("source = {", &format!("index = {table}\nsource = {{")))
+    };
+    let config = with("{ mrn = \"PID-3.1\", visit_no = \"PV1-19\" }").expect("loads");
+    let index = config.channels[0].index.as_ref().expect("index");
+    let pairs: Vec<(&str, &str)> = index
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(pairs, [("mrn", "PID-3.1"), ("visit_no", "PV1-19")]);
+    let config = with("{}").expect("loads");
+    assert_eq!(config.channels[0].index.as_ref().map(|i| i.len()), Some(0));
+    let error = with("{ \"mr:n\" = \"PID-3.1\" }").expect_err("colon");
+    assert!(
+        error.contains("channel `a`: index key `mr:n`: use 1 to 32 letters"),
+        "{error}"
+    );
+    let many: Vec<String> = (0..17).map(|i| format!("k{i} = \"PID-3\"")).collect();
+    let error = with(&format!("{{ {} }}", many.join(", "))).expect_err("17 keys");
+    assert!(error.contains("index has 17 keys; at most 16"), "{error}");
 }
 
 #[test]
@@ -475,4 +509,44 @@ fn transform_typos_are_errors_with_suggestions() {
 
     let err = load(&TRANSFORMS.replace("encode = \"json\"", "encode = 3")).expect_err("type");
     assert!(err.contains("\"hl7\", \"json\" or { template"), "{err}");
+}
+
+#[test]
+fn listener_crls_resolve_relative_paths_and_need_client_ca() {
+    let tls = MINIMAL_CHANNEL.replace(
+        "listen = \"127.0.0.1:2575\"",
+        "listen = \"127.0.0.1:2575\", tls = { cert = \"c.pem\", key = \"c.key\", client_ca = \"ca.pem\", \
+         crl = [\"crl/ca.crl.pem\", \"/pki/root.crl\"] }",
+    );
+    let config = load(&tls).expect("a listener with CRLs loads");
+    let SourceConfig::Mllp(source) = &config.channels[0].source else {
+        panic!("mllp source");
+    };
+    let crl = &source.tls.as_ref().expect("tls").crl;
+    assert_eq!(
+        crl,
+        &[
+            Path::new("/etc/ferry/crl/ca.crl.pem").to_path_buf(),
+            Path::new("/pki/root.crl").to_path_buf()
+        ]
+    );
+
+    let without_ca = MINIMAL_CHANNEL.replace(
+        "listen = \"127.0.0.1:2575\"",
+        "listen = \"127.0.0.1:2575\", tls = { cert = \"c\", key = \"k\", crl = [\"x.crl\"] }",
+    );
+    assert!(
+        load(&without_ca)
+            .expect_err("crl without client_ca")
+            .contains("`crl` needs `client_ca`")
+    );
+    let on_a_client = MINIMAL_CHANNEL.replace(
+        "type = \"file\"\n  directory = \"out\"",
+        "type = \"http\"\n  url = \"https://x/y\"\n  tls = { crl = [\"x.crl\"] }",
+    );
+    assert!(
+        load(&on_a_client)
+            .expect_err("crl on a client")
+            .contains("`crl` are for listeners")
+    );
 }

@@ -2,15 +2,19 @@
 //! written as declarative `[[channel.transform]]` steps and as one JavaScript transformer,
 //! each deployed from TOML exactly as `ferry run` deploys it, and run through the channel's
 //! whole pipeline (parse, check, filters, transformer, destination encode) per iteration, on
-//! one thread. Criterion reports messages/s (`Throughput::Elements`). Before measuring, the
-//! two channels are checked to produce byte-identical output, so they are equivalent.
+//! one thread, plus what ingest adds before the store: the extraction of the channel's
+//! indexed metadata (the default index, the MRN at PID-3.1) from the received message.
+//! `ingest_index/mrn` times that extraction alone. Criterion reports messages/s
+//! (`Throughput::Elements`). Before measuring, the two channels
+//! are checked to produce byte-identical output, so they are equivalent.
 //!
 //! Run with `cargo bench -p ferry-connectors --bench channel -- --warm-up-time 1 --measurement-time 3`.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ferry_engine::{DestinationResult, Pipeline, Processed};
+use ferry_engine::{DestinationResult, MetadataIndex, Pipeline, Processed};
+use ferry_store::Metadata;
 
 const ADT_A01: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -123,13 +127,33 @@ fn bench(c: &mut Criterion) {
         raw,
         "the steps change the message"
     );
+    let index = MetadataIndex::default();
+    let indexed = |processed: &Processed| match processed {
+        Processed::Accepted(a) => index.extract(&a.received.message()),
+        _ => Metadata::default(),
+    };
+    let mrn = indexed(&declarative.process(&raw, serde_json::Map::new()));
+    assert_eq!(mrn.len(), 1, "the sample has an MRN to index");
     let mut group = c.benchmark_group("channel_10_steps");
     group.throughput(Throughput::Elements(1));
     for pipeline in [declarative, javascript] {
         group.bench_function(pipeline.channel.as_str(), |b| {
-            b.iter(|| black_box(pipeline.process(black_box(&raw), serde_json::Map::new())));
+            b.iter(|| {
+                let processed = pipeline.process(black_box(&raw), serde_json::Map::new());
+                let metadata = indexed(&processed);
+                black_box((processed, metadata))
+            });
         });
     }
+    group.finish();
+    // The extraction alone, from the parsed message: its share of the figures above.
+    let parsed = ferry_hl7::MessageBuf::parse(raw.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let message = parsed.message();
+    let mut group = c.benchmark_group("ingest_index");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("mrn", |b| {
+        b.iter(|| black_box(index.extract(black_box(&message))))
+    });
     group.finish();
 }
 

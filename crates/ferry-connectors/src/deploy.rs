@@ -2,8 +2,8 @@
 //!
 //! Deployment is all-or-nothing: every destination client and every TLS configuration is built
 //! (certificates and keys read and checked) before the engine starts, and every listener is
-//! bound before the first one serves. [`check`] runs the same build without binding anything,
-//! which is what `ferry check` reports on.
+//! bound before the first one serves ([`crate::runtime::deploy`]). [`check`] runs the same
+//! build without binding anything, which is what `ferry check` reports on ([`check_file`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,18 +13,14 @@ use ferry_config::{
 };
 use ferry_engine::transform::Encoder;
 use ferry_engine::{
-    ChannelSpec, Destination, DestinationProcessing, DestinationSpec, Engine, EngineError,
-    FilterRule, ResponseMode, RetryPolicy, Router, Shutdown,
+    ChannelSpec, Destination, DestinationProcessing, DestinationSpec, EngineError, FilterRule,
+    MetadataIndex, ResponseMode, RetryPolicy, Router,
 };
 use ferry_hl7::Path;
-use ferry_store::{AuditEvent, AuditSink, Store};
 use ferry_tls::TlsError;
-use tokio::task::JoinSet;
 
-use crate::http::{
-    HttpDestination, HttpDestinationSettings, HttpListener, HttpPoller, HttpPollerSettings,
-};
-use crate::mllp::{MllpDestination, MllpEndpoint, MllpSource, MllpSourceSettings, NakPolicy};
+use crate::http::{HttpDestination, HttpDestinationSettings, HttpPoller, HttpPollerSettings};
+use crate::mllp::{MllpDestination, MllpEndpoint, MllpSourceSettings, NakPolicy};
 
 mod processing;
 mod transforms;
@@ -83,74 +79,9 @@ pub struct ListenerInfo {
     pub address: SocketAddr,
 }
 
-/// Deployed channels: the engine and the source tasks feeding it.
-pub struct Runtime {
-    engine: Engine,
-    sources: JoinSet<()>,
-    shutdown: Shutdown,
-    listeners: Vec<ListenerInfo>,
-    audit: AuditSink,
-}
-
-/// Audit events that listeners may queue before further ones are dropped (and counted).
-const AUDIT_BUFFER: usize = 1024;
-
-impl std::fmt::Debug for Runtime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("listeners", &self.listeners)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Runtime {
-    /// The engine (statistics, health, store).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// Every listener opened, in configuration order.
-    pub fn listeners(&self) -> &[ListenerInfo] {
-        &self.listeners
-    }
-
-    /// The bound address of a channel's listener.
-    pub fn listener(&self, channel: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|l| l.channel == channel)
-            .map(|l| l.address)
-    }
-
-    /// The non-blocking audit sink the listeners record refused TLS handshakes into (give it
-    /// to other listeners, such as the admin server's, with `with_audit`).
-    pub fn audit_sink(&self) -> &AuditSink {
-        &self.audit
-    }
-
-    /// Stop cleanly: sources stop accepting and finish the message in hand, destination
-    /// workers finish the attempt in flight, the store is flushed and closed.
-    pub async fn shutdown(self) -> Result<(), EngineError> {
-        self.shutdown_audited(None).await
-    }
-
-    /// [`shutdown`](Self::shutdown), appending `last` (e.g. `engine_stop`) to the audit trail
-    /// once the sources have stopped and every queued audit event is written, just before
-    /// the store closes. A failed append is logged, not returned.
-    pub async fn shutdown_audited(mut self, last: Option<AuditEvent>) -> Result<(), EngineError> {
-        self.shutdown.cancel();
-        while self.sources.join_next().await.is_some() {}
-        self.audit.close().await;
-        if let Some(event) = last
-            && let Err(error) = self.engine.store().audit_append(event).await
-        {
-            tracing::error!(%error, "could not append the last audit record");
-        }
-        self.engine.shutdown().await
-    }
-}
-
-enum SourcePlan {
+/// What a channel's source binds and serves; kept to start it again after a pause or stop.
+#[derive(Clone)]
+pub(crate) enum SourcePlan {
     Mllp(MllpSourceSettings),
     Http {
         listen: SocketAddr,
@@ -164,13 +95,71 @@ enum SourcePlan {
     Channel,
 }
 
-struct ChannelPlan {
-    spec: ChannelSpec,
-    source: SourcePlan,
+impl SourcePlan {
+    /// The listener's scheme (`None`: the source does not listen).
+    pub(crate) fn scheme(&self) -> Option<&'static str> {
+        match self {
+            SourcePlan::Mllp(s) if s.tls.is_some() => Some("mllps"),
+            SourcePlan::Mllp(_) => Some("mllp"),
+            SourcePlan::Http { tls: Some(_), .. } => Some("https"),
+            SourcePlan::Http { .. } => Some("http"),
+            SourcePlan::Poll(_) | SourcePlan::Channel => None,
+        }
+    }
+}
+
+/// One channel built from its configuration, nothing bound or running yet.
+pub(crate) struct ChannelPlan {
+    pub(crate) spec: ChannelSpec,
+    pub(crate) source: SourcePlan,
     /// Per connector, the certificates its TLS loaded (for the expiry gauge).
-    certificates: Vec<(String, Vec<ferry_engine::CertificateGauge>)>,
+    pub(crate) certificates: Vec<(String, Vec<ferry_engine::CertificateGauge>)>,
     /// The listener certificate to reload when its files change.
-    watched: Option<crate::tls::Watched>,
+    pub(crate) watched: Option<crate::tls::Watched>,
+}
+
+/// Why a configuration file does not pass `ferry check`; `Display` is what `ferry check`
+/// prints (`file:line:column: message` where the position is known).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The file does not load (syntax, unknown key, bad value, failed validation).
+    #[error("{0}")]
+    Config(#[from] ferry_config::ConfigError),
+    /// A channel cannot be built (a certificate, script, table or URL).
+    #[error("{}: {error}", path.display())]
+    Deploy {
+        /// The configuration file.
+        path: std::path::PathBuf,
+        /// What failed.
+        error: DeployError,
+    },
+    /// The audit syslog settings are invalid.
+    #[error("{}: {message}", path.display())]
+    Syslog {
+        /// The configuration file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Load `path` and check it as `ferry check` does: parse and validate, then build every
+/// enabled channel's connectors (certificates and keys read, scripts compiled, URLs parsed)
+/// without binding or connecting, and the audit syslog settings. Reads files: call it off the
+/// async threads.
+pub fn check_file(path: &std::path::Path) -> Result<Config, CheckError> {
+    let config = Config::load(path)?;
+    check(&config).map_err(|error| CheckError::Deploy {
+        path: path.to_owned(),
+        error,
+    })?;
+    if let Some(syslog) = &config.audit.syslog {
+        crate::syslog::settings(syslog).map_err(|message| CheckError::Syslog {
+            path: path.to_owned(),
+            message,
+        })?;
+    }
+    Ok(config)
 }
 
 /// Build every connector of the configuration without binding or connecting: what
@@ -205,140 +194,10 @@ pub fn pipelines(config: &Config) -> Result<Vec<ferry_engine::Pipeline>, DeployE
         .collect()
 }
 
-/// The TLS configuration of a listener that is not a channel (the admin server).
+/// The TLS configuration of a listener that is not a channel, loaded once (no reload; the
+/// admin server uses [`crate::Runtime::admin_tls`]).
 pub fn server_tls(tls: &ferry_config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     crate::tls::server(tls, &[b"http/1.1"])
-}
-
-/// Deploy every enabled channel of `config` on `store`.
-pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployError> {
-    // Channel destinations hold the router before the engine that fills it exists.
-    let router = Router::new();
-    let mut plans = Vec::new();
-    for channel in config.channels.iter().filter(|c| c.enabled) {
-        plans.push(plan(channel, &router)?);
-    }
-    let mut sources = Vec::with_capacity(plans.len());
-    let mut specs = Vec::with_capacity(plans.len());
-    let mut certificates = Vec::new();
-    let mut watched = Vec::new();
-    for p in plans {
-        sources.push((p.spec.name.clone(), p.source));
-        certificates.push((p.spec.name.clone(), p.certificates));
-        watched.extend(p.watched);
-        specs.push(p.spec);
-    }
-    let audit = AuditSink::spawn(store.clone(), AUDIT_BUFFER);
-    let engine = Engine::start_with_router(store, specs, router).await?;
-    engine.stats().attach_audit_dropped(audit.dropped_counter());
-    let stats = engine.stats();
-    for (channel, connectors) in certificates {
-        for (connector, certs) in connectors {
-            stats.certificates().replace(&channel, &connector, certs);
-        }
-    }
-    let shutdown = Shutdown::new();
-    let mut tasks = JoinSet::new();
-    let mut listeners = Vec::new();
-    let mut bound = Vec::new();
-    // Bind everything first, so a port in use fails the deploy before anything serves.
-    for (channel, source) in sources {
-        let Some(ingest) = engine.ingest(&channel) else {
-            continue;
-        };
-        let bind_error = |address, source| DeployError::Bind {
-            channel: channel.clone(),
-            address,
-            source,
-        };
-        match source {
-            SourcePlan::Mllp(settings) => {
-                let scheme = if settings.tls.is_some() {
-                    "mllps"
-                } else {
-                    "mllp"
-                };
-                let listen = settings.listen;
-                let src = match MllpSource::bind(settings).await {
-                    Ok(s) => s.with_audit(audit.clone()),
-                    Err(e) => return Err(abort(engine, bind_error(listen, e)).await),
-                };
-                let address = src.local_addr().unwrap_or(listen);
-                listeners.push(ListenerInfo {
-                    channel: channel.clone(),
-                    scheme,
-                    address,
-                });
-                bound.push((ingest, Bound::Mllp(src)));
-            }
-            SourcePlan::Http {
-                listen,
-                tls,
-                path,
-                max_body_bytes,
-                read_timeout,
-            } => {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                let listener = match HttpListener::bind(listen, tls, read_timeout).await {
-                    Ok(l) => l.with_audit(audit.clone(), format!("channel/{channel}")),
-                    Err(e) => return Err(abort(engine, bind_error(listen, e)).await),
-                };
-                let address = listener.local_addr().unwrap_or(listen);
-                listeners.push(ListenerInfo {
-                    channel: channel.clone(),
-                    scheme,
-                    address,
-                });
-                bound.push((ingest, Bound::Http(listener, path, max_body_bytes)));
-            }
-            SourcePlan::Poll(poller) => bound.push((ingest, Bound::Poll(poller))),
-            SourcePlan::Channel => bound.push((ingest, Bound::Channel)),
-        }
-    }
-    for (ingest, source) in bound {
-        let stop = shutdown.child_token();
-        ingest.set_deployed(true);
-        match source {
-            Bound::Mllp(src) => {
-                tasks.spawn(src.run(ingest, stop));
-            }
-            Bound::Http(listener, path, max_body) => {
-                let router = crate::http::source_router(ingest, &path, max_body);
-                tasks.spawn(listener.serve(router, stop));
-            }
-            Bound::Poll(poller) => {
-                tasks.spawn(poller.run(ingest, stop));
-            }
-            // Deployed as soon as the engine runs: it is fed by the router.
-            Bound::Channel => {}
-        }
-    }
-    tasks.spawn(crate::tls::watch(
-        watched,
-        engine.stats(),
-        shutdown.child_token(),
-    ));
-    Ok(Runtime {
-        engine,
-        sources: tasks,
-        shutdown,
-        listeners,
-        audit,
-    })
-}
-
-enum Bound {
-    Mllp(MllpSource),
-    Http(HttpListener, String, usize),
-    Poll(HttpPoller),
-    Channel,
-}
-
-async fn abort(engine: Engine, error: DeployError) -> DeployError {
-    if let Err(e) = engine.shutdown().await {
-        tracing::warn!(error = %e, "engine shutdown after a failed deploy");
-    }
-    error
 }
 
 fn retry_policy(retry: &RetryConfig) -> RetryPolicy {
@@ -409,7 +268,7 @@ pub(crate) fn filter_rule(f: &FilterConfig) -> Result<FilterRule, String> {
     })
 }
 
-fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployError> {
+pub(crate) fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployError> {
     // Filters, transformers, scripts and encoders: files read, paths, templates and scripts
     // checked, so `ferry check` and a deploy refuse a bad one.
     let processing = processing::processing(channel)?;
@@ -636,6 +495,20 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             }
         }
     };
+    // No `index` is the MRN (`MetadataIndex::default`); `index = {}` is nothing.
+    let index = match &channel.index {
+        None => MetadataIndex::default(),
+        Some(fields) => MetadataIndex::new(
+            fields
+                .iter()
+                .map(|(key, path)| {
+                    Path::parse(path)
+                        .map(|p| (key.clone(), p))
+                        .map_err(|e| invalid(&format!("index `{key}`"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
     Ok(ChannelPlan {
         spec: ChannelSpec {
             name: channel.name.clone(),
@@ -643,6 +516,7 @@ fn plan(channel: &ChannelConfig, router: &Router) -> Result<ChannelPlan, DeployE
             source: processing.source,
             response,
             dedupe_window: channel.dedupe.as_ref().map(|d| d.window.get()),
+            index,
         },
         source,
         certificates,

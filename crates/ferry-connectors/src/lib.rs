@@ -15,14 +15,18 @@
 //!
 //! [`deploy`] turns a validated [`ferry_config::Config`] into running connectors around a
 //! [`ferry_engine::Engine`]: nothing half-configured starts, because every TLS file, address and
-//! URL is loaded and checked before the first listener binds.
+//! URL is loaded and checked before the first listener binds. [`runtime`] keeps the running
+//! channels and changes their lifecycle while the process runs ([`ChannelControl`]: deploy,
+//! undeploy, start, stop, pause).
 
 pub mod channel;
 pub mod deploy;
 pub mod file;
 pub mod http;
 pub mod mllp;
+pub mod runtime;
 pub mod syslog;
 pub mod tls;
 
-pub use deploy::{DeployError, Runtime, deploy};
+pub use deploy::{CheckError, DeployError, check_file};
+pub use runtime::{ChannelControl, Deployment, LifecycleError, Runtime, deploy};

@@ -1,5 +1,7 @@
 //! Shipping the audit trail to a collector: syslog RFC 5424 messages over TLS with RFC 5425
-//! octet-counting framing (`MSG-LEN SP SYSLOG-MSG`), one JSON audit record per message.
+//! octet-counting framing (`MSG-LEN SP SYSLOG-MSG`), one audit record per message, either as
+//! JSON (MSGID `ferry-audit`) or as an IHE ATNA `AuditMessage` XML (MSGID `IHE+RFC-3881`,
+//! [`atna`]) for an Audit Record Repository.
 //!
 //! Records are read from the store after a durable cursor (`audit_shipping`), so while the
 //! collector is unreachable nothing is lost: records keep accumulating in the store and are
@@ -14,12 +16,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use ferry_config::AuditSyslogFormat;
 use ferry_engine::Shutdown;
 use ferry_store::{AuditFilter, AuditRecord, Store};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+pub mod atna;
 
 /// Settings of the syslog-TLS audit shipper.
 #[derive(Clone)]
@@ -36,6 +41,8 @@ pub struct SyslogSettings {
     pub poll_interval: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// JSON records or ATNA audit messages.
+    pub format: AuditSyslogFormat,
 }
 
 /// Ships audit records to a syslog collector until shutdown.
@@ -90,13 +97,37 @@ fn header_field(text: &str, max: usize) -> String {
 /// One record as an RFC 5424 message (MSGID `ferry-audit`, the record as JSON in MSG), framed
 /// with RFC 5425 octet counting.
 pub fn frame(record: &AuditRecord) -> Vec<u8> {
-    let message = format!(
-        "<{}>1 {} {} ferry - ferry-audit - {}",
+    frame_as(record, AuditSyslogFormat::Json)
+}
+
+/// One record as an RFC 5424 message in `format`, framed with RFC 5425 octet counting.
+///
+/// - JSON: MSGID `ferry-audit`, no structured data, the record as JSON in MSG.
+/// - ATNA: MSGID `IHE+RFC-3881` (IHE ITI-20), the sequence number as RFC 5424
+///   `[meta sequenceId="N"]` so the repository sees gaps, and MSG the UTF-8 BOM (RFC 5424
+///   §6.4 for UTF-8 text) followed by the [`atna::audit_message`] XML.
+pub fn frame_as(record: &AuditRecord, format: AuditSyslogFormat) -> Vec<u8> {
+    let header = format!(
+        "<{}>1 {} {} ferry -",
         pri(record),
         timestamp(record.time_ms),
         header_field(&record.node, 255),
-        record.to_json()
     );
+    let message = match format {
+        AuditSyslogFormat::Json => format!("{header} ferry-audit - {}", record.to_json()),
+        AuditSyslogFormat::Atna => {
+            // RFC 5424 §7.3.1: sequenceId is 1..=2147483647.
+            let sd = if (1..=2_147_483_647).contains(&record.seq) {
+                format!("[meta sequenceId=\"{}\"]", record.seq)
+            } else {
+                "-".to_owned()
+            };
+            format!(
+                "{header} IHE+RFC-3881 {sd} \u{feff}{}",
+                atna::audit_message(record)
+            )
+        }
+    };
     let mut out = format!("{} ", message.len()).into_bytes();
     out.extend_from_slice(message.as_bytes());
     out
@@ -129,6 +160,7 @@ pub fn settings(config: &ferry_config::AuditSyslogConfig) -> Result<SyslogSettin
         batch: 256,
         poll_interval: Duration::from_millis(200),
         max_backoff: Duration::from_secs(30),
+        format: config.format,
     })
 }
 
@@ -223,7 +255,7 @@ impl SyslogShipper {
                 };
                 let mut out = Vec::new();
                 for record in &records {
-                    out.extend_from_slice(&frame(record));
+                    out.extend_from_slice(&frame_as(record, s.format));
                 }
                 let written = async {
                     stream.write_all(&out).await?;

@@ -23,11 +23,12 @@ pub(crate) fn server_reloadable(
         key: tls.key.clone().unwrap_or_default(),
         client_ca: tls.client_ca.clone(),
         allowed_clients: tls.allowed_clients.clone(),
+        crl: tls.crl.clone(),
     };
     ferry_tls::reloadable_server_config(&settings, alpn)
 }
 
-/// How often listeners look at their certificate and key files for a change.
+/// How often listeners look at their certificate, key and CRL files for a change.
 pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A listener certificate to watch: who owns it (for logs and the gauge), its TLS table
@@ -39,9 +40,9 @@ pub(crate) struct Watched {
     pub(crate) cert: Arc<ReloadingCert>,
 }
 
-/// Every [`RELOAD_INTERVAL`] until `stop`: reload each watched certificate whose files
-/// changed, update its expiry gauge, and log the outcome (a pair that does not load is
-/// reported and the old certificate kept).
+/// Every [`RELOAD_INTERVAL`] until `stop`: reload each watched certificate and each set of
+/// CRLs whose files changed, update the expiry gauge, and log the outcome (files that do not
+/// load are reported and the previous certificate or lists kept).
 pub(crate) async fn watch(
     watched: Vec<Watched>,
     certificates: Arc<ferry_engine::Stats>,
@@ -57,26 +58,47 @@ pub(crate) async fn watch(
         }
         for w in &watched {
             let cert = w.cert.clone();
-            let outcome = tokio::task::spawn_blocking(move || cert.reload_if_changed()).await;
-            match outcome {
-                Ok(Ok(true)) => {
+            let outcome = tokio::task::spawn_blocking(move || {
+                (cert.reload_if_changed(), cert.reload_crls_if_changed())
+            })
+            .await;
+            let Ok((cert, crls)) = outcome else {
+                tracing::error!(channel = %w.channel, connector = %w.connector,
+                    "certificate reload task failed");
+                continue;
+            };
+            let mut changed = false;
+            match cert {
+                Ok(true) => {
                     tracing::info!(channel = %w.channel, connector = %w.connector,
                         cert = %w.cert.cert_path().display(),
                         "TLS certificate reloaded; new handshakes use it");
-                    certificates.certificates().replace(
-                        &w.channel,
-                        &w.connector,
-                        server_certificates(&w.channel, &w.connector, &w.tls),
-                    );
+                    changed = true;
                 }
-                Ok(Ok(false)) => {}
-                Ok(Err(error)) => {
+                Ok(false) => {}
+                Err(error) => {
                     tracing::error!(channel = %w.channel, connector = %w.connector, %error,
                         "new TLS certificate or key does not load; still serving the previous one");
                 }
-                Err(error) => {
-                    tracing::error!(channel = %w.channel, %error, "certificate reload task failed");
+            }
+            match crls {
+                Ok(true) => {
+                    tracing::info!(channel = %w.channel, connector = %w.connector,
+                        "certificate revocation lists reloaded; new handshakes are checked against them");
+                    changed = true;
                 }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::error!(channel = %w.channel, connector = %w.connector, %error,
+                        "new certificate revocation list does not load; the previous lists stay in force");
+                }
+            }
+            if changed {
+                certificates.certificates().replace(
+                    &w.channel,
+                    &w.connector,
+                    server_certificates(&w.channel, &w.connector, &w.tls),
+                );
             }
         }
     }
@@ -99,9 +121,10 @@ pub(crate) fn client(tls: Option<&TlsConfig>) -> Result<Arc<rustls::ClientConfig
     ferry_tls::client_config(&settings)
 }
 
-/// The certificates a listener's TLS table loads (its own chain, its client CA bundle), for
-/// the expiry gauge. Files that cannot be read are left out: loading the configuration has
-/// already reported them.
+/// The certificates a listener's TLS table loads (its own chain, its client CA bundle) and
+/// its CRLs (`kind = "crl"`, subject the issuer, serial the CRL number, "expiry" the
+/// `nextUpdate`), for the expiry gauge. Files that cannot be read are left out: loading the
+/// configuration has already reported them.
 pub fn server_certificates(
     channel: &str,
     connector: &str,
@@ -119,6 +142,24 @@ pub fn server_certificates(
         tls.client_ca.as_deref(),
         CertificateKind::Ca,
     ));
+    for path in &tls.crl {
+        out.extend(
+            ferry_tls::crl_info(path)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|crl| {
+                    Some(ferry_engine::CertificateGauge {
+                        channel: channel.to_owned(),
+                        connector: connector.to_owned(),
+                        kind: "crl".to_owned(),
+                        subject: crl.issuer,
+                        serial: crl.number.unwrap_or_default(),
+                        // A CRL without nextUpdate never goes stale: nothing to count down.
+                        not_after: crl.next_update?,
+                    })
+                }),
+        );
+    }
     out
 }
 

@@ -16,7 +16,8 @@ pub struct CertificateGauge {
     pub channel: String,
     /// `source`, the destination's name, or `admin`.
     pub connector: String,
-    /// `server`, `client` or `ca`.
+    /// `server`, `client`, `ca`, or `crl` for a certificate revocation list (subject: its
+    /// issuer, serial: its CRL number, `not_after`: its `nextUpdate`).
     pub kind: String,
     /// Subject, as X.509 text.
     pub subject: String,
@@ -41,6 +42,13 @@ impl Certificates {
         }
     }
 
+    /// Forget every certificate of an undeployed (or redeployed) channel.
+    pub fn remove_channel(&self, channel: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|e| e.channel != channel);
+        }
+    }
+
     /// A copy of every entry.
     pub fn all(&self) -> Vec<CertificateGauge> {
         self.entries.lock().map(|e| e.clone()).unwrap_or_default()
@@ -53,7 +61,8 @@ impl Certificates {
         let name = "ferry_tls_certificate_expiry_days";
         let _ = writeln!(
             out,
-            "# HELP {name} Whole days until a loaded certificate expires (negative once expired)."
+            "# HELP {name} Whole days until a loaded certificate expires, or a loaded CRL's \
+             nextUpdate passes (kind=\"crl\"); negative once expired."
         );
         let _ = writeln!(out, "# TYPE {name} gauge");
         for e in &entries {

@@ -93,6 +93,9 @@ const MAX_PENDING_UPDATES: usize = 32;
 /// the lane has drained to half of this.
 const LANE_CAPACITY: usize = 16;
 
+/// One destination's worker; the engine keeps one as a template per destination and runs a
+/// clone of it (with a fresh stop token) each time the channel starts.
+#[derive(Clone)]
 pub(crate) struct Worker {
     pub channel: String,
     pub destination: String,

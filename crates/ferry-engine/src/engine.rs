@@ -1,7 +1,9 @@
-//! The engine: deploys channels on a store, runs their destination workers, shuts down cleanly.
+//! The engine: deploys channels on a store, runs their destination workers, changes their
+//! lifecycle state while it runs (see [`crate::lifecycle`]), shuts down cleanly.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use ferry_store::{Store, StoreError};
 use tokio::sync::{Notify, broadcast};
@@ -9,7 +11,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::destination::{Destination, Worker};
+use crate::index::MetadataIndex;
 use crate::ingest::{ChannelIngest, ChannelShared, ResponseMode};
+use crate::lifecycle::{ChannelState, Gate, Transition};
 use crate::pipeline::{DestinationProcessing, Pipeline};
 use crate::retry::RetryPolicy;
 use crate::router::Router;
@@ -79,10 +83,13 @@ pub struct ChannelSpec {
     /// channel less than this long ago is answered with the original ACK and not dispatched.
     /// `None`: off.
     pub dedupe_window: Option<std::time::Duration>,
+    /// The values extracted from each received message and stored with it for search.
+    pub index: MetadataIndex,
 }
 
 impl ChannelSpec {
-    /// A channel with the defaults: no source processing, `on-receive`, no dedupe.
+    /// A channel with the defaults: no source processing, `on-receive`, no dedupe, the MRN
+    /// indexed ([`MetadataIndex::default`]).
     pub fn new(name: &str, destinations: Vec<DestinationSpec>) -> ChannelSpec {
         ChannelSpec {
             name: name.to_owned(),
@@ -90,6 +97,7 @@ impl ChannelSpec {
             source: Pipeline::default(),
             response: ResponseMode::OnReceive,
             dedupe_window: None,
+            index: MetadataIndex::default(),
         }
     }
 
@@ -111,7 +119,7 @@ impl ChannelSpec {
     }
 }
 
-/// Errors starting or stopping the engine.
+/// Errors starting or stopping the engine or one of its channels.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The store failed.
@@ -133,12 +141,19 @@ pub enum EngineError {
         /// What happened.
         reason: String,
     },
+    /// No channel of that name is deployed.
+    #[error("no channel `{0}` is deployed")]
+    UnknownChannel(String),
+    /// The engine is shutting down (or has shut down): channels change no more.
+    #[error("the engine is shutting down")]
+    ShuttingDown,
 }
 
 /// Health as reported by `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Health {
-    /// Every channel's source is listening and its workers are running.
+    /// Every started channel's source is listening and its workers are running (a channel
+    /// paused or stopped on purpose does not count against it).
     pub all_deployed: bool,
     /// The store accepts writes (false after a failed commit: nothing is acknowledged then).
     pub store_ok: bool,
@@ -151,23 +166,103 @@ impl Health {
     }
 }
 
-/// A running engine.
+/// How long [`Engine::shutdown`] waits for receives in flight (messages routed between
+/// channels) before it stops the workers. Sources are stopped before the engine.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// What a destination worker task returns: its channel, its destination, and how it ended.
+type WorkerExit = (String, String, Result<(), StoreError>);
+
+/// A running engine: its channels, their destination workers and the store they share.
+///
+/// Clones are handles to the same engine (the connectors and the admin server share it);
+/// [`shutdown`](Self::shutdown) through any of them stops it for all. Channels can be paused,
+/// stopped, started, deployed and undeployed while it runs (see [`crate::lifecycle`]).
+#[derive(Clone)]
 pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     store: Store,
-    channels: Vec<ChannelIngest>,
     stats: Arc<Stats>,
-    workers: JoinSet<(String, String, Result<(), StoreError>)>,
-    shutdown: CancellationToken,
     store_failed: Arc<AtomicBool>,
     router: Router,
+    /// Parent of every worker's stop token.
+    root: CancellationToken,
+    /// The deployed channels, in deployment order.
+    channels: RwLock<Vec<Arc<Deployed>>>,
+    /// Held through every lifecycle change, so changes never interleave.
+    lifecycle: tokio::sync::Mutex<Lifecycle>,
+}
+
+#[derive(Default)]
+struct Lifecycle {
+    /// Set by shutdown: no change is accepted after it.
+    closed: bool,
+    /// The first worker that ended with an error, reported by shutdown.
+    first_error: Option<EngineError>,
+}
+
+/// One deployed channel: its ingest handle and its destination workers.
+struct Deployed {
+    ingest: ChannelIngest,
+    /// One worker per destination, cloned to run each time the channel starts.
+    workers: Vec<Worker>,
+    /// The running workers (`None` while stopped). Only touched under the lifecycle lock.
+    running: Mutex<Option<Running>>,
+}
+
+struct Running {
+    stop: CancellationToken,
+    tasks: JoinSet<WorkerExit>,
+}
+
+impl Deployed {
+    fn name(&self) -> &str {
+        self.ingest.channel()
+    }
+
+    fn stats(&self) -> &Arc<ChannelStats> {
+        &self.ingest.shared.stats
+    }
+
+    fn state(&self) -> ChannelState {
+        self.stats().state()
+    }
+
+    fn set_state(&self, state: ChannelState) {
+        self.stats().set_state(state);
+    }
+
+    /// Close the gate (refuse new messages) and wait up to `drain` for those inside.
+    async fn close_gate(&self, drain: Duration) -> bool {
+        self.ingest.set_deployed(false);
+        let drained = self.ingest.shared.gate.close(drain).await;
+        if !drained {
+            tracing::warn!(channel = %self.name(), drain_ms = drain.as_millis() as u64,
+                "messages still being received after the drain time; not waiting for them \
+                 (they are stored and answered when they finish)");
+        }
+        drained
+    }
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self
+            .deployed()
+            .iter()
+            .map(|d| d.name().to_owned())
+            .collect();
         f.debug_struct("Engine")
-            .field("channels", &self.channels)
+            .field("channels", &names)
             .finish_non_exhaustive()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Engine {
@@ -186,82 +281,112 @@ impl Engine {
         specs: Vec<ChannelSpec>,
         router: Router,
     ) -> Result<Engine, EngineError> {
-        let shutdown = CancellationToken::new();
         let store_failed = Arc::new(AtomicBool::new(false));
-        let mut workers = JoinSet::new();
-        let mut ready = Vec::new();
-        let mut channels = Vec::with_capacity(specs.len());
-        let mut all_stats = Vec::with_capacity(specs.len());
+        let mut channels: Vec<Arc<Deployed>> = Vec::with_capacity(specs.len());
         for spec in specs {
-            if channels
-                .iter()
-                .any(|c: &ChannelIngest| c.channel() == spec.name)
-            {
+            if channels.iter().any(|c| c.name() == spec.name) {
                 return Err(EngineError::DuplicateChannel(spec.name));
             }
-            let names: Vec<String> = spec.destinations.iter().map(|d| d.name.clone()).collect();
-            let stats = Arc::new(ChannelStats::new(&spec.name, &names));
-            let pipeline = Arc::new(spec.pipeline());
-            let mut wakes = Vec::with_capacity(spec.destinations.len());
-            let mut outcomes = Vec::with_capacity(spec.destinations.len());
-            for (index, dest) in spec.destinations.into_iter().enumerate() {
-                let relayed = matches!(spec.response,
-                    ResponseMode::AfterDelivery { destination, .. } if destination == index);
-                let outcome = relayed.then(|| broadcast::channel(1024).0);
-                outcomes.push(outcome.clone());
-                let depth = store.queue_depth(&spec.name, &dest.name).await?;
-                let dest_stats = stats.destination(&dest.name).cloned().unwrap_or_default();
-                dest_stats
-                    .queue_depth
-                    .store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed);
-                if depth > 0 {
-                    tracing::info!(channel = %spec.name, destination = %dest.name, depth,
-                        "resuming queued messages");
-                }
-                let wake = Arc::new(Notify::new());
-                wakes.push(wake.clone());
-                let worker = Worker {
-                    channel: spec.name.clone(),
-                    destination: dest.name.clone(),
-                    sender: dest.sender,
-                    retry: dest.retry,
-                    store: store.clone(),
-                    wake,
-                    stats: dest_stats,
-                    shutdown: shutdown.child_token(),
-                    outcomes: outcome,
-                    response_transform: dest.response_transform,
-                    workers: dest.workers.max(1),
-                    order_by: dest
-                        .order_by
-                        .or_else(|| ferry_hl7::Path::parse(DEFAULT_ORDER_BY).ok()),
-                };
-                ready.push(worker);
-            }
-            all_stats.push(stats.clone());
-            channels.push(ChannelIngest {
-                shared: Arc::new(ChannelShared {
-                    name: spec.name,
-                    store: store.clone(),
-                    destinations: names,
-                    wakes,
-                    stats,
-                    store_failed: store_failed.clone(),
-                    pipeline,
-                    response: spec.response,
-                    outcomes,
-                    dedupe_window: spec.dedupe_window,
-                    router: router.downgrade(),
-                }),
-            });
+            let stats = Arc::new(ChannelStats::new(&spec.name, &destination_names(&spec)));
+            channels.push(Arc::new(
+                build(&store, spec, stats, &store_failed, &router).await?,
+            ));
         }
-        if !router.fill(channels.clone()) {
+        if !router.fill(channels.iter().map(|c| c.ingest.clone()).collect()) {
             return Err(EngineError::RouterInUse);
         }
-        for worker in ready {
+        let engine = Engine {
+            shared: Arc::new(Shared {
+                stats: Arc::new(Stats::new(
+                    channels.iter().map(|c| c.stats().clone()).collect(),
+                )),
+                store,
+                store_failed,
+                router,
+                root: CancellationToken::new(),
+                channels: RwLock::new(channels.clone()),
+                lifecycle: tokio::sync::Mutex::new(Lifecycle::default()),
+            }),
+        };
+        for channel in &channels {
+            engine.start_workers(channel);
+            channel.ingest.shared.gate.open();
+            channel.set_state(ChannelState::Started);
+        }
+        Ok(engine)
+    }
+
+    fn deployed(&self) -> Vec<Arc<Deployed>> {
+        match self.shared.channels.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn find(&self, channel: &str) -> Option<Arc<Deployed>> {
+        self.deployed().into_iter().find(|c| c.name() == channel)
+    }
+
+    /// The ingest handle of a deployed channel, for its source connector.
+    pub fn ingest(&self, channel: &str) -> Option<ChannelIngest> {
+        self.find(channel).map(|c| c.ingest.clone())
+    }
+
+    /// The names of the deployed channels, in deployment order.
+    pub fn channel_names(&self) -> Vec<String> {
+        self.deployed()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect()
+    }
+
+    /// The lifecycle state of a deployed channel (`None`: not deployed).
+    pub fn channel_state(&self, channel: &str) -> Option<ChannelState> {
+        self.find(channel).map(|c| c.state())
+    }
+
+    /// A handle that routes messages to this engine's channels (for scripts).
+    pub fn router(&self) -> Router {
+        self.shared.router.clone()
+    }
+
+    /// Counters for `/metrics`.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// The store the engine runs on.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// A view of health that stays valid after the engine is moved (for the admin server).
+    pub fn health_probe(&self) -> HealthProbe {
+        HealthProbe {
+            stats: self.shared.stats.clone(),
+            store_failed: self.shared.store_failed.clone(),
+        }
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.health_probe().health()
+    }
+
+    /// Run a clone of every worker template of `channel` (no-op when they run).
+    fn start_workers(&self, channel: &Deployed) {
+        let mut running = lock(&channel.running);
+        if running.is_some() {
+            return;
+        }
+        let stop = self.shared.root.child_token();
+        let mut tasks = JoinSet::new();
+        for template in &channel.workers {
+            let mut worker = template.clone();
+            worker.shutdown = stop.child_token();
             let (c, d) = (worker.channel.clone(), worker.destination.clone());
-            let failed = store_failed.clone();
-            workers.spawn(async move {
+            let failed = self.shared.store_failed.clone();
+            tasks.spawn(async move {
                 let result = worker.run().await;
                 if let Err(error) = &result {
                     // The queue can no longer be worked: report unhealthy at once rather
@@ -273,62 +398,19 @@ impl Engine {
                 (c, d, result)
             });
         }
-        Ok(Engine {
-            router,
-            store,
-            channels,
-            stats: Arc::new(Stats::new(all_stats)),
-            workers,
-            shutdown,
-            store_failed,
-        })
+        *running = Some(Running { stop, tasks });
     }
 
-    /// The ingest handle of a channel, for its source connector.
-    pub fn ingest(&self, channel: &str) -> Option<ChannelIngest> {
-        self.channels
-            .iter()
-            .find(|c| c.channel() == channel)
-            .cloned()
-    }
-
-    /// A handle that routes messages to this engine's channels (for scripts).
-    pub fn router(&self) -> Router {
-        self.router.clone()
-    }
-
-    /// Counters for `/metrics`.
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
-    }
-
-    /// The store the engine runs on.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    /// A view of health that stays valid after the engine is moved (for the admin server).
-    pub fn health_probe(&self) -> HealthProbe {
-        HealthProbe {
-            stats: self.stats.clone(),
-            store_failed: self.store_failed.clone(),
-        }
-    }
-
-    /// Current health.
-    pub fn health(&self) -> Health {
-        self.health_probe().health()
-    }
-
-    /// Stop: workers finish the attempt in flight (its outcome is recorded), pending completion
-    /// records are flushed, and the store is closed.
-    pub async fn shutdown(mut self) -> Result<(), EngineError> {
-        for c in &self.channels {
-            c.set_deployed(false);
-        }
-        self.shutdown.cancel();
-        let mut first_error = None;
-        while let Some(joined) = self.workers.join_next().await {
+    /// Stop `channel`'s workers and wait for them: a delivery attempt in flight is abandoned
+    /// (the message stays `QUEUED` and is sent again after the next start: delivery is
+    /// at-least-once) and completion records already made are flushed. Errors are logged and
+    /// the first is kept for [`shutdown`](Self::shutdown).
+    async fn stop_workers(&self, channel: &Deployed, life: &mut Lifecycle) {
+        let Some(mut running) = lock(&channel.running).take() else {
+            return;
+        };
+        running.stop.cancel();
+        while let Some(joined) = running.tasks.join_next().await {
             let error = match joined {
                 Ok((_, _, Ok(()))) => None,
                 Ok((channel, destination, Err(e))) => Some(EngineError::Worker {
@@ -337,22 +419,316 @@ impl Engine {
                     reason: e.to_string(),
                 }),
                 Err(join) => Some(EngineError::Worker {
-                    channel: String::new(),
+                    channel: channel.name().to_owned(),
                     destination: String::new(),
                     reason: join.to_string(),
                 }),
             };
             if let Some(e) = error {
                 tracing::error!(error = %e, "worker stopped with an error");
-                first_error.get_or_insert(e);
+                life.first_error.get_or_insert(e);
             }
         }
-        self.store.close().await?;
-        match first_error {
+    }
+
+    async fn lifecycle(&self) -> Result<tokio::sync::MutexGuard<'_, Lifecycle>, EngineError> {
+        let life = self.shared.lifecycle.lock().await;
+        if life.closed {
+            return Err(EngineError::ShuttingDown);
+        }
+        Ok(life)
+    }
+
+    fn known(&self, channel: &str) -> Result<Arc<Deployed>, EngineError> {
+        self.find(channel)
+            .ok_or_else(|| EngineError::UnknownChannel(channel.to_owned()))
+    }
+
+    /// Pause `channel`: refuse new messages (waiting up to `drain` for the ones being
+    /// received to be stored and answered) while its destination workers keep draining the
+    /// queues. From `stopped`, this starts the workers without accepting anything. The
+    /// channel's source (listener, poller) must be stopped by its owner first.
+    pub async fn pause_channel(
+        &self,
+        channel: &str,
+        drain: Duration,
+    ) -> Result<Transition, EngineError> {
+        let _life = self.lifecycle().await?;
+        let c = self.known(channel)?;
+        let from = c.state();
+        let drained = match from {
+            ChannelState::Started => c.close_gate(drain).await,
+            ChannelState::Paused => true,
+            ChannelState::Stopped => {
+                self.start_workers(&c);
+                true
+            }
+        };
+        c.set_state(ChannelState::Paused);
+        tracing::info!(channel, %from, "channel paused");
+        Ok(Transition {
+            from: Some(from),
+            to: Some(ChannelState::Paused),
+            drained,
+        })
+    }
+
+    /// Stop `channel`: refuse new messages (waiting up to `drain` for the ones being received
+    /// to be stored and answered), then stop its destination workers. Queued messages stay
+    /// `QUEUED` in the store and are delivered after [`start_channel`](Self::start_channel);
+    /// a delivery attempt in flight is abandoned and made again then (at-least-once). The
+    /// channel's source must be stopped by its owner first.
+    pub async fn stop_channel(
+        &self,
+        channel: &str,
+        drain: Duration,
+    ) -> Result<Transition, EngineError> {
+        let mut life = self.lifecycle().await?;
+        let c = self.known(channel)?;
+        let from = c.state();
+        let drained = match from {
+            ChannelState::Started => c.close_gate(drain).await,
+            ChannelState::Paused | ChannelState::Stopped => true,
+        };
+        self.stop_workers(&c, &mut life).await;
+        c.set_state(ChannelState::Stopped);
+        tracing::info!(channel, %from, "channel stopped");
+        Ok(Transition {
+            from: Some(from),
+            to: Some(ChannelState::Stopped),
+            drained,
+        })
+    }
+
+    /// Start `channel`: its destination workers run (from the head of each queue) and it
+    /// accepts messages again. The owner of its source starts the source afterwards.
+    pub async fn start_channel(&self, channel: &str) -> Result<Transition, EngineError> {
+        let _life = self.lifecycle().await?;
+        let c = self.known(channel)?;
+        let from = c.state();
+        self.start_workers(&c);
+        c.ingest.shared.gate.open();
+        c.set_state(ChannelState::Started);
+        tracing::info!(channel, %from, "channel started");
+        Ok(Transition {
+            from: Some(from),
+            to: Some(ChannelState::Started),
+            drained: true,
+        })
+    }
+
+    /// Deploy a channel while the engine runs, started. A channel of the same name is
+    /// replaced: it stops accepting (waiting up to `drain` for messages being received), its
+    /// workers stop, and the new channel's workers take over its queues (a destination that
+    /// keeps its name keeps its queue and its counters). The old channel's source must be
+    /// stopped by its owner first. When the queues cannot be read the old channel is put back
+    /// as it was and the error returned.
+    pub async fn deploy_channel(
+        &self,
+        spec: ChannelSpec,
+        drain: Duration,
+    ) -> Result<Transition, EngineError> {
+        let mut life = self.lifecycle().await?;
+        let previous = self.find(&spec.name);
+        let from = previous.as_ref().map(|c| c.state());
+        let mut drained = true;
+        if let Some(old) = &previous {
+            if old.state() == ChannelState::Started {
+                drained = old.close_gate(drain).await;
+            }
+            self.stop_workers(old, &mut life).await;
+        }
+        let names = destination_names(&spec);
+        let stats = Arc::new(match &previous {
+            Some(old) => ChannelStats::succeeding(old.stats(), &names),
+            None => ChannelStats::new(&spec.name, &names),
+        });
+        let shared = &self.shared;
+        let built = build(
+            &shared.store,
+            spec,
+            stats,
+            &shared.store_failed,
+            &shared.router,
+        )
+        .await;
+        let channel = match built {
+            Ok(c) => Arc::new(c),
+            Err(error) => {
+                if let Some(old) = &previous {
+                    self.restore(old);
+                }
+                return Err(error);
+            }
+        };
+        {
+            let mut channels = match shared.channels.write() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match channels.iter_mut().find(|c| c.name() == channel.name()) {
+                Some(slot) => *slot = channel.clone(),
+                None => channels.push(channel.clone()),
+            }
+        }
+        shared.stats.put(channel.stats().clone());
+        shared.router.insert(channel.ingest.clone());
+        self.start_workers(&channel);
+        channel.ingest.shared.gate.open();
+        channel.set_state(ChannelState::Started);
+        tracing::info!(channel = %channel.name(), replaced = previous.is_some(), "channel deployed");
+        Ok(Transition {
+            from,
+            to: Some(ChannelState::Started),
+            drained,
+        })
+    }
+
+    /// Put a channel whose replacement failed back in the state it was in.
+    fn restore(&self, old: &Deployed) {
+        let state = old.state();
+        if state.delivers() {
+            self.start_workers(old);
+        }
+        if state == ChannelState::Started {
+            old.ingest.shared.gate.open();
+        }
+    }
+
+    /// Undeploy `channel`: it stops accepting (waiting up to `drain` for messages being
+    /// received), its workers stop, and it leaves the engine, the router and the counters.
+    /// Everything it stored stays in the store, queued messages included (a later deploy of
+    /// the channel delivers them). The channel's source must be stopped by its owner first.
+    pub async fn undeploy_channel(
+        &self,
+        channel: &str,
+        drain: Duration,
+    ) -> Result<Transition, EngineError> {
+        let mut life = self.lifecycle().await?;
+        let c = self.known(channel)?;
+        let from = c.state();
+        let drained = match from {
+            ChannelState::Started => c.close_gate(drain).await,
+            ChannelState::Paused | ChannelState::Stopped => true,
+        };
+        self.stop_workers(&c, &mut life).await;
+        c.set_state(ChannelState::Stopped);
+        {
+            let mut channels = match self.shared.channels.write() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            channels.retain(|d| d.name() != channel);
+        }
+        self.shared.router.remove(channel);
+        self.shared.stats.remove(channel);
+        tracing::info!(channel, %from, "channel undeployed");
+        Ok(Transition {
+            from: Some(from),
+            to: None,
+            drained,
+        })
+    }
+
+    /// Stop: every channel stops accepting (routed messages being received are stored and
+    /// answered first), workers stop (an attempt in flight is abandoned, its message stays
+    /// `QUEUED`) and flush their completion records, and the store is closed. Lifecycle changes are refused
+    /// from here on.
+    pub async fn shutdown(self) -> Result<(), EngineError> {
+        let mut life = self.shared.lifecycle.lock().await;
+        if life.closed {
+            return Err(EngineError::ShuttingDown);
+        }
+        life.closed = true;
+        let channels = self.deployed();
+        for c in &channels {
+            c.close_gate(SHUTDOWN_DRAIN).await;
+        }
+        self.shared.root.cancel();
+        for c in &channels {
+            self.stop_workers(c, &mut life).await;
+        }
+        self.shared.store.close().await?;
+        match life.first_error.take() {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
+}
+
+fn destination_names(spec: &ChannelSpec) -> Vec<String> {
+    spec.destinations.iter().map(|d| d.name.clone()).collect()
+}
+
+/// Build a channel: its ingest handle and a worker template per destination, with each
+/// destination's queue depth counted from the store. Nothing runs yet.
+async fn build(
+    store: &Store,
+    spec: ChannelSpec,
+    stats: Arc<ChannelStats>,
+    store_failed: &Arc<AtomicBool>,
+    router: &Router,
+) -> Result<Deployed, EngineError> {
+    let names = destination_names(&spec);
+    let pipeline = Arc::new(spec.pipeline());
+    let mut wakes = Vec::with_capacity(spec.destinations.len());
+    let mut outcomes = Vec::with_capacity(spec.destinations.len());
+    let mut workers = Vec::with_capacity(spec.destinations.len());
+    for (index, dest) in spec.destinations.into_iter().enumerate() {
+        let relayed = matches!(spec.response,
+            ResponseMode::AfterDelivery { destination, .. } if destination == index);
+        let outcome = relayed.then(|| broadcast::channel(1024).0);
+        outcomes.push(outcome.clone());
+        let depth = store.queue_depth(&spec.name, &dest.name).await?;
+        let dest_stats = stats.destination(&dest.name).cloned().unwrap_or_default();
+        dest_stats
+            .queue_depth
+            .store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed);
+        if depth > 0 {
+            tracing::info!(channel = %spec.name, destination = %dest.name, depth,
+                "resuming queued messages");
+        }
+        let wake = Arc::new(Notify::new());
+        wakes.push(wake.clone());
+        workers.push(Worker {
+            channel: spec.name.clone(),
+            destination: dest.name.clone(),
+            sender: dest.sender,
+            retry: dest.retry,
+            store: store.clone(),
+            wake,
+            stats: dest_stats,
+            // Replaced by a fresh token each time the channel starts.
+            shutdown: CancellationToken::new(),
+            outcomes: outcome,
+            response_transform: dest.response_transform,
+            workers: dest.workers.max(1),
+            order_by: dest
+                .order_by
+                .or_else(|| ferry_hl7::Path::parse(DEFAULT_ORDER_BY).ok()),
+        });
+    }
+    Ok(Deployed {
+        ingest: ChannelIngest {
+            shared: Arc::new(ChannelShared {
+                name: spec.name,
+                store: store.clone(),
+                destinations: names,
+                wakes,
+                stats,
+                store_failed: store_failed.clone(),
+                pipeline,
+                response: spec.response,
+                outcomes,
+                dedupe_window: spec.dedupe_window,
+                index: spec.index,
+                router: router.downgrade(),
+                gate: Gate::closed(),
+            }),
+        },
+        workers,
+        running: Mutex::new(None),
+    })
 }
 
 /// Cheap, cloneable health view of an engine.
@@ -370,7 +746,7 @@ impl HealthProbe {
                 .stats
                 .channels()
                 .iter()
-                .all(|c| c.deployed.load(Ordering::Relaxed)),
+                .all(|c| c.state() != ChannelState::Started || c.deployed.load(Ordering::Relaxed)),
             store_ok: !self.store_failed.load(Ordering::Relaxed),
         }
     }

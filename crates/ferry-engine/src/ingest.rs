@@ -154,8 +154,12 @@ pub(crate) struct ChannelShared {
     pub outcomes: Vec<Option<broadcast::Sender<Arc<DeliveryOutcome>>>>,
     /// Duplicate detection window (`None`: off); see `dedupe.rs`.
     pub dedupe_window: Option<std::time::Duration>,
+    /// What is extracted from each received message for search; see `index.rs`.
+    pub index: crate::index::MetadataIndex,
     /// Where scripts' `router.route` messages go.
     pub router: crate::router::WeakRouter,
+    /// Open while the channel is started; every receive passes it (see `lifecycle.rs`).
+    pub gate: crate::lifecycle::Gate,
 }
 
 /// The handle a source uses to submit messages to its channel. Cheap to clone.
@@ -210,11 +214,56 @@ impl ChannelIngest {
     }
 
     /// [`receive`](Self::receive) with facts about the sender (the source map scripts read).
+    ///
+    /// A channel that is not started (paused, stopped, being stopped) refuses the message:
+    /// nothing is stored and the answer is `AE` (`CE` in enhanced mode), so the sender
+    /// resends later.
     pub async fn receive_with(&self, raw: &[u8], source_map: Map<String, Value>) -> IngestReply {
+        let Some(_inside) = self.shared.gate.enter() else {
+            return self.refused(raw);
+        };
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
         match self.process(raw.to_vec(), source_map).await {
             Ok((raw, processed)) => self.dispatch(raw, processed, None, None).await,
             Err(reply) => reply,
+        }
+    }
+
+    /// Whether the channel accepts messages now (it is started).
+    pub fn accepting(&self) -> bool {
+        self.shared.gate.is_open()
+    }
+
+    /// The answer to a message that arrived while the channel was not started: `AE`/`CE`
+    /// addressed to the sender when its header reads, nothing stored.
+    fn refused(&self, raw: &[u8]) -> IngestReply {
+        let shared = &self.shared;
+        tracing::debug!(channel = %shared.name, "message refused: the channel is not started");
+        let text = "channel is not accepting messages (paused or stopped); resend later";
+        let (code, ack) = match Message::parse(raw) {
+            Ok(message) => {
+                let code = if is_enhanced(&message) {
+                    AckCode::CE
+                } else {
+                    AckCode::AE
+                };
+                let detail = ErrorDetail::internal_error(text);
+                (
+                    code,
+                    ack::build_ack(&message, code, Some(text), Some(&detail)),
+                )
+            }
+            Err(_) => (
+                AckCode::AE,
+                ack::build_nak_without_header(AckCode::AE, text),
+            ),
+        };
+        IngestReply {
+            ack,
+            code,
+            message_id: None,
+            requested: true,
+            application_ack: None,
         }
     }
 
@@ -642,8 +691,8 @@ impl ChannelIngest {
         }
     }
 
-    /// The store record of a message with the source's outcome; no destination rows (the
-    /// caller adds them for an accepted message).
+    /// The store record of a message with the source's outcome and its indexed metadata; no
+    /// destination rows (the caller adds them for an accepted message).
     fn record(
         &self,
         raw: &[u8],
@@ -668,6 +717,9 @@ impl ChannelIngest {
             encoded: Vec::new(),
             maps: None,
             dedupe: None,
+            metadata: message
+                .map(|m| self.shared.index.extract(m))
+                .unwrap_or_default(),
         }
     }
 
@@ -676,6 +728,9 @@ impl ChannelIngest {
     /// and the returned ACK is `AR` (addressed to the sender when the prefix holds a readable
     /// MSH segment).
     pub async fn reject(&self, raw_prefix: &[u8], reason: String) -> IngestReply {
+        let Some(_inside) = self.shared.gate.enter() else {
+            return self.refused(raw_prefix);
+        };
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
         let message = Message::parse(raw_prefix).ok();
         self.reject_parsed(raw_prefix, message.as_ref(), None, reason)

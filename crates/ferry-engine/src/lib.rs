@@ -30,6 +30,12 @@
 //! A [`Router`] hands messages from one channel to another inside the engine (`channel`
 //! destinations, scripts); it exists before the engine starts so connectors can hold it.
 //!
+//! [`MetadataIndex`] extracts the values a channel indexes for search (its MRN, by default)
+//! from each received message; they are stored with it.
+//! Each deployed channel is started, paused or stopped ([`ChannelState`], [`lifecycle`]); the
+//! engine changes that, and deploys and undeploys channels, while it runs, without losing an
+//! acknowledged message.
+//!
 //! [`Stats`] counts what happened per channel and destination for `/metrics`.
 //!
 //! [`transform`] holds the declarative steps ([`Step`], [`apply_all`]), code tables, the
@@ -40,7 +46,9 @@ mod dedupe;
 mod destination;
 mod engine;
 mod filter;
+mod index;
 mod ingest;
+pub mod lifecycle;
 pub mod phi;
 mod pipeline;
 mod retry;
@@ -55,7 +63,9 @@ pub use engine::{
     ChannelSpec, DEFAULT_ORDER_BY, DestinationSpec, Engine, EngineError, Health, HealthProbe,
 };
 pub use filter::FilterRule;
+pub use index::{DEFAULT_INDEX, MAX_INDEXED_VALUE_BYTES, MetadataIndex};
 pub use ingest::{ChannelIngest, IngestReply, ReprocessError, ResponseMode};
+pub use lifecycle::{ChannelState, Transition};
 pub use pipeline::{
     Accepted, Context, Convert, DestinationProcessing, DestinationResult, Encode, Filter,
     FilterStep, Pipeline, Preprocess, Processed, TransformStep,

@@ -5,8 +5,10 @@
 //! counted once from the store at deploy, then moved by enqueue and completion.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::lifecycle::ChannelState;
 
 /// Counters of one destination of a channel.
 #[derive(Debug, Default)]
@@ -46,8 +48,13 @@ impl DestinationStats {
 pub struct ChannelStats {
     /// Channel name.
     pub name: String,
-    /// Whether the channel is deployed (source listening, workers running).
+    /// Whether the channel's source is up and accepting: set by the source's owner once it
+    /// listens, cleared when the channel is paused, stopped or shut down. `/health` wants it
+    /// on every channel whose [`state`](Self::state) is `started`; the no-inbound alert is
+    /// quiet while it is off.
     pub deployed: AtomicBool,
+    /// The lifecycle state ([`ChannelState`]), moved by the engine only.
+    state: AtomicU8,
     /// Messages received by the source (accepted or rejected).
     pub received: AtomicU64,
     /// Messages removed by a source filter (status `FILTERED`).
@@ -70,6 +77,7 @@ impl ChannelStats {
         ChannelStats {
             name: name.to_owned(),
             deployed: AtomicBool::new(false),
+            state: AtomicU8::new(ChannelState::Stopped as u8),
             received: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
             errored: AtomicU64::new(0),
@@ -89,12 +97,45 @@ impl ChannelStats {
             .find(|(n, _)| n == name)
             .map(|(_, s)| s)
     }
+
+    /// The channel's lifecycle state.
+    pub fn state(&self) -> ChannelState {
+        ChannelState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, state: ChannelState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Counters for a redeployed channel: the channel's counts carry on from `previous`, and
+    /// a destination that keeps its name keeps its counters (its queue depth is counted again
+    /// by the engine).
+    pub(crate) fn succeeding(previous: &ChannelStats, destinations: &[String]) -> ChannelStats {
+        let carry = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
+        ChannelStats {
+            name: previous.name.clone(),
+            deployed: AtomicBool::new(false),
+            state: AtomicU8::new(ChannelState::Stopped as u8),
+            received: carry(&previous.received),
+            filtered: carry(&previous.filtered),
+            errored: carry(&previous.errored),
+            failed: carry(&previous.failed),
+            duplicates: carry(&previous.duplicates),
+            destinations: destinations
+                .iter()
+                .map(|d| {
+                    let kept = previous.destination(d).cloned();
+                    (d.clone(), kept.unwrap_or_default())
+                })
+                .collect(),
+        }
+    }
 }
 
-/// All counters of an engine.
+/// All counters of an engine. Channels come and go as they are deployed and undeployed.
 #[derive(Debug, Default)]
 pub struct Stats {
-    channels: Vec<Arc<ChannelStats>>,
+    channels: RwLock<Vec<Arc<ChannelStats>>>,
     audit_dropped: std::sync::OnceLock<Arc<AtomicU64>>,
     certificates: crate::certs::Certificates,
 }
@@ -103,7 +144,7 @@ impl Stats {
     /// Counters of these channels (the engine builds its own; alert rule tests build samples).
     pub fn new(channels: Vec<Arc<ChannelStats>>) -> Stats {
         Stats {
-            channels,
+            channels: RwLock::new(channels),
             audit_dropped: std::sync::OnceLock::new(),
             certificates: Default::default(),
         }
@@ -120,27 +161,53 @@ impl Stats {
         let _ = self.audit_dropped.set(counter);
     }
 
-    /// Counters of every channel, in configuration order.
-    pub fn channels(&self) -> &[Arc<ChannelStats>] {
-        &self.channels
+    /// Counters of every deployed channel, in configuration order (a channel deployed later
+    /// comes last).
+    pub fn channels(&self) -> Vec<Arc<ChannelStats>> {
+        match self.channels.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
-    /// Counters of one channel.
-    pub fn channel(&self, name: &str) -> Option<&Arc<ChannelStats>> {
-        self.channels.iter().find(|c| c.name == name)
+    /// Counters of one deployed channel.
+    pub fn channel(&self, name: &str) -> Option<Arc<ChannelStats>> {
+        self.channels().into_iter().find(|c| c.name == name)
+    }
+
+    /// Add a channel's counters, or replace those of the channel of the same name in place.
+    pub(crate) fn put(&self, stats: Arc<ChannelStats>) {
+        let mut channels = match self.channels.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match channels.iter_mut().find(|c| c.name == stats.name) {
+            Some(slot) => *slot = stats,
+            None => channels.push(stats),
+        }
+    }
+
+    /// Forget an undeployed channel's counters.
+    pub(crate) fn remove(&self, name: &str) {
+        let mut channels = match self.channels.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        channels.retain(|c| c.name != name);
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every counter.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::with_capacity(1024);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let channels = self.channels();
         family(
             &mut out,
             "ferry_channel_deployed",
             "gauge",
-            "1 when the channel is deployed and running.",
+            "1 when the channel is deployed and its source is accepting messages.",
         );
-        for c in &self.channels {
+        for c in &channels {
             let v = u64::from(c.deployed.load(Ordering::Relaxed));
             sample(
                 &mut out,
@@ -148,6 +215,23 @@ impl Stats {
                 &[("channel", &c.name)],
                 v as i64,
             );
+        }
+        family(
+            &mut out,
+            "ferry_channel_state",
+            "gauge",
+            "1 for the channel's lifecycle state (started, paused, stopped), 0 for the others.",
+        );
+        for c in &channels {
+            let now = c.state();
+            for state in ChannelState::ALL {
+                sample(
+                    &mut out,
+                    "ferry_channel_state",
+                    &[("channel", &c.name), ("state", state.as_str())],
+                    i64::from(state == now),
+                );
+            }
         }
         for (metric, help, get) in [
             (
@@ -177,7 +261,7 @@ impl Stats {
             ),
         ] {
             family(&mut out, metric, "counter", help);
-            for c in &self.channels {
+            for c in &channels {
                 sample(
                     &mut out,
                     metric,
@@ -220,7 +304,7 @@ impl Stats {
             ),
         ] {
             family(&mut out, metric, kind, help);
-            for c in &self.channels {
+            for c in &channels {
                 for (name, d) in &c.destinations {
                     sample(
                         &mut out,
@@ -292,5 +376,7 @@ mod tests {
         assert!(text.contains("ferry_messages_duplicate_total{channel=\"adt\\\"x\"} 2\n"));
         assert!(text.contains("ferry_queue_depth{channel=\"adt\\\"x\",destination=\"api\"} 7\n"));
         assert!(text.contains("# TYPE ferry_messages_sent_total counter\n"));
+        assert!(text.contains("ferry_channel_state{channel=\"adt\\\"x\",state=\"stopped\"} 1\n"));
+        assert!(text.contains("ferry_channel_state{channel=\"adt\\\"x\",state=\"started\"} 0\n"));
     }
 }

@@ -139,6 +139,7 @@ async fn start(dir: &std::path::Path, recorder: Arc<Recorder>, workers: usize) -
         source: Pipeline::default(),
         response: ResponseMode::OnReceive,
         dedupe_window: None,
+        index: Default::default(),
     };
     Engine::start(store, vec![spec]).await.expect("start")
 }
@@ -175,7 +176,7 @@ async fn run(workers: usize, slow: usize, per_key: usize) -> (Arc<Recorder>, usi
     let sent = || {
         stats
             .channel("c")
-            .and_then(|c| c.destination("d"))
+            .and_then(|c| c.destination("d").cloned())
             .map_or(0, |d| d.sent.load(Ordering::Relaxed))
     };
     let deadline = Instant::now() + Duration::from_secs(20);

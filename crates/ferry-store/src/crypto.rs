@@ -33,6 +33,17 @@
 //! Metadata stays in the clear because the store indexes and lists by it: channel and
 //! connector names, statuses, times, `control_id` (MSH-10), `message_type` (MSH-9) and the
 //! duplicate-detection key (MSH-3/MSH-4/MSH-10).
+//!
+//! **Indexed metadata** (`message_metadata`: a channel's `index` values, an MRN by default) is
+//! searched by exact value, so it cannot be a randomized envelope. Its `value` column holds a
+//! *blind index* instead: `HMAC-SHA256(K_idx, len(key) ‖ key ‖ len(value) ‖ value)` (lengths
+//! as 4-byte big-endian), where `K_idx = HKDF-Expand(PRK = data key, info =
+//! "ferry-store-blind-index-v1", L = 32)` — one HMAC block, `HMAC(data key, info ‖ 0x01)`,
+//! since the data key already is uniformly random. Searching computes the same token from the
+//! searched value under every key of the keyring. The file then holds no plaintext value; what
+//! it does reveal is which messages share one (equality), inherent in any exact-match index.
+//! The value itself is also kept, sealed (stage `index`, the key name as the connector), so
+//! key rotation can compute the token under the new key.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,6 +51,8 @@ use std::fmt;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use base64::Engine as _;
+use hmac::Mac as _;
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::StoreError;
@@ -55,6 +68,38 @@ const TAG_LEN: usize = 16;
 pub const MAX_KEY_ID_LEN: usize = 64;
 const AAD_LABEL: &[u8] = b"ferry-store-v1";
 const ACCOUNTS_AAD_LABEL: &[u8] = b"ferry-accounts-v1";
+/// HKDF `info` of the blind-index key.
+const BLIND_INDEX_INFO: &[u8] = b"ferry-store-blind-index-v1";
+/// The stage name binding a sealed metadata value (its connector is the metadata key).
+pub(crate) const INDEX_STAGE: &str = "index";
+/// A blind index token.
+pub(crate) type BlindIndex = [u8; 32];
+
+/// HMAC-SHA256 with the blind-index key already absorbed (cloned per value).
+type IndexMac = hmac::Hmac<Sha256>;
+
+/// The blind-index MAC of a data key (see the module documentation).
+fn index_mac(key: &Key) -> Result<IndexMac, StoreError> {
+    let unusable = |_| StoreError::Crypto("the blind-index key cannot be derived".into());
+    let mut expand =
+        <IndexMac as hmac::KeyInit>::new_from_slice(key.0.as_slice()).map_err(unusable)?;
+    expand.update(BLIND_INDEX_INFO);
+    expand.update(&[1]);
+    let mut derived = Zeroizing::new([0u8; 32]);
+    derived.copy_from_slice(&expand.finalize().into_bytes());
+    <IndexMac as hmac::KeyInit>::new_from_slice(derived.as_slice()).map_err(unusable)
+}
+
+fn blind_index_with(mac: &IndexMac, key: &str, value: &str) -> BlindIndex {
+    let mut mac = mac.clone();
+    mac.update(&(key.len() as u32).to_be_bytes());
+    mac.update(key.as_bytes());
+    mac.update(&(value.len() as u32).to_be_bytes());
+    mac.update(value.as_bytes());
+    let mut token = [0u8; 32];
+    token.copy_from_slice(&mac.finalize().into_bytes());
+    token
+}
 
 /// A 256-bit data-encryption key. Wiped from memory when dropped; `Debug` prints nothing of
 /// it.
@@ -96,6 +141,9 @@ pub struct Keyring {
     current_id: String,
     current: Aes256Gcm,
     keys: HashMap<String, Aes256Gcm>,
+    /// The blind-index MAC of the current key, and of every key (search tries them all).
+    current_index: IndexMac,
+    index_keys: Vec<IndexMac>,
 }
 
 impl fmt::Debug for Keyring {
@@ -119,10 +167,13 @@ impl Keyring {
         let cipher = cipher(id, &key)?;
         let mut keys = HashMap::new();
         keys.insert(id.to_owned(), cipher.clone());
+        let index = index_mac(&key)?;
         Ok(Keyring {
             current_id: id.to_owned(),
             current: cipher,
             keys,
+            current_index: index.clone(),
+            index_keys: vec![index],
         })
     }
 
@@ -134,8 +185,24 @@ impl Keyring {
             )));
         }
         let cipher = cipher(id, &key)?;
-        self.keys.insert(id.to_owned(), cipher);
+        if self.keys.insert(id.to_owned(), cipher).is_none() {
+            self.index_keys.push(index_mac(&key)?);
+        }
         Ok(self)
+    }
+
+    /// The blind index of `value` under metadata `key`, with the current key: what is stored.
+    pub(crate) fn blind_index(&self, key: &str, value: &str) -> BlindIndex {
+        blind_index_with(&self.current_index, key, value)
+    }
+
+    /// The blind indexes of `value` under every key of the ring: what a search looks for
+    /// (rows written under an old key match until rotation re-indexes them).
+    pub(crate) fn blind_indexes(&self, key: &str, value: &str) -> Vec<BlindIndex> {
+        self.index_keys
+            .iter()
+            .map(|mac| blind_index_with(mac, key, value))
+            .collect()
     }
 
     /// The id of the key new records are encrypted under.
@@ -447,6 +514,34 @@ mod tests {
         let mut text = String::from(TEXT_PREFIX);
         base64::engine::general_purpose::STANDARD.encode_string(blob, &mut text);
         assert!(open_text(Some(&ring), &field("alice"), text).is_err());
+    }
+
+    #[test]
+    fn blind_indexes_are_keyed_and_separate_keys_from_values() {
+        let ring = ring();
+        let token = ring.blind_index("mrn", "12345");
+        assert_eq!(token, ring.blind_index("mrn", "12345"), "deterministic");
+        assert_ne!(token, ring.blind_index("mrn", "12346"));
+        assert_ne!(
+            token,
+            ring.blind_index("visit", "12345"),
+            "bound to the key name"
+        );
+        assert_ne!(
+            ring.blind_index("ab", "c"),
+            ring.blind_index("a", "bc"),
+            "length-prefixed"
+        );
+        let other = Keyring::new("k2", Key::from_bytes(&[8u8; 32]).expect("key")).expect("ring");
+        assert_ne!(token, other.blind_index("mrn", "12345"), "keyed");
+        let both = other.with_old("k1", Key::from_bytes(&[7u8; 32]).expect("key"));
+        let both = both.expect("ring").blind_indexes("mrn", "12345");
+        assert_eq!(both.len(), 2);
+        assert!(
+            both.contains(&token),
+            "an old key's tokens are still searched"
+        );
+        assert!(!token.windows(5).any(|w| w == b"12345"));
     }
 
     #[test]

@@ -24,7 +24,12 @@
 //! AES-256-GCM envelope bound to its row; see [`crypto`](crate::crypto) for the format. So are
 //! the admin users' TOTP secrets ([`Accounts::open_with`]). Key rotation
 //! ([`Store::rotate_batch`]) re-encrypts old records, TOTP secrets included, in bounded
-//! batches while the store is in use.
+//! batches while the store is in use. Indexed metadata (an MRN) is stored as a keyed blind index, searchable by
+//! exact value without the value being in the file.
+//!
+//! **Search** ([`Store::search_messages`], `search.rs`): criteria over a channel's messages,
+//! walked newest first from the most selective index, bounded in matches and in rows
+//! examined per request, with a keyset cursor to continue.
 
 mod accounts;
 pub mod audit;
@@ -34,6 +39,7 @@ mod model;
 mod reader;
 mod rotate;
 mod schema;
+mod search;
 mod writer;
 
 use std::path::Path;
@@ -49,7 +55,10 @@ pub use audit::{
 pub use crypto::{Key, Keyring};
 pub use model::{
     ConnectorRecord, ContentStage, DedupeKey, DeliveryUpdate, Ingested, MessageId, MessageSummary,
-    NewMessage, QueuedMessage, SOURCE, Status, StatusCount,
+    Metadata, NewMessage, QueuedMessage, SOURCE, Status, StatusCount,
+};
+pub use search::{
+    ConnectorStatus, FoundMessage, MAX_SEARCH_EXAMINED, MAX_SEARCH_LIMIT, MessagePage, MessageQuery,
 };
 pub use writer::WriterStats;
 
@@ -381,6 +390,17 @@ impl Store {
         self.inner
             .reader
             .run(move |r| r.messages(&c, after, limit))
+            .await
+    }
+
+    /// Messages of a channel matching `query`, newest first, one bounded page: at most
+    /// `query.limit` matches and `query.max_examined` rows examined, with the cursor to
+    /// continue (see [`MessagePage::next_before_id`]). Content is decrypted only to be
+    /// searched (`text`) or returned (`with_raw`).
+    pub async fn search_messages(&self, query: MessageQuery) -> Result<MessagePage, StoreError> {
+        self.inner
+            .reader
+            .run(move |r| search::search(r.connection(), r.keyring(), &query))
             .await
     }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Channel-local message id: assigned by the store, monotonically increasing per channel.
 pub type MessageId = i64;
@@ -138,6 +139,75 @@ pub struct NewMessage {
     /// concurrent ingests of one key cannot both pass) whether a message with the same key was
     /// stored on this channel at or after `since_ms`. See [`Ingested::Duplicate`].
     pub dedupe: Option<DedupeKey>,
+    /// The channel's indexed metadata values of this message (its MRN…), stored in the same
+    /// transaction for exact-match search.
+    pub metadata: Metadata,
+}
+
+/// Indexed metadata of one message: `(key, value)` pairs, the values in one buffer so that
+/// collecting them costs two allocations per message whatever their number, and the key names
+/// shared with the channel's index.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// Every value, one after the other.
+    values: String,
+    /// Per entry, its key and where its value ends in `values`.
+    entries: Vec<(Arc<str>, usize)>,
+}
+
+impl Metadata {
+    /// Empty, with room for `entries` values of `bytes` bytes in all.
+    pub fn with_capacity(entries: usize, bytes: usize) -> Metadata {
+        Metadata {
+            values: String::with_capacity(bytes),
+            entries: Vec::with_capacity(entries),
+        }
+    }
+
+    /// Add `value` under `key`.
+    pub fn push(&mut self, key: Arc<str>, value: &str) {
+        self.values.push_str(value);
+        self.entries.push((key, self.values.len()));
+    }
+
+    /// The `(key, value)` pairs, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut start = 0;
+        self.entries.iter().map(move |(key, end)| {
+            let value = self.values.get(start..*end).unwrap_or_default();
+            start = *end;
+            (&**key, value)
+        })
+    }
+
+    /// How many values.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl<K: Into<Arc<str>>, V: AsRef<str>> FromIterator<(K, V)> for Metadata {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Metadata {
+        let mut metadata = Metadata::default();
+        for (key, value) in pairs {
+            metadata.push(key.into(), value.as_ref());
+        }
+        metadata
+    }
+}
+
+/// The keys only: values are PHI (an MRN) and stay out of logs.
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|(k, _)| k))
+            .finish()
+    }
 }
 
 /// The duplicate-detection key of a message (PRODUCT.md §3.7).

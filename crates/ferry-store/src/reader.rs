@@ -83,6 +83,11 @@ impl Reader<'_> {
         self.conn
     }
 
+    /// The store's keys, when it encrypts.
+    pub(crate) fn keyring(&self) -> Option<&Keyring> {
+        self.keyring
+    }
+
     /// The queue scan names the partial `QUEUED` index: without table statistics SQLite may
     /// otherwise walk the primary key and visit every sent message of the channel.
     pub(crate) fn queue_batch(

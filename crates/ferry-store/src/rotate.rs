@@ -7,7 +7,10 @@
 //! milliseconds).
 //!
 //! The pass walks `messages` (by rowid), then `content` (by rowid), then the error texts of
-//! `connector_messages` (by primary key), then the TOTP secrets of `admin_users` (by id). Rows already under the current key are skipped in
+//! `connector_messages` (by primary key), then the indexed metadata (by primary key: a row's
+//! blind index is recomputed under the new key from its sealed value, or from the value
+//! itself for a row written before encryption was enabled), then the TOTP secrets of
+//! `admin_users` (by id). Rows already under the current key are skipped in
 //! SQL by their envelope header, so an interrupted rotation resumes by starting again: it
 //! only re-reads headers of the rows done before.
 
@@ -30,6 +33,8 @@ pub(crate) enum Cursor {
     Content(i64),
     /// In `connector_messages`, after this (channel, message id, connector).
     Errors(i64, MessageId, String),
+    /// In `message_metadata`, after this (channel, key, value, message id).
+    Metadata(i64, String, Vec<u8>, MessageId),
     /// In `admin_users` (TOTP secrets), after this id.
     Users(i64),
     /// The pass is complete.
@@ -229,6 +234,76 @@ pub(crate) fn batch(
                 budget -= got;
                 cursor = match last {
                     Some((c, i, n)) if budget == 0 => Cursor::Errors(c, i, n),
+                    _ => Cursor::Metadata(i64::MIN, String::new(), Vec::new(), MessageId::MIN),
+                };
+            }
+            Cursor::Metadata(channel_after, key_after, value_after, id_after) => {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT x.channel, c.name, x.key, x.value, x.message_id, x.sealed \
+                         FROM message_metadata x JOIN channels c ON c.id = x.channel \
+                         WHERE (x.channel, x.key, x.value, x.message_id) > (?1, ?2, ?3, ?4) \
+                           AND (x.sealed IS NULL OR substr(x.sealed, 1, ?5) IS NOT ?6) \
+                         ORDER BY x.channel, x.key, x.value, x.message_id LIMIT ?7",
+                    )
+                    .map_err(StoreError::sqlite("preparing the rotation of metadata"))?;
+                let rows = stmt
+                    .query_map(
+                        params![
+                            channel_after,
+                            key_after,
+                            value_after,
+                            id_after,
+                            n,
+                            header,
+                            budget as i64
+                        ],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, Vec<u8>>(3)?,
+                                r.get::<_, MessageId>(4)?,
+                                r.get::<_, Option<Vec<u8>>>(5)?,
+                            ))
+                        },
+                    )
+                    .map_err(StoreError::sqlite("scanning metadata to rotate"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(StoreError::sqlite("reading metadata to rotate"))?;
+                let got = rows.len();
+                let mut last = None;
+                for (channel_id, channel, key, value, id, sealed) in rows {
+                    let place = Place {
+                        channel: &channel,
+                        message_id: id,
+                        connector: &key,
+                        stage: crypto::INDEX_STAGE,
+                    };
+                    let plain = zeroize::Zeroizing::new(match sealed {
+                        Some(sealed) => crypto::open(Some(keyring), &place, sealed)?,
+                        None => value.clone(),
+                    });
+                    let text = std::str::from_utf8(&plain).map_err(|_| {
+                        StoreError::Crypto(format!("{place} decrypts to invalid UTF-8"))
+                    })?;
+                    let token = keyring.blind_index(&key, text);
+                    let resealed = keyring.seal(&place, &plain)?;
+                    rotated += 1;
+                    conn.prepare_cached(
+                        "UPDATE OR REPLACE message_metadata SET value = ?1, sealed = ?2 \
+                         WHERE channel = ?3 AND key = ?4 AND value = ?5 AND message_id = ?6",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![&token[..], resealed, channel_id, key, value, id])
+                    })
+                    .map_err(StoreError::sqlite("storing re-indexed metadata"))?;
+                    last = Some((channel_id, key, value, id));
+                }
+                budget -= got;
+                cursor = match last {
+                    Some((c, k, v, i)) if budget == 0 => Cursor::Metadata(c, k, v, i),
                     _ => Cursor::Users(0),
                 };
             }
@@ -302,6 +377,10 @@ pub(crate) fn pending(conn: &Connection, keyring: &Keyring) -> Result<u64, Store
          AND substr(source_response, 1, ?1) IS NOT ?2",
     )?;
     total += count("SELECT COUNT(*) FROM content WHERE substr(data, 1, ?1) IS NOT ?2")?;
+    total += count(
+        "SELECT COUNT(*) FROM message_metadata \
+         WHERE sealed IS NULL OR substr(sealed, 1, ?1) IS NOT ?2",
+    )?;
     let mut stmt = conn
         .prepare("SELECT error FROM connector_messages WHERE error IS NOT NULL")
         .map_err(StoreError::sqlite("counting error texts to rotate"))?;

@@ -60,6 +60,26 @@ CREATE INDEX messages_dedupe
     WHERE dedupe_key IS NOT NULL;
 ";
 
+/// Schema version 3: message search. `message_metadata` holds each message's indexed values
+/// (the channel's `index`: an MRN, a visit number), its primary key serving "this channel,
+/// this key, this value, newest first"; `value` is the text, or under encryption at rest a
+/// keyed blind index with the sealed text in `sealed` (see `crypto.rs`). Small rows, so a
+/// `WITHOUT ROWID` table: the row is the index. `messages_control_id` serves MSH-10 search.
+const SCHEMA_V3: &str = "
+CREATE TABLE message_metadata (
+    channel    INTEGER NOT NULL,
+    key        TEXT NOT NULL,
+    value      BLOB NOT NULL,
+    message_id INTEGER NOT NULL,
+    sealed     BLOB,
+    PRIMARY KEY (channel, key, value, message_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX messages_control_id ON messages (channel, control_id, id);
+";
+
+/// The newest schema version.
+const VERSION: i64 = 3;
+
 /// The settings every connection that writes uses: WAL, `synchronous=FULL`, a busy timeout.
 pub(crate) fn pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(10))
@@ -90,23 +110,24 @@ pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(StoreError::sqlite("reading the schema version"))?;
-    match version {
-        0 => {
-            conn.execute_batch(&format!(
-                "BEGIN;{SCHEMA_V1}{SCHEMA_V2}PRAGMA user_version = 2;COMMIT;"
-            ))
-            .map_err(StoreError::sqlite("creating the schema"))?;
-        }
-        1 => {
-            conn.execute_batch(&format!("BEGIN;{SCHEMA_V2}PRAGMA user_version = 2;COMMIT;"))
-                .map_err(StoreError::sqlite("migrating the schema to version 2"))?;
-        }
-        2 => {}
+    // Each migration runs with the ones after it in one transaction: a store is at one
+    // version or the next, never between.
+    let migrations = match version {
+        0 => format!("{SCHEMA_V1}{SCHEMA_V2}{SCHEMA_V3}"),
+        1 => format!("{SCHEMA_V2}{SCHEMA_V3}"),
+        2 => SCHEMA_V3.to_owned(),
+        VERSION => String::new(),
         v => {
             return Err(StoreError::Corrupt(format!(
-                "schema version {v} is newer than this Ferry understands (2)"
+                "schema version {v} is newer than this Ferry understands ({VERSION})"
             )));
         }
+    };
+    if !migrations.is_empty() {
+        conn.execute_batch(&format!(
+            "BEGIN;{migrations}PRAGMA user_version = {VERSION};COMMIT;"
+        ))
+        .map_err(StoreError::sqlite("migrating the schema"))?;
     }
     // Tables outside the versioned schema: each module creates its own if missing.
     conn.execute_batch(crate::audit::AUDIT_SCHEMA)

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use std::borrow::Cow;
 
 use crate::crypto::{self, Keyring, Place};
-use crate::model::{DeliveryUpdate, Ingested, MessageId, NewMessage, SOURCE, Status};
+use crate::model::{DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE, Status};
 use crate::rotate::{self, Cursor, Rotated};
 use crate::{StoreError, model::ContentStage};
 
@@ -524,6 +524,7 @@ impl Writer {
             ])
         })
         .map_err(StoreError::sqlite("storing a message"))?;
+        self.index_metadata(channel, &m.channel, id, &m.metadata)?;
         let mut status = c
             .prepare_cached(
                 "INSERT INTO connector_messages \
@@ -640,6 +641,51 @@ impl Writer {
                 .map_err(StoreError::sqlite("storing encoded content"))?;
         }
         Ok(Ingested::Stored(id))
+    }
+
+    /// The message's indexed metadata rows: the value as is, or with encryption its blind
+    /// index and the value sealed for its row (see `crypto.rs`).
+    fn index_metadata(
+        &self,
+        channel: i64,
+        name: &str,
+        id: MessageId,
+        metadata: &Metadata,
+    ) -> Result<(), StoreError> {
+        if metadata.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO message_metadata (channel, key, value, message_id, sealed) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(StoreError::sqlite("preparing metadata insert"))?;
+        for (key, value) in metadata.iter() {
+            let inserted = match &self.keyring {
+                None => insert.execute(params![
+                    channel,
+                    key,
+                    value.as_bytes(),
+                    id,
+                    Option::<&[u8]>::None
+                ]),
+                Some(ring) => {
+                    let token = ring.blind_index(key, value);
+                    let place = Place {
+                        channel: name,
+                        message_id: id,
+                        connector: key,
+                        stage: crypto::INDEX_STAGE,
+                    };
+                    let sealed = ring.seal(&place, value.as_bytes())?;
+                    insert.execute(params![channel, key, &token[..], id, sealed])
+                }
+            };
+            inserted.map_err(StoreError::sqlite("storing indexed metadata"))?;
+        }
+        Ok(())
     }
 
     fn source_response(

@@ -1,4 +1,5 @@
-//! The store's promises on a real SQLite file, without encryption (cases in `cases/store.rs`).
+//! The store's promises on a real SQLite file, without encryption (cases in `cases/store.rs`
+//! and `cases/search.rs`).
 
 use std::path::Path;
 
@@ -10,3 +11,6 @@ fn open_store(path: &Path) -> Result<Store, StoreError> {
 
 #[path = "cases/store.rs"]
 mod cases;
+
+#[path = "cases/search.rs"]
+mod search;

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use ferry_store::{
-    ContentStage, DeliveryUpdate, Key, Keyring, NewMessage, SOURCE, Status, Store, StoreError,
-    StoreOptions,
+    ContentStage, DeliveryUpdate, Key, Keyring, MessageQuery, NewMessage, SOURCE, Status, Store,
+    StoreError, StoreOptions,
 };
 
 fn key(byte: u8) -> Key {
@@ -30,7 +30,12 @@ fn open_store(path: &Path) -> Result<Store, StoreError> {
 #[path = "cases/store.rs"]
 mod cases;
 
+#[path = "cases/search.rs"]
+mod search;
+
 const CANARY: &str = "CANARYPATIENT^ZELDA^QUINTESSA";
+/// The MRN every canary message is indexed under.
+const CANARY_MRN: &str = "CANARYMRN-31337";
 
 /// A message carrying the canary in every place that can hold PHI.
 fn canary_message(n: usize) -> NewMessage {
@@ -56,6 +61,7 @@ fn canary_message(n: usize) -> NewMessage {
         )],
         maps: Some(format!("{{\"channel_map\":{{\"patient\":\"{CANARY}\"}}}}").into_bytes()),
         dedupe: None,
+        metadata: [("mrn", CANARY_MRN)].into_iter().collect(),
     }
 }
 
@@ -83,6 +89,21 @@ fn occurrences(db: &Path, needle: &[u8]) -> usize {
         }
     }
     count
+}
+
+/// The ids of the messages indexed under `mrn`, newest first.
+async fn by_mrn(store: &Store, mrn: &str) -> Vec<i64> {
+    let page = store
+        .search_messages(MessageQuery {
+            channel: "adt".into(),
+            metadata: vec![("mrn".into(), mrn.into())],
+            limit: 1000,
+            max_examined: 1000,
+            ..MessageQuery::default()
+        })
+        .await
+        .expect("search");
+    page.messages.iter().map(|m| m.id).collect()
 }
 
 async fn ingest_canaries(store: &Store, n: usize) {
@@ -146,9 +167,28 @@ async fn the_store_file_holds_no_plaintext_of_a_canary_message() {
     // While the WAL holds the writes…
     assert_eq!(occurrences(&path, CANARY.as_bytes()), 0, "in the WAL");
     assert_eq!(occurrences(&path, b"ZELDA"), 0);
+    assert_eq!(
+        occurrences(&path, CANARY_MRN.as_bytes()),
+        0,
+        "no MRN in the WAL"
+    );
+    // The MRN is searchable all the same, through its blind index.
+    assert_eq!(
+        by_mrn(&store, CANARY_MRN).await,
+        (1..=20).rev().collect::<Vec<_>>()
+    );
+    assert!(
+        by_mrn(&store, "CANARYMRN-3133").await.is_empty(),
+        "exact only"
+    );
     // … and after the checkpoint at close.
     store.close().await.expect("close");
     assert_eq!(occurrences(&path, CANARY.as_bytes()), 0, "after checkpoint");
+    assert_eq!(
+        occurrences(&path, CANARY_MRN.as_bytes()),
+        0,
+        "no MRN in the file"
+    );
     assert!(
         occurrences(&path, b"ADT^A01") > 0,
         "metadata stays readable"
@@ -164,6 +204,10 @@ async fn without_encryption_the_canary_is_in_the_file() {
     ingest_canaries(&store, 2).await;
     store.close().await.expect("close");
     assert!(occurrences(&path, CANARY.as_bytes()) > 0);
+    assert!(
+        occurrences(&path, CANARY_MRN.as_bytes()) > 0,
+        "a plaintext store indexes the MRN as is"
+    );
 }
 
 #[tokio::test]
@@ -304,10 +348,15 @@ async fn rotation_moves_every_record_to_the_new_key_and_the_old_key_can_go() {
     // The new key is current; the old one still decrypts.
     let store = Store::open_with(&path, options(("new", 2), &[("old", 1)])).expect("open");
     // Per message: raw, source response, transformed, maps, http encoded, file response,
-    // file encoded (7 blobs), and the errors of `file` and `broken` (2 texts).
-    assert_eq!(store.rotation_pending().await.expect("pending"), 25 * 9);
+    // file encoded (7 blobs), the errors of `file` and `broken` (2 texts) and the MRN.
+    assert_eq!(store.rotation_pending().await.expect("pending"), 25 * 10);
     assert_readable(&store, 3).await;
-    assert_eq!(rotate_all(&store, 7).await, 25 * 9);
+    assert_eq!(
+        by_mrn(&store, CANARY_MRN).await.len(),
+        25,
+        "old-key tokens match"
+    );
+    assert_eq!(rotate_all(&store, 7).await, 25 * 10);
     assert_eq!(store.rotation_pending().await.expect("pending"), 0);
     // A second pass has nothing to do.
     assert_eq!(rotate_all(&store, 7).await, 0);
@@ -325,6 +374,11 @@ async fn rotation_moves_every_record_to_the_new_key_and_the_old_key_can_go() {
             .expect("queue")
             .len(),
         25
+    );
+    assert_eq!(
+        by_mrn(&store, CANARY_MRN).await.len(),
+        25,
+        "rotation re-indexed the MRN under the new key"
     );
     store.close().await.expect("close");
     // And only the new key does.
@@ -421,13 +475,21 @@ async fn a_plaintext_store_stays_readable_and_rotation_encrypts_it() {
     assert_readable(&store, 1).await;
     ingest_canaries(&store, 1).await;
     assert_readable(&store, 6).await;
-    assert_eq!(rotate_all(&store, 3).await, 5 * 9);
+    let all: Vec<i64> = (1..=6).rev().collect();
+    assert_eq!(
+        by_mrn(&store, CANARY_MRN).await,
+        all,
+        "plaintext and blind rows"
+    );
+    assert_eq!(rotate_all(&store, 3).await, 5 * 10);
     for id in 1..=6 {
         assert_readable(&store, id).await;
     }
+    assert_eq!(by_mrn(&store, CANARY_MRN).await, all, "all blind now");
     store.close().await.expect("close");
     // secure_delete zeroes the plaintext the re-encryption replaced.
     assert_eq!(occurrences(&path, CANARY.as_bytes()), 0);
+    assert_eq!(occurrences(&path, CANARY_MRN.as_bytes()), 0);
 }
 
 #[tokio::test]

@@ -66,7 +66,15 @@ impl MllpPeer {
         addr: SocketAddr,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<MllpPeer> {
-        let listener = TcpListener::bind(addr).await?;
+        Self::start_with(TcpListener::bind(addr).await?, tls)
+    }
+
+    /// Start on a listener the test already holds (for example one made from a port it kept
+    /// reserved while the peer was meant to be down, so no other test could take the port).
+    pub fn start_with(
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<MllpPeer> {
         let addr = listener.local_addr()?;
         let script = Arc::new(Mutex::new(Script::default()));
         let acceptor = tls.map(TlsAcceptor::from);

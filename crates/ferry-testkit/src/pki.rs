@@ -15,18 +15,28 @@
 //! let client = pki.client("his01", &["his01.hospital.local"]);
 //! assert!(server.cert.exists() && client.key.exists());
 //! assert!(pki.ca_cert_path().starts_with(pki.dir()));
+//! // A CRL of this CA that revokes the client (PEM; `crl_der` writes DER).
+//! let crl = pki.crl(&[&client]);
+//! assert!(std::fs::read_to_string(crl).unwrap().starts_with("-----BEGIN X509 CRL-----"));
 //! ```
+//!
+//! Every certificate gets a serial number unique within its `TestPki`, so [`TestPki::crl`]
+//! can revoke it by its files. CRLs are valid from 2020-01-01 to 2100-01-01
+//! ([`TestPki::expired_crl`]: `nextUpdate` 2001-01-01).
 //!
 //! The helpers panic on failure (with a message saying what failed): they only run in tests,
 //! where a panic is the failure report.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, date_time_ymd,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber, date_time_ymd,
 };
 use rustls_pki_types::CertificateDer;
 use tempfile::TempDir;
@@ -49,6 +59,8 @@ pub struct TestPki {
     ca_cert_path: PathBuf,
     issuer: Issuer<'static, KeyPair>,
     issued: AtomicUsize,
+    /// Serial number of every certificate issued, by its certificate file.
+    serials: Mutex<HashMap<PathBuf, u64>>,
 }
 
 impl std::fmt::Debug for TestPki {
@@ -115,6 +127,7 @@ impl TestPki {
             ca_cert_path,
             issuer: Issuer::new(params, key),
             issued: AtomicUsize::new(0),
+            serials: Mutex::new(HashMap::new()),
         }
     }
 
@@ -198,6 +211,72 @@ impl TestPki {
         )
     }
 
+    /// A CRL of this CA, valid now (thisUpdate 2020-01-01, nextUpdate 2100-01-01), that
+    /// revokes `revoked` (none: a CRL that revokes nothing), written as PEM; returns its path.
+    ///
+    /// # Panics
+    /// If a certificate of `revoked` was not issued by this `TestPki`, or signing fails.
+    pub fn crl(&self, revoked: &[&CertFiles]) -> PathBuf {
+        self.write_crl("crl.pem", revoked, Validity::Current, true)
+    }
+
+    /// As [`TestPki::crl`], written as DER.
+    pub fn crl_der(&self, revoked: &[&CertFiles]) -> PathBuf {
+        self.write_crl("crl.der", revoked, Validity::Current, false)
+    }
+
+    /// As [`TestPki::crl`], but expired: its nextUpdate was 2001-01-01.
+    pub fn expired_crl(&self, revoked: &[&CertFiles]) -> PathBuf {
+        self.write_crl("expired-crl.pem", revoked, Validity::Expired, true)
+    }
+
+    fn write_crl(
+        &self,
+        name: &str,
+        revoked: &[&CertFiles],
+        validity: Validity,
+        pem: bool,
+    ) -> PathBuf {
+        let serials = self.serials.lock().expect("serials lock");
+        let revoked_certs = revoked
+            .iter()
+            .map(|files| {
+                let serial = serials.get(&files.cert).unwrap_or_else(|| {
+                    panic!("{} was not issued by this TestPki", files.cert.display())
+                });
+                RevokedCertParams {
+                    serial_number: SerialNumber::from(*serial),
+                    revocation_time: date_time_ymd(2020, 6, 1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                }
+            })
+            .collect();
+        drop(serials);
+        let (this_update, next_update) = match validity {
+            Validity::Current => (date_time_ymd(2020, 1, 1), date_time_ymd(2100, 1, 1)),
+            Validity::Expired => (date_time_ymd(2000, 1, 1), date_time_ymd(2001, 1, 1)),
+        };
+        let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(n as u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).expect("sign the CRL");
+        let path = self.dir.path().join(format!("{n:02}-{name}"));
+        if pem {
+            write(&path, &crl.pem().expect("CRL as PEM"));
+        } else {
+            std::fs::write(&path, crl.der().as_ref())
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+        path
+    }
+
     fn issue(
         &self,
         kind: &str,
@@ -220,12 +299,13 @@ impl TestPki {
         }];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, validity);
+        let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        params.serial_number = Some(SerialNumber::from(n as u64));
 
         let key = KeyPair::generate().expect("generate a leaf key");
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("sign a leaf certificate");
-        let n = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
         let stem = format!("{n:02}-{kind}-{}", file_stem(common_name));
         let files = CertFiles {
             cert: self.dir.path().join(format!("{stem}.pem")),
@@ -233,6 +313,10 @@ impl TestPki {
         };
         write(&files.cert, &cert.pem());
         write(&files.key, &key.serialize_pem());
+        self.serials
+            .lock()
+            .expect("serials lock")
+            .insert(files.cert.clone(), n as u64);
         files
     }
 }

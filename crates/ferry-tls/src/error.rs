@@ -121,6 +121,35 @@ pub enum TlsError {
         source: rustls::server::VerifierBuilderError,
     },
 
+    /// A `crl` file in PEM holds no `X509 CRL` block.
+    #[error(
+        "{}: no certificate revocation list found in PEM file (expected a \
+         `-----BEGIN X509 CRL-----` block, or a DER file)",
+        path.display()
+    )]
+    NoCrl {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A `crl` file holds something that is not a usable certificate revocation list.
+    #[error("{}: certificate revocation list #{index} cannot be used: {reason}", path.display())]
+    BadCrl {
+        /// The file.
+        path: PathBuf,
+        /// Position of the CRL in the file, starting at 1.
+        index: usize,
+        /// What the parser found.
+        reason: String,
+    },
+
+    /// `crl` is set on a listener without `client_ca`.
+    #[error(
+        "`crl` is set but `client_ca` is not: revocation lists are checked for client \
+         certificates, so set `client_ca` to the CA bundle that issues them"
+    )]
+    CrlWithoutClientCa,
+
     /// A required setting of a TLS table is empty.
     #[error("TLS is configured without `{setting}`: {what}")]
     MissingSetting {

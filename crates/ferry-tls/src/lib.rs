@@ -18,10 +18,14 @@
 //!   refused peer.
 //! - **Precise errors:** every [`TlsError`] about a file starts with the file's path and says
 //!   what is wrong with it (`certs/client.pem: no certificate found in PEM file …`).
+//! - **Revocation:** with `crl`, client certificates are checked against certificate
+//!   revocation lists in the handshake, failing closed: revoked, unknown status and an
+//!   expired CRL are all refused (the policy and its reasons are in [`revocation`]).
 //! - **Hot reload:** a listener's certificate is served through a [`ReloadingCert`]
 //!   ([`reloadable_server_config`]); [`ReloadingCert::reload_if_changed`] re-reads the pair
 //!   when its files change, checks it, and swaps it in for new handshakes only. A pair that
 //!   does not load leaves the previous certificate in service.
+//!   [`ReloadingCert::reload_crls_if_changed`] does the same for the CRLs.
 //! - **Inventory:** [`certificates`] describes every certificate of a PEM file (role, subject,
 //!   serial, `notAfter`) for the expiry gauge `ferry_tls_certificate_expiry_days`.
 //!
@@ -36,6 +40,7 @@
 //!     key: "certs/server.key".into(),
 //!     client_ca: Some("certs/clients-ca.pem".into()),
 //!     allowed_clients: vec!["his01".into(), "lab.hospital.local".into()],
+//!     crl: vec!["certs/clients-ca.crl.pem".into()],
 //! };
 //! let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&settings)?);
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:2575").await?;
@@ -76,6 +81,7 @@ mod identity;
 mod inventory;
 mod pem;
 mod reload;
+pub mod revocation;
 mod server;
 mod verifier;
 
@@ -95,6 +101,7 @@ pub use identity::{
 pub use inventory::{CertificateInfo, CertificateKind, certificate_info, certificates};
 pub use pem::{load_certs, load_private_key, load_roots};
 pub use reload::ReloadingCert;
+pub use revocation::{CrlInfo, crl_info, load_crls};
 pub use server::{
     ServerTlsSettings, reloadable_server_config, server_config, server_config_with_alpn,
 };

@@ -11,6 +11,10 @@
 //! (so replacing the two files one after the other works: the half-way state is refused,
 //! the complete one is taken).
 //!
+//! On an mTLS listener with `crl`, the same handle also watches the CRL files
+//! ([`ReloadingCert::reload_crls_if_changed`], see [`crate::revocation`]): a new CRL that
+//! revokes a certificate refuses that client from the next handshake on.
+//!
 //! The client CA bundle and the allow-list are not reloaded: they change with a restart.
 
 use std::path::{Path, PathBuf};
@@ -21,12 +25,13 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 
+use crate::revocation::ClientChainVerifier;
 use crate::{TlsError, crypto_provider, load_identity};
 
 /// What a file looked like at the last attempt: modification time and length.
-type Stamp = Option<(SystemTime, u64)>;
+pub(crate) type Stamp = Option<(SystemTime, u64)>;
 
-fn stamp(path: &Path) -> Stamp {
+pub(crate) fn stamp(path: &Path) -> Stamp {
     std::fs::metadata(path)
         .ok()
         .and_then(|m| Some((m.modified().ok()?, m.len())))
@@ -38,6 +43,8 @@ pub struct ReloadingCert {
     key: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
     seen: Mutex<(Stamp, Stamp)>,
+    /// The listener's client-certificate verifier, when it checks CRLs.
+    revocation: Option<Arc<ClientChainVerifier>>,
 }
 
 impl std::fmt::Debug for ReloadingCert {
@@ -62,7 +69,37 @@ impl ReloadingCert {
             key: key.to_path_buf(),
             current: RwLock::new(Arc::new(certified)),
             seen: Mutex::new(seen),
+            revocation: None,
         })
+    }
+
+    /// Watch the CRLs of this listener's client verifier as well.
+    pub(crate) fn with_revocation(mut self, verifier: Arc<ClientChainVerifier>) -> ReloadingCert {
+        if !verifier.crl_paths().is_empty() {
+            self.revocation = Some(verifier);
+        }
+        self
+    }
+
+    /// The CRL files whose lists this listener enforces (empty without `crl`).
+    pub fn crl_paths(&self) -> &[PathBuf] {
+        self.revocation
+            .as_deref()
+            .map(ClientChainVerifier::crl_paths)
+            .unwrap_or_default()
+    }
+
+    /// Re-read the CRLs if any of their files changed since the last attempt. `Ok(true)`: the
+    /// new lists decide from the next handshake on; `Ok(false)`: nothing changed (or the
+    /// listener has no `crl`).
+    ///
+    /// # Errors
+    /// A CRL file does not load; the previous lists stay in force.
+    pub fn reload_crls_if_changed(&self) -> Result<bool, TlsError> {
+        match &self.revocation {
+            Some(verifier) => verifier.reload_if_changed(),
+            None => Ok(false),
+        }
     }
 
     /// The certificate file.

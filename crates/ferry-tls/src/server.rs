@@ -1,7 +1,7 @@
 //! TLS for listeners (MLLP over TLS, HTTPS, the admin server): own identity, optional mTLS,
 //! optional allow-list of client identities.
 //!
-//! The four keys of a listener's TLS table map one to one onto [`ServerTlsSettings`]:
+//! The keys of a listener's TLS table map one to one onto [`ServerTlsSettings`]:
 //!
 //! | key               | meaning                                                           |
 //! |-------------------|-------------------------------------------------------------------|
@@ -9,19 +9,22 @@
 //! | `key`             | PEM: the private key of that certificate                          |
 //! | `client_ca`       | PEM bundle: turns on mTLS; clients must present a cert it issued  |
 //! | `allowed_clients` | list: only clients whose CN or a SAN is listed are accepted        |
+//! | `crl`             | list of PEM/DER CRLs: revoked client certificates are refused      |
 //!
 //! Without `client_ca` any client may connect (server-only TLS). With it, a client that sends
 //! no certificate, a certificate from another CA, or an expired one fails the handshake. With
 //! `allowed_clients` as well, a valid client that is not listed also fails the handshake (see
-//! [`crate::identity_allowed`] for the matching rule).
+//! [`crate::identity_allowed`] for the matching rule). With `crl`, a client certificate that
+//! a CRL revokes fails too, and so does one whose status no CRL gives or whose CRL has expired
+//! ([`crate::revocation`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
 
 use crate::reload::ReloadingCert;
+use crate::revocation::ClientChainVerifier;
 use crate::verifier::AllowListVerifier;
 use crate::{PROTOCOL_VERSIONS, TlsError, crypto_provider, load_roots};
 
@@ -38,6 +41,10 @@ pub struct ServerTlsSettings {
     /// Client identities allowed to connect, each compared with the client certificate's
     /// subject CN and SANs. Empty: every client with a valid certificate. Requires `client_ca`.
     pub allowed_clients: Vec<String>,
+    /// Certificate revocation lists (PEM or DER files) that client certificates are checked
+    /// against, fail closed ([`crate::revocation`]). Empty: no revocation check. Requires
+    /// `client_ca`.
+    pub crl: Vec<PathBuf>,
 }
 
 impl ServerTlsSettings {
@@ -48,6 +55,7 @@ impl ServerTlsSettings {
             key: key.into(),
             client_ca: None,
             allowed_clients: Vec::new(),
+            crl: Vec::new(),
         }
     }
 }
@@ -56,7 +64,7 @@ impl ServerTlsSettings {
 ///
 /// # Errors
 /// Any [`TlsError`] from loading the files, a key that does not match the certificate, or
-/// `allowed_clients` without `client_ca`.
+/// `allowed_clients` or `crl` without `client_ca`.
 pub fn server_config(settings: &ServerTlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     server_config_with_alpn(settings, &[])
 }
@@ -74,8 +82,9 @@ pub fn server_config_with_alpn(
 }
 
 /// As [`server_config_with_alpn`], with the handle that reloads the certificate and key when
-/// their files change ([`ReloadingCert::reload_if_changed`]); the configuration serves
-/// whatever the handle holds at each handshake.
+/// their files change ([`ReloadingCert::reload_if_changed`]), and the CRLs when theirs do
+/// ([`ReloadingCert::reload_crls_if_changed`]); the configuration serves whatever the handle
+/// holds at each handshake.
 ///
 /// # Errors
 /// As [`server_config`].
@@ -84,6 +93,9 @@ pub fn reloadable_server_config(
     alpn: &[&[u8]],
 ) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>), TlsError> {
     let allowed = allow_list(settings)?;
+    if !settings.crl.is_empty() && settings.client_ca.is_none() {
+        return Err(TlsError::CrlWithoutClientCa);
+    }
     let cert = required(
         &settings.cert,
         "cert",
@@ -91,7 +103,7 @@ pub fn reloadable_server_config(
     )?;
     let key = required(&settings.key, "key", "the private key PEM file of `cert`")?;
     let provider = crypto_provider();
-    let resolver = Arc::new(ReloadingCert::load(cert, key)?);
+    let mut resolver = ReloadingCert::load(cert, key)?;
 
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(PROTOCOL_VERSIONS)
@@ -100,15 +112,17 @@ pub fn reloadable_server_config(
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let roots = load_roots(ca)?;
-            let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|source| TlsError::ClientCa {
-                    path: ca.clone(),
-                    source,
-                })?;
-            builder.with_client_cert_verifier(Arc::new(AllowListVerifier::new(inner, allowed)))
+            let chain = Arc::new(ClientChainVerifier::new(
+                ca,
+                roots,
+                &settings.crl,
+                provider,
+            )?);
+            resolver = resolver.with_revocation(chain.clone());
+            builder.with_client_cert_verifier(Arc::new(AllowListVerifier::new(chain, allowed)))
         }
     };
+    let resolver = Arc::new(resolver);
     let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok((Arc::new(config), resolver))

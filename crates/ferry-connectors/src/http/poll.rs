@@ -30,8 +30,9 @@ pub struct HttpPollerSettings {
     pub max_body_bytes: usize,
 }
 
-/// A configured poller.
-#[derive(Debug)]
+/// A configured poller. Clones share the HTTP client (a channel's poller is cloned each time
+/// the channel starts).
+#[derive(Debug, Clone)]
 pub struct HttpPoller {
     client: reqwest::Client,
     url: reqwest::Url,

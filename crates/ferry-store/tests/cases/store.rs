@@ -20,6 +20,7 @@ fn message(channel: &str, control_id: &str, destinations: &[&str]) -> NewMessage
         encoded: Vec::new(),
         maps: None,
         dedupe: None,
+        metadata: Default::default(),
     }
 }
 
@@ -454,7 +455,8 @@ async fn a_version_1_store_is_migrated_and_keeps_its_messages() {
         // Turn it back into a version 1 store.
         let conn = rusqlite::Connection::open(&path).expect("sqlite");
         conn.execute_batch(
-            "DROP INDEX messages_dedupe; ALTER TABLE messages DROP COLUMN dedupe_key; \
+            "DROP TABLE message_metadata; DROP INDEX messages_control_id; \
+             DROP INDEX messages_dedupe; ALTER TABLE messages DROP COLUMN dedupe_key; \
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");

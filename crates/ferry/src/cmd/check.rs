@@ -12,26 +12,17 @@ pub struct CheckArgs {
 }
 
 /// Load and validate the configuration, then build every connector (which reads every TLS
-/// certificate and key) without binding a socket.
+/// certificate and key) without binding a socket. The admin API's channel deploy runs the
+/// same check ([`ferry_connectors::check_file`]) before it changes anything.
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let path = args.config.unwrap_or_else(|| PathBuf::from("ferry.toml"));
-    let config = match ferry_config::Config::load(&path) {
+    let config = match ferry_connectors::check_file(&path) {
         Ok(c) => c,
         Err(error) => {
             eprintln!("{error}");
             return Ok(ExitCode::from(1));
         }
     };
-    if let Err(error) = ferry_connectors::deploy::check(&config) {
-        eprintln!("{}: {error}", path.display());
-        return Ok(ExitCode::from(1));
-    }
-    if let Some(syslog) = &config.audit.syslog
-        && let Err(error) = ferry_connectors::syslog::settings(syslog)
-    {
-        eprintln!("{}: {error}", path.display());
-        return Ok(ExitCode::from(1));
-    }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

@@ -133,20 +133,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // Reloaded like the channel listeners' certificates, and on the expiry gauge.
     let admin_tls = config
         .admin
         .tls
         .as_ref()
-        .map(ferry_connectors::deploy::server_tls)
-        .transpose()?;
-    if let Some(tls) = &config.admin.tls {
-        let certs = ferry_connectors::tls::server_certificates("", "admin", tls);
-        runtime
-            .engine()
-            .stats()
-            .certificates()
-            .replace("", "admin", certs);
-    }
+        .map(|tls| runtime.admin_tls(tls))
+        .transpose()
+        .context("[admin] tls")?;
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = HttpListener::bind(config.admin.listen(), admin_tls, Duration::from_secs(10))
         .await
@@ -173,14 +167,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scheme == "https",
         runtime.audit_sink().clone(),
     )
-    .with_alert_signals(alert_signals);
+    .with_alert_signals(alert_signals)
+    // Deploys re-read this file; with the embedded defaults there is none to read.
+    .with_lifecycle(runtime.control(), path.clone());
     let admin_task = tokio::spawn(admin.serve(ferry_admin::app(admin_context), shutdown.clone()));
     let shipper = match &config.audit.syslog {
         Some(syslog) => {
             let settings =
                 ferry_connectors::syslog::settings(syslog).map_err(anyhow::Error::msg)?;
+            let format = match syslog.format {
+                ferry_config::AuditSyslogFormat::Json => "JSON",
+                ferry_config::AuditSyslogFormat::Atna => "IHE ATNA",
+            };
             println!(
-                "ferry: audit records shipped to syslog-tls://{}",
+                "ferry: audit records shipped to syslog-tls://{} ({format})",
                 syslog.address
             );
             Some(tokio::spawn(
@@ -190,8 +190,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    // Listening before `ready` is printed: a stop sent the moment the node says ready must not
-    // meet the default action of SIGTERM (which kills, skipping the clean stop).
+    // The handlers are in place before `ready` is printed: a SIGTERM sent as soon as it is
+    // seen must stop cleanly, not kill the process with the default action.
     let stop = stop_signal();
     println!("ferry: ready in {} ms", started.elapsed().as_millis());
 
@@ -255,24 +255,31 @@ async fn bootstrap(store: &Store, accounts: &ferry_store::Accounts) -> anyhow::R
     Ok(())
 }
 
-/// Start listening for SIGTERM and Ctrl-C now; the returned future resolves at the first.
+/// Install the SIGTERM and SIGINT handlers now and return what waits for either.
 fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let signals = {
+    {
         use tokio::signal::unix::{SignalKind, signal};
-        signal(SignalKind::terminate())
-            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
-            .ok()
-    };
-    async move {
-        #[cfg(unix)]
-        if let Some((mut term, mut interrupt)) = signals {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = interrupt.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            return;
         }
-        let _ = tokio::signal::ctrl_c().await;
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -31,7 +31,7 @@ pub(crate) fn config(dir: &Path, admin_extra: &str) -> PathBuf {
     )
 }
 
-/// `ferry user add`; returns the TOTP secret it printed (admins).
+/// `ferry user add` with [`PASSWORD`]; returns the TOTP secret it printed (admins).
 pub(crate) fn add_user(config: &Path, name: &str, role: &str) -> Option<String> {
     use std::io::Write as _;
     let mut child = Command::new(ferry_bin())

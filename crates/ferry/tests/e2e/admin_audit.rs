@@ -371,16 +371,7 @@ async fn every_admin_event_is_audited_searchable_by_auditors_and_verifiable() {
     // After the run: the CLI sees every audited action with actor, peer and outcome, and the
     // chain verifies.
     assert!(ferry.terminate(), "{}", ferry.output());
-    let list = Command::new(ferry_bin())
-        .args(["audit", "list", "--json", "--limit", "100000", "--config"])
-        .arg(&cfg)
-        .output()
-        .expect("ferry audit list");
-    assert!(list.status.success(), "{list:?}");
-    let trail: Vec<Value> = String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
-        .collect();
+    let trail: Vec<Value> = common::audit_records(&cfg);
     for (action, outcome) in [
         ("login", "success"),
         ("login_failed", "failure"),

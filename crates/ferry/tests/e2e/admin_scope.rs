@@ -2,8 +2,8 @@
 //! the real binary's loopback admin listener:
 //!
 //! - a user limited to channel `a` sees only `a` in the channel list, gets the same `404` as
-//!   an unknown channel on `b`'s statistics, messages and reprocess (and nothing happens to
-//!   `b`), cannot mint a token or create a user reaching `b`, sees and touches only accounts
+//!   an unknown channel on `b`'s statistics, messages, reprocess, search, export and
+//!   lifecycle (and nothing happens to `b`), cannot mint a token or create a user reaching `b`, sees and touches only accounts
 //!   within its scope, is refused the audit log, and every refusal is audited;
 //! - `ferry run` on a store without users prints a bootstrap token, a new one at each start
 //!   until the first admin exists; the token creates that admin once, is refused afterwards,
@@ -209,6 +209,27 @@ async fn a_user_scoped_to_one_channel_reaches_only_that_channel() {
         get("/api/v1/channels/b/messages/2", &root).await.status,
         404,
         "the refused reprocess created nothing in b"
+    );
+    // Every other route under a channel (search, export, lifecycle) answers a channel outside
+    // the scope exactly as it answers a name that is no channel at all.
+    for (method, route) in [
+        (Method::GET, "messages"),
+        (Method::GET, "messages/export"),
+        (Method::POST, "stop"),
+        (Method::POST, "undeploy"),
+    ] {
+        let call = |channel: &str| {
+            let (api, ann, method) = (&api, ann.clone(), method.clone());
+            let path = format!("/api/v1/channels/{channel}/{route}");
+            async move { api.call(method, &path, Auth::Bearer(&ann), None).await }
+        };
+        let (b, nope) = (call("b").await, call("nope").await);
+        assert_eq!((b.status, &b.body), (404, &nope.body), "{method} {route}");
+    }
+    assert_eq!(
+        get("/api/v1/channels/b/stats", &root).await.json()["deployed"],
+        true,
+        "b was not undeployed"
     );
     let reprocess_a = api
         .call(

@@ -25,6 +25,7 @@ async fn adt_over_mllp_tls_reaches_the_https_api_with_mtls() {
         key: server.key.clone(),
         client_ca: Some(pki.ca_cert_path()),
         allowed_clients: vec!["ferry-bridge".into()],
+        crl: Vec::new(),
     })
     .expect("api tls");
     let api = HttpPeer::start(Some(api_tls)).await.expect("api");
@@ -110,6 +111,7 @@ async fn https_poll_to_mllp_checks_every_ack() {
         key: server.key.clone(),
         client_ca: None,
         allowed_clients: vec![],
+        crl: Vec::new(),
     })
     .expect("api tls");
     let api = HttpPeer::start(Some(api_tls)).await.expect("api");

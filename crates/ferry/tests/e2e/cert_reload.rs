@@ -164,3 +164,100 @@ source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {{ cert = {cert}, key =
     assert_eq!(exchange(&mut fresh, &adt("R3")).await, "AA");
     assert_eq!(exchange(&mut open, &adt("R4")).await, "AA");
 }
+
+/// One HTTP/1.1 GET on an open (keep-alive) connection; (status, body).
+async fn http_get(tls: &mut Tls, path: &str) -> (u16, String) {
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("write request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if got.len() >= end + 4 + length {
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .expect("status");
+                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
+                return (status, body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before the response");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_reloads_its_certificate_like_the_channel_listeners() {
+    let pki = TestPki::new("admin reload");
+    let first = pki.server(&["localhost", "127.0.0.1"]);
+    let second = pki.server(&["localhost", "127.0.0.1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("admin.pem"), dir.path().join("admin.key"));
+    install(&first, &cert, &key);
+    let config = common::write_config(
+        dir.path(),
+        &format!(
+            "[store]\npath = {}\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntls = {{ cert = {}, key = {} }}\n",
+            toml_path(&dir.path().join("ferry.db")),
+            toml_path(&cert),
+            toml_path(&key),
+        ),
+    );
+    let ferry = Ferry::start(&config, &[]);
+    let mut open = connect(ferry.admin, &pki).await;
+    assert_eq!(presented(&open), der_of(&first.cert));
+    assert_eq!(http_get(&mut open, "/health").await.0, 200);
+
+    install(&second, &cert, &key);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut fresh = loop {
+        let fresh = connect(ferry.admin, &pki).await;
+        if presented(&fresh) == der_of(&second.cert) {
+            break fresh;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new admin connections still get the old certificate\n{}",
+            ferry.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The connection opened before the swap still works, on the old certificate.
+    assert_eq!(presented(&open), der_of(&first.cert));
+    assert_eq!(http_get(&mut open, "/health").await.0, 200);
+    // The expiry gauge follows the admin certificate too.
+    let (status, metrics) = http_get(&mut fresh, "/metrics").await;
+    assert_eq!(status, 200);
+    let new_serial = serial(&der_of(&second.cert));
+    assert!(
+        metrics.contains(&format!(
+            "connector=\"admin\",kind=\"server\",subject=\"CN=localhost\",serial=\"{new_serial}\""
+        )),
+        "the gauge shows the new admin certificate {new_serial}:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains(&format!("serial=\"{}\"", serial(&der_of(&first.cert)))),
+        "the old admin certificate left the gauge:\n{metrics}"
+    );
+    assert!(
+        ferry.output().contains("TLS certificate reloaded"),
+        "{}",
+        ferry.output()
+    );
+}

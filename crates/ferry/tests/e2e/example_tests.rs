@@ -165,6 +165,7 @@ async fn the_adt_channel_posts_what_its_a01_case_expects() {
         key: server.key.clone(),
         client_ca: None,
         allowed_clients: Vec::new(),
+        crl: Vec::new(),
     })
     .expect("api tls");
     let api = HttpPeer::start(Some(api_tls)).await.expect("api");

@@ -1,9 +1,10 @@
 //! The TLS negative matrix (SECURITY.md T9) against the real binary.
 //!
 //! Ferry as a server: an mTLS MLLP listener and an mTLS HTTPS listener, both with
-//! `client_ca` and `allowed_clients`, refuse a client without a certificate, with a
-//! certificate from an unknown CA, with an expired certificate, with a valid certificate that
-//! is not on the allow-list, and a client that speaks only TLS 1.1. Each refusal happens in
+//! `client_ca`, `allowed_clients` and a `crl`, refuse a client without a certificate, with a
+//! certificate from an unknown CA, with an expired certificate, with a revoked certificate,
+//! with a valid certificate that is not on the allow-list, and a client that speaks only
+//! TLS 1.1. Each refusal happens in
 //! the handshake: nothing is received or stored, and a good client is served right after.
 //!
 //! TLS 1.1 cannot be spoken by rustls, so the test writes a TLS 1.1 ClientHello by hand
@@ -25,60 +26,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Ferry, adt, config_with_channels, plain, send, toml_path};
-use ferry_connectors::mllp::{MllpConnection, MllpEndpoint};
+use common::{
+    Ferry, adt, client_tls, config_with_channels, https_attempt, mllp_tls_attempt, send, toml_path,
+};
 use ferry_testkit::http_peer::HttpPeer;
 use ferry_testkit::mllp_peer::MllpPeer;
 use ferry_testkit::{CertFiles, TestPki};
-use ferry_tls::{ClientTlsSettings, ServerTlsSettings};
+use ferry_tls::ServerTlsSettings;
 
 const ALLOWED: &str = "his.hospital.local";
-
-fn client_tls(pki: &TestPki, identity: Option<&CertFiles>) -> Arc<rustls::ClientConfig> {
-    ferry_tls::client_config(&ClientTlsSettings {
-        ca: Some(pki.ca_cert_path()),
-        cert: identity.map(|i| i.cert.clone()),
-        key: identity.map(|i| i.key.clone()),
-    })
-    .expect("client tls")
-}
-
-/// One MLLP exchange over TLS; `Ok(code)` if an ACK came back.
-async fn mllp_attempt(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<String, String> {
-    let endpoint = MllpEndpoint {
-        tls: Some((tls, ferry_tls::server_name("localhost").expect("name"))),
-        ..plain(addr)
-    };
-    let mut conn = MllpConnection::connect(&endpoint)
-        .await
-        .map_err(|e| e.to_string())?;
-    let ack = conn
-        .exchange(&adt("TLS1"), Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
-    ferry_hl7::ack::parse_ack(&ack)
-        .map(|a| a.code.as_str().to_owned())
-        .map_err(|e| e.to_string())
-}
-
-/// One POST over HTTPS; `Ok(status)` if a response came back.
-async fn https_attempt(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Result<u16, String> {
-    let mut tls = (*tls).clone();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
-    client
-        .post(format!("https://localhost:{}/hl7", addr.port()))
-        .header("content-type", "application/hl7-v2; charset=utf-8")
-        .body(adt("TLS2"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .map_err(|e| format!("{e:?}"))
-}
 
 /// A TLS 1.1 ClientHello, byte by byte: no `supported_versions` extension, so the highest
 /// version offered is the `client_version` field, 3.2 (TLS 1.1).
@@ -194,12 +150,13 @@ fn assert_openssl_tls11_refused(addr: SocketAddr, pki: &TestPki, what: &str) {
     );
 }
 
-fn server_tls_table(server: &CertFiles, pki: &TestPki) -> String {
+fn server_tls_table(server: &CertFiles, pki: &TestPki, crl: &Path) -> String {
     format!(
-        "{{ cert = {}, key = {}, client_ca = {}, allowed_clients = [\"{ALLOWED}\"] }}",
+        "{{ cert = {}, key = {}, client_ca = {}, allowed_clients = [\"{ALLOWED}\"], crl = [{}] }}",
         toml_path(&server.cert),
         toml_path(&server.key),
-        toml_path(&pki.ca_cert_path())
+        toml_path(&pki.ca_cert_path()),
+        toml_path(crl)
     )
 }
 
@@ -212,8 +169,11 @@ async fn mtls_listeners_refuse_every_bad_client_in_the_handshake() {
     let not_allowed = pki.client("kiosk.hospital.local", &[]);
     let foreign = intruder.client(ALLOWED, &[]);
     let expired = pki.expired_client(ALLOWED);
+    // On the allow-list and from the CA, but revoked by its CRL.
+    let revoked = pki.client(ALLOWED, &[]);
+    let crl = pki.crl(&[&revoked]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let tls = server_tls_table(&server, &pki);
+    let tls = server_tls_table(&server, &pki, &crl);
     let config = config_with_channels(
         dir.path(),
         &format!(
@@ -245,13 +205,14 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
     let received =
         |channel: &str| format!("ferry_messages_received_total{{channel=\"{channel}\"}}");
 
-    let bad_clients: [(&str, Arc<rustls::ClientConfig>); 4] = [
+    let bad_clients: [(&str, Arc<rustls::ClientConfig>); 5] = [
         ("no client certificate", client_tls(&pki, None)),
         (
             "a certificate from an unknown CA",
             client_tls(&pki, Some(&foreign)),
         ),
         ("an expired certificate", client_tls(&pki, Some(&expired))),
+        ("a revoked certificate", client_tls(&pki, Some(&revoked))),
         (
             "a certificate not in allowed_clients",
             client_tls(&pki, Some(&not_allowed)),
@@ -260,12 +221,12 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
     // `good_sent`: messages from good clients so far (one after each refusal).
     for (good_sent, (who, tls)) in bad_clients.iter().enumerate() {
         let good_sent = good_sent as i64;
-        let result = mllp_attempt(mllps, tls.clone()).await;
+        let result = mllp_tls_attempt(mllps, tls.clone(), "TLS1").await;
         assert!(
             result.is_err(),
             "MLLP client with {who} got an ACK: {result:?}"
         );
-        let result = https_attempt(https, tls.clone()).await;
+        let result = https_attempt(https, tls.clone(), "TLS2").await;
         assert!(
             result.is_err(),
             "HTTPS client with {who} got a response: {result:?}"
@@ -279,7 +240,7 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
         }
         // The engine keeps serving: a good client right after each refusal.
         assert_eq!(
-            mllp_attempt(mllps, client_tls(&pki, Some(&good))).await,
+            mllp_tls_attempt(mllps, client_tls(&pki, Some(&good)), "TLS1").await,
             Ok("AA".into()),
             "after {who}"
         );
@@ -295,11 +256,11 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
     }
     // The positive controls: good clients on both listeners after everything above.
     assert_eq!(
-        mllp_attempt(mllps, client_tls(&pki, Some(&good))).await,
+        mllp_tls_attempt(mllps, client_tls(&pki, Some(&good)), "TLS1").await,
         Ok("AA".into())
     );
     assert_eq!(
-        https_attempt(https, client_tls(&pki, Some(&good))).await,
+        https_attempt(https, client_tls(&pki, Some(&good)), "TLS2").await,
         Ok(200)
     );
     assert_eq!(ferry.metric(&received("https")).await, Some(1));
@@ -312,6 +273,11 @@ source = {{ type = "http", listen = "127.0.0.1:0", path = "/hl7", tls = {tls} }}
     assert!(
         refusals >= 2 * bad_clients.len(),
         "every refusal is logged ({refusals}):\n{}",
+        ferry.output()
+    );
+    assert!(
+        ferry.output().contains("Revoked"),
+        "the log says the certificate was revoked:\n{}",
         ferry.output()
     );
 }
@@ -485,7 +451,7 @@ source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {tls} }}
   url = "https://localhost:9/adt"
   tls = {{ ca = {ca}, cert = {cert}, key = {key} }}
 "#,
-            tls = server_tls_table(&server, &pki),
+            tls = server_tls_table(&server, &pki, &pki.crl(&[])),
             ca = toml_path(&pki.ca_cert_path()),
             cert = toml_path(&expired_identity.cert),
             key = toml_path(&expired_identity.key),
@@ -521,6 +487,8 @@ source = {{ type = "mllp", listen = "127.0.0.1:0", tls = {tls} }}
     );
     for (connector, kind, expected) in [
         ("source", "ca", valid),
+        // The CRL's nextUpdate (TestPki: 2100-01-01 too).
+        ("source", "crl", valid),
         ("api", "ca", valid),
         ("api", "client", expired),
     ] {

@@ -217,6 +217,17 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A loopback port held bound but not listening: connections to it are refused (a peer that
+/// is down), yet no other test can take it, as can happen to a [`free_port`] between its
+/// release and its use. `socket.listen(…)` brings the peer up on it.
+pub fn reserve_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind a reserved port");
+    (socket.local_addr().expect("local addr"), socket)
+}
+
 /// Write `text` as `ferry.toml` in `dir`; returns its path.
 pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("ferry.toml");
@@ -269,4 +280,86 @@ pub async fn send(conn: &mut MllpConnection, message: &[u8]) -> ferry_hl7::ack::
         .await
         .expect("ACK");
     ferry_hl7::ack::parse_ack(&response).expect("parse ACK")
+}
+
+/// A TLS client trusting `pki`'s CA, presenting `identity` when given (mTLS).
+pub fn client_tls(
+    pki: &ferry_testkit::TestPki,
+    identity: Option<&ferry_testkit::CertFiles>,
+) -> Arc<rustls::ClientConfig> {
+    ferry_tls::client_config(&ferry_tls::ClientTlsSettings {
+        ca: Some(pki.ca_cert_path()),
+        cert: identity.map(|i| i.cert.clone()),
+        key: identity.map(|i| i.key.clone()),
+    })
+    .expect("client tls")
+}
+
+/// An MLLP-over-TLS endpoint at `addr` that expects the server to be `localhost`.
+pub fn tls_endpoint(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> MllpEndpoint {
+    MllpEndpoint {
+        tls: Some((tls, ferry_tls::server_name("localhost").expect("name"))),
+        ..plain(addr)
+    }
+}
+
+/// One exchange on `conn`; `Ok(MSA-1)` if an ACK came back.
+pub async fn exchange_code(conn: &mut MllpConnection, control_id: &str) -> Result<String, String> {
+    let ack = conn
+        .exchange(&adt(control_id), Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    ferry_hl7::ack::parse_ack(&ack)
+        .map(|a| a.code.as_str().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// One MLLP exchange over TLS on a new connection; `Ok(MSA-1)` if an ACK came back.
+pub async fn mllp_tls_attempt(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    control_id: &str,
+) -> Result<String, String> {
+    let mut conn = MllpConnection::connect(&tls_endpoint(addr, tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    exchange_code(&mut conn, control_id).await
+}
+
+/// One HL7 POST over HTTPS to `https://localhost:PORT/hl7`; `Ok(status)` if a response came
+/// back.
+pub async fn https_attempt(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    control_id: &str,
+) -> Result<u16, String> {
+    let mut tls = (*tls).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    client
+        .post(format!("https://localhost:{}/hl7", addr.port()))
+        .header("content-type", "application/hl7-v2; charset=utf-8")
+        .body(adt(control_id))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Every record of the audit trail of `config`'s store, from `ferry audit list --json`.
+pub fn audit_records(config: &Path) -> Vec<serde_json::Value> {
+    let output = Command::new(ferry_bin())
+        .args(["audit", "list", "--json", "--limit", "1000000", "--config"])
+        .arg(config)
+        .output()
+        .expect("ferry audit list");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+        .collect()
 }
