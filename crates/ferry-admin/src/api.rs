@@ -299,7 +299,9 @@ pub(crate) fn router(ctx: AdminContext) -> Router {
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/channels", get(list_channels))
+        .route("/api/v1/channels/{channel}", get(lifecycle::get_channel))
         .route("/api/v1/channels/{channel}/stats", get(channel_stats))
+        .route("/api/v1/alerts", get(crate::alerts::list_alerts))
         .route(
             "/api/v1/channels/{channel}/messages",
             get(crate::messages::search),

@@ -19,6 +19,7 @@
 //! - [`lifecycle`]: deploy, undeploy, start, stop and pause of channels.
 //! - [`openapi`]: the OpenAPI document.
 
+mod alerts;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -117,6 +117,35 @@ fn refusal(error: &LifecycleError) -> ApiError {
     ApiError::new(status, error.to_string())
 }
 
+/// `GET /api/v1/channels/{channel}`: the channel's state, listener, destinations and the
+/// configuration section it runs from (canonical TOML, literal secrets redacted).
+pub(crate) async fn get_channel(
+    State(api): State<Arc<Api>>,
+    Path(channel): Path<String>,
+) -> Result<Response, ApiError> {
+    let stats = api
+        .ctx
+        .stats
+        .channel(&channel)
+        .ok_or_else(ApiError::not_found)?;
+    let control = api.ctx.lifecycle.as_ref().map(|l| &l.control);
+    let (section, listener) = match control {
+        Some(c) => (c.section(&channel).await, c.listener(&channel)),
+        None => (None, None),
+    };
+    let destinations: Vec<&str> = stats.destinations.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "name": channel,
+            "state": stats.state().as_str(),
+            "listener": listener.map(|l| format!("{}://{}", l.scheme, l.address)),
+            "destinations": destinations,
+            "config": section,
+        }),
+    ))
+}
+
 fn answer(channel: &str, t: &Transition) -> Value {
     json!({
         "channel": channel,

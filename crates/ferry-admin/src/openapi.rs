@@ -174,6 +174,22 @@ const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: "GET",
+        path: "/api/v1/channels/{channel}",
+        id: "getChannel",
+        summary: "One channel: its state, listener, destinations and the configuration section it runs from (canonical TOML, literal secrets redacted)",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
+        path: "/api/v1/alerts",
+        id: "listAlerts",
+        summary: "Every configured alert: rule, actions, throttle, firings and notifications since the node started, the last observation (never message content)",
+        body: None,
+        ok: "200",
+    },
+    Operation {
+        method: "GET",
         path: "/api/v1/channels/{channel}/stats",
         id: "channelStats",
         summary: "One channel's counters, per destination too",

@@ -109,6 +109,9 @@ pub struct Route {
 const ADMIN: &[Role] = &[Role::Admin];
 /// Statistics (no PHI): everyone except the auditor, whose role is the audit log only.
 const STATS: &[Role] = &[Role::Admin, Role::Developer, Role::Operator, Role::Viewer];
+/// A channel's deployed configuration (no PHI, but hosts, paths and secret references):
+/// the people who write, deploy and run channels; viewers see statistics only.
+const CHANNEL_CONFIG: &[Role] = &[Role::Admin, Role::Developer, Role::Operator];
 /// Message content, search, export and reprocessing (PHI).
 const PHI: &[Role] = &[Role::Admin, Role::Operator];
 /// The audit log (who did what; no message content, but names, addresses and activity).
@@ -177,6 +180,16 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "GET",
         path: "/api/v1/channels",
+        access: Access::Roles(STATS),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/channels/{channel}",
+        access: Access::Roles(CHANNEL_CONFIG),
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/alerts",
         access: Access::Roles(STATS),
     },
     Route {
@@ -291,6 +304,8 @@ pub const SCOPE_RULES: &[(&str, &str, ScopeRule)] = &[
     // verified: it is for unscoped admins and auditors.
     ("GET", "/api/v1/audit", ScopeRule::Refused),
     ("GET", "/api/v1/audit/verify", ScopeRule::Refused),
+    // Alert rules and observations span channels (queue depths, error reasons by channel).
+    ("GET", "/api/v1/alerts", ScopeRule::Refused),
 ];
 
 /// How `route` treats channel-scoped callers: [`ScopeRule::PathChannel`] when its path has a

@@ -38,11 +38,34 @@ const CERT_REFRESH: Duration = Duration::from_secs(3600);
 /// Failed logins kept at most (older ones are dropped first).
 const MAX_FAILED_LOGINS: usize = 10_000;
 
-/// Events reported to the alerts from outside the engine (the admin interface). Cheap to
-/// clone; every clone feeds the same rules.
+/// The handle between the alerts task and the rest of the node: events reported from outside
+/// the engine go in (failed logins, from the admin interface), each alert's status comes out
+/// (for `GET /api/v1/alerts`). Cheap to clone; every clone shares the same state.
 #[derive(Debug, Clone, Default)]
 pub struct AlertSignals {
     failed_logins: Arc<Mutex<VecDeque<Instant>>>,
+    statuses: Arc<Mutex<Vec<AlertStatus>>>,
+}
+
+/// One configured alert as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertStatus {
+    /// The `[[alert]]` name.
+    pub name: String,
+    /// The rule as one readable line.
+    pub rule: String,
+    /// The names of its actions.
+    pub actions: Vec<String>,
+    /// Its throttle window in seconds.
+    pub throttle_secs: u64,
+    /// How many times the rule fired since the node started.
+    pub fired: u64,
+    /// How many of those firings sent a notification (the others fell in the throttle window).
+    pub notified: u64,
+    /// When it last fired (UTC, RFC 3339), if ever.
+    pub last_fired_at: Option<String>,
+    /// What was observed then (counts, depths, error reasons; never message content).
+    pub last_observed: Option<String>,
 }
 
 impl AlertSignals {
@@ -58,6 +81,19 @@ impl AlertSignals {
                 q.pop_front();
             }
             q.push_back(Instant::now());
+        }
+    }
+
+    /// Every configured alert's status, in configuration order (empty without alerts).
+    pub fn statuses(&self) -> Vec<AlertStatus> {
+        self.statuses.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn update_status(&self, index: usize, update: impl FnOnce(&mut AlertStatus)) {
+        if let Ok(mut statuses) = self.statuses.lock()
+            && let Some(status) = statuses.get_mut(index)
+        {
+            update(status);
         }
     }
 
@@ -241,6 +277,22 @@ impl Alerts {
         }
         cert_files.sort();
         cert_files.dedup();
+        if let Ok(mut statuses) = signals.statuses.lock() {
+            *statuses = alerts
+                .iter()
+                .zip(&config.alert_rules)
+                .map(|(a, rule)| AlertStatus {
+                    name: a.name.clone(),
+                    rule: a.rule_text.clone(),
+                    actions: a.actions.iter().map(|(n, _)| n.clone()).collect(),
+                    throttle_secs: rule.throttle.get().as_secs(),
+                    fired: 0,
+                    notified: 0,
+                    last_fired_at: None,
+                    last_observed: None,
+                })
+                .collect();
+        }
         Ok(Alerts {
             alerts,
             node,
@@ -294,7 +346,7 @@ impl Alerts {
         let unix_now = time::OffsetDateTime::now_utc().unix_timestamp();
         let at = utc_now();
         let mut out = Vec::new();
-        for alert in &mut self.alerts {
+        for (index, alert) in self.alerts.iter_mut().enumerate() {
             let clock = Clock {
                 now,
                 unix_now,
@@ -303,7 +355,14 @@ impl Alerts {
             let Some(observed) = alert.rule.evaluate(previous, current, clock) else {
                 continue;
             };
-            match alert.throttle.fire(now) {
+            let notify = alert.throttle.fire(now);
+            self.signals.update_status(index, |s| {
+                s.fired += 1;
+                s.notified += u64::from(notify.is_some());
+                s.last_fired_at = Some(at.clone());
+                s.last_observed = Some(observed.clone());
+            });
+            match notify {
                 Some(suppressed) => {
                     tracing::info!(alert = %alert.name, rule = %alert.rule_text, suppressed,
                         "alert fired; notifying");

@@ -529,6 +529,17 @@ impl ChannelControl {
         self.shared.engine.channel_state(channel)
     }
 
+    /// The configuration section a deployed channel runs from (canonical form, literal
+    /// secrets redacted, `${…}` references kept; `None`: not deployed).
+    pub async fn section(&self, channel: &str) -> Option<String> {
+        let sources = self.shared.sources.lock().await;
+        sources
+            .channels
+            .iter()
+            .find(|s| s.channel == channel)
+            .and_then(|s| s.section.clone())
+    }
+
     /// The listener of a channel, while it serves.
     pub fn listener(&self, channel: &str) -> Option<ListenerInfo> {
         self.shared

@@ -619,6 +619,39 @@ async fn operators_view_and_reprocess_messages() {
     let r = api
         .call(
             Method::GET,
+            "/api/v1/channels/in",
+            Auth::Bearer(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = r.json();
+    assert_eq!(c["state"], "started", "{c}");
+    assert!(
+        c["listener"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("mllp://127.0.0.1:")),
+        "{c}"
+    );
+    assert_eq!(c["destinations"], json!(["d"]), "{c}");
+    assert!(
+        c["config"]
+            .as_str()
+            .is_some_and(|t| t.contains("name = \"in\"")),
+        "{c}"
+    );
+    let r = api
+        .call(
+            Method::GET,
+            "/api/v1/channels/nope",
+            Auth::Bearer(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = api
+        .call(
+            Method::GET,
             "/api/v1/channels/in/messages/99",
             Auth::Bearer(&operator),
             None,

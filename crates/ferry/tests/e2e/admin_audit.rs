@@ -446,4 +446,27 @@ async fn three_bad_logins_deliver_the_failed_login_alert_to_a_webhook() {
     assert!(observed.contains("3 failed login(s)"), "{observed}");
     let body = String::from_utf8_lossy(&posts[0].body);
     assert!(!body.contains(WRONG), "no password in the alert: {body}");
+
+    // The alert's status over the API: one firing, one notification, what was observed.
+    let (olga, _) = api.session("olga", None).await;
+    let r = api
+        .call(Method::GET, "/api/v1/alerts", Auth::Bearer(&olga), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let alerts = r.json();
+    assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts}");
+    let a = &alerts[0];
+    assert_eq!(a["name"], "admin-brute-force");
+    assert_eq!(a["actions"], json!(["security"]));
+    assert_eq!(a["throttle_secs"], 3600);
+    assert!(a["fired"].as_u64().is_some_and(|n| n >= 1), "{a}");
+    assert_eq!(a["notified"], 1, "the throttle holds later firings: {a}");
+    assert!(
+        a["last_fired_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{a}"
+    );
+    let seen = a["last_observed"].as_str().unwrap_or_default();
+    assert!(seen.contains("failed login(s)"), "{a}");
 }
