@@ -137,6 +137,17 @@ impl Api {
     }
 }
 
+/// `429 Too Many Requests` with `message` and a `Retry-After` of `wait`, rounded up to whole
+/// seconds: the answer of a locked-out login or bootstrap attempt.
+pub(crate) fn too_many_attempts(message: &str, wait: std::time::Duration) -> Response {
+    let mut r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 /// An audit event of `action` by `actor` from the request's peer address.
 pub(crate) fn audit_event(
     action: AuditAction,
@@ -653,16 +664,10 @@ async fn login(
         api.login_failed(&user, conn, "locked", |e| {
             e.detail("retry_after_s", wait.as_secs())
         });
-        let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+        return Ok(too_many_attempts(
             "too many failed logins; try again later",
-        )
-        .into_response();
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Ok(r);
+            wait,
+        ));
     }
     let accounts = api.ctx.accounts.clone();
     let name = user.clone();

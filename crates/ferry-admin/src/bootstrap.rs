@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use ferry_connectors::http::ConnectionInfo;
 use ferry_store::{Accounts, AuditAction, BootstrapRefusal, NewUser, StoreError};
 use serde::Deserialize;
@@ -168,16 +168,10 @@ pub(crate) async fn bootstrap(
                 .detail("bootstrap", true)
                 .detail("retry_after_s", wait.as_secs())
         });
-        let mut r = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+        return Ok(crate::api::too_many_attempts(
             "too many failed attempts; try again later",
-        )
-        .into_response();
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Ok(r);
+            wait,
+        ));
     }
     let accounts = api.ctx.accounts.clone();
     let (outcome, req) = blocking(move || Ok((run(&accounts, &req)?, req))).await?;
