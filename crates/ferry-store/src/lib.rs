@@ -36,6 +36,7 @@ pub mod audit;
 mod checkpoint;
 pub mod crypto;
 mod model;
+pub mod postgres;
 mod reader;
 mod rotate;
 mod schema;
@@ -91,6 +92,18 @@ pub enum StoreError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// A PostgreSQL error, with what the store was doing.
+    #[error("{context}: {source}")]
+    Postgres {
+        /// What the store was doing.
+        context: &'static str,
+        /// The PostgreSQL client's error.
+        source: ::postgres::Error,
+    },
+    /// The store's configuration cannot be used (an unparsable URL, plain TCP to a remote
+    /// database). Never carries a password.
+    #[error("{0}")]
+    Config(String),
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
@@ -149,6 +162,10 @@ fn probe(conn: &rusqlite::Connection, keyring: Option<&Keyring>) -> Result<(), S
 }
 
 impl StoreError {
+    pub(crate) fn postgres(context: &'static str) -> impl FnOnce(::postgres::Error) -> StoreError {
+        move |source| StoreError::Postgres { context, source }
+    }
+
     pub(crate) fn sqlite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
         move |source| StoreError::Sqlite { context, source }
     }

@@ -8,6 +8,7 @@
 //!   correct, mismatched, negative or no ACKs (a hospital system).
 //! - [`smtp_peer::SmtpPeer`]: a minimal SMTP server (STARTTLS, AUTH PLAIN) that records mails
 //!   (a mail relay, for alerts).
+//! - [`postgres::TestDb`]: a private schema on the machine's PostgreSQL server per test.
 //!
 //! Helpers favour short tests over error handling: they panic with a message saying what
 //! failed, because in a test a panic is the failure report.
@@ -15,6 +16,7 @@
 pub mod http_peer;
 pub mod mllp_peer;
 mod pki;
+pub mod postgres;
 pub mod smtp_peer;
 
 pub use pki::{CertFiles, TestPki};
