@@ -186,6 +186,10 @@ fn summary(m: &FoundMessage) -> Map<String, Value> {
     o.insert("control_id".into(), m.control_id.clone().into());
     o.insert("message_type".into(), m.message_type.clone().into());
     o.insert("connectors".into(), Value::Array(connectors));
+    // Retention pruning deleted the content: the browser says so instead of showing nothing.
+    if m.content_pruned {
+        o.insert("content_pruned".into(), true.into());
+    }
     o
 }
 
@@ -426,6 +430,7 @@ mod tests {
                 connector: "source".into(),
                 status: Status::Transformed,
             }],
+            content_pruned: false,
             raw: Some(raw.to_vec()),
         }
     }

@@ -80,7 +80,8 @@ pub(crate) fn batch(
                     .prepare_cached(
                         "SELECT m.rowid, c.name, m.id, m.raw, m.source_response \
                          FROM messages m JOIN channels c ON c.id = m.channel \
-                         WHERE m.rowid > ?1 AND (substr(m.raw, 1, ?2) IS NOT ?3 \
+                         WHERE m.rowid > ?1 AND m.content_pruned_at_ms IS NULL \
+                           AND (substr(m.raw, 1, ?2) IS NOT ?3 \
                            OR (m.source_response IS NOT NULL \
                                AND substr(m.source_response, 1, ?2) IS NOT ?3)) \
                          ORDER BY m.rowid LIMIT ?4",
