@@ -199,7 +199,9 @@ pub(crate) fn batch(
 /// deleted so ids are never handed out twice.
 fn delete_messages(conn: &Connection, channel: i64, ids: &[MessageId]) -> Result<(), StoreError> {
     const DELETES: [&str; 4] = [
-        "DELETE FROM message_metadata WHERE channel = ?1 AND message_id = ?2",
+        // Named: without statistics SQLite may pick the primary key, prefixed only by channel.
+        "DELETE FROM message_metadata INDEXED BY message_metadata_message \
+         WHERE channel = ?1 AND message_id = ?2",
         "DELETE FROM content WHERE channel = ?1 AND message_id = ?2",
         "DELETE FROM connector_messages WHERE channel = ?1 AND message_id = ?2",
         "DELETE FROM messages WHERE channel = ?1 AND id = ?2",

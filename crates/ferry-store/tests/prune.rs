@@ -382,17 +382,26 @@ async fn pruning_a_large_channel_shrinks_the_file_while_traffic_continues() {
     };
     let pruning = Instant::now();
     let mut deleted = 0;
+    let mut freed = 0;
+    let (mut longest_batch, mut longest_vacuum) = (Duration::ZERO, Duration::ZERO);
     loop {
+        let started = Instant::now();
         let p = store.prune_batch("c", rule, 1000).await.expect("prune");
+        longest_batch = longest_batch.max(started.elapsed());
         deleted += p.messages_deleted;
-        store.vacuum_step(4096).await.expect("vacuum step");
+        let started = Instant::now();
+        freed += store
+            .vacuum_step(4096)
+            .await
+            .expect("vacuum step")
+            .freed_pages;
+        longest_vacuum = longest_vacuum.max(started.elapsed());
         tokio::task::yield_now().await;
         if p.done {
             break;
         }
     }
     let pruned_in = pruning.elapsed();
-    let mut freed = 0;
     loop {
         let v = store.vacuum_step(4096).await.expect("vacuum step");
         freed += v.freed_pages;
@@ -408,8 +417,9 @@ async fn pruning_a_large_channel_shrinks_the_file_while_traffic_continues() {
     let after = file_size(&path);
     eprintln!(
         "filled {OLD} messages of ~{BODY} B in {fill:?}; file {before} B before, {after} B after \
-         ({:.0}% smaller); pruned in {pruned_in:?} ({:.0} msg/s), {freed} pages freed after the \
-         last batch; {} messages ingested during pruning, longest ingest {longest:?}",
+         ({:.0}% smaller); pruned in {pruned_in:?} ({:.0} msg/s), {freed} pages freed; longest \
+         prune batch (1000) {longest_batch:?}, longest vacuum step (4096 pages) \
+         {longest_vacuum:?}; {} messages ingested during pruning, longest ingest {longest:?}",
         100.0 * (1.0 - after as f64 / before as f64),
         OLD as f64 / pruned_in.as_secs_f64(),
         acked.len()

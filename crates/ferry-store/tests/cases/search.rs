@@ -471,6 +471,9 @@ async fn a_version_2_store_is_migrated_and_indexes_from_then_on() {
         let conn = rusqlite::Connection::open(&path).expect("sqlite");
         conn.execute_batch(
             "DROP TABLE message_metadata; DROP INDEX messages_control_id; \
+             DROP INDEX messages_received; DROP INDEX messages_content_kept; \
+             ALTER TABLE messages DROP COLUMN content_pruned_at_ms; \
+             ALTER TABLE channels DROP COLUMN max_deleted_id; \
              PRAGMA user_version = 2;",
         )
         .expect("downgrade");
