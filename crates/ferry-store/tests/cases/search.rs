@@ -482,7 +482,7 @@ async fn a_version_2_store_is_migrated_and_indexes_from_then_on() {
     let version: i64 = rusqlite::Connection::open(&path)
         .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
         .expect("version");
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     store.ingest(message(3)).await.expect("ingest");
     let control = |id: &str| MessageQuery {
         control_id: Some(id.into()),
