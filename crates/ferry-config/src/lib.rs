@@ -27,9 +27,9 @@ pub use schema::{
     AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, AuditSyslogFormat,
     ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, Config, CopyConfig, DedupeConfig,
     DeleteConfig, DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig,
-    FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
+    FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, Keep, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
-    RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig, TlsConfig,
-    TransformConfig,
+    Retention, RetentionConfig, RetentionDefaults, RetryConfig, ScriptConfig, ScriptSettings,
+    SetConfig, SourceConfig, StoreConfig, TlsConfig, TransformConfig,
 };
 pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};
