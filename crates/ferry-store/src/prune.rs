@@ -146,6 +146,56 @@ fn candidates(
         .map_err(StoreError::sqlite("reading a message to prune"))
 }
 
+/// How many messages `rule` would prune now: (content only, deleted whole). A read, for
+/// `ferry prune --dry-run`.
+pub(crate) fn count(
+    conn: &Connection,
+    channel: &str,
+    rule: &PruneRule,
+) -> Result<PruneProgress, StoreError> {
+    let mut progress = PruneProgress {
+        done: true,
+        ..PruneProgress::default()
+    };
+    let Some(channel_id) = conn
+        .query_row("SELECT id FROM channels WHERE name = ?1", [channel], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+        .map_err(StoreError::sqlite("reading a channel id"))?
+    else {
+        return Ok(progress);
+    };
+    let keep = rule.keep_clause();
+    let counted = |sql: String, args: &[&dyn rusqlite::ToSql]| {
+        conn.query_row(&sql, args, |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(StoreError::sqlite("counting messages to prune"))
+    };
+    if let Some(before) = rule.metadata_before_ms {
+        progress.messages_deleted = counted(
+            format!(
+                "SELECT COUNT(*) FROM messages m INDEXED BY messages_received \
+                 WHERE m.channel = ?1 AND m.received_at_ms < ?2{keep}"
+            ),
+            &[&channel_id, &before],
+        )?;
+    }
+    if let Some(before) = rule.content_before_ms {
+        // Those deleted whole are not counted again.
+        let floor = rule.metadata_before_ms.unwrap_or(i64::MIN);
+        progress.content_pruned = counted(
+            format!(
+                "SELECT COUNT(*) FROM messages m INDEXED BY messages_content_kept \
+                 WHERE m.channel = ?1 AND m.received_at_ms < ?2 AND m.received_at_ms >= ?3 \
+                   AND m.content_pruned_at_ms IS NULL{keep}"
+            ),
+            &[&channel_id, &before, &floor],
+        )?;
+    }
+    Ok(progress)
+}
+
 /// Run one batch of at most `limit` messages on the writer's connection (inside its
 /// transaction): whole messages first (their content need not be pruned separately), then
 /// content with what is left of the limit.
@@ -352,6 +402,21 @@ impl Store {
             writer::Reply::Pruned(p) => Ok(p),
             _ => Err(StoreError::Corrupt("prune returned no progress".into())),
         }
+    }
+
+    /// How many messages [`prune_batch`](Self::prune_batch) calls under `rule` would prune
+    /// now ([`PruneProgress::content_pruned`], [`PruneProgress::messages_deleted`]), without
+    /// changing anything: a read beside the writer.
+    pub async fn prune_count(
+        &self,
+        channel: &str,
+        rule: PruneRule,
+    ) -> Result<PruneProgress, StoreError> {
+        let channel = channel.to_owned();
+        self.inner
+            .reader
+            .run(move |r| count(r.connection(), &channel, &rule))
+            .await
     }
 
     /// Hand at most `pages` free pages back to the file system (one bounded writer

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod check;
 pub mod hl7;
 pub mod keys;
+pub mod prune;
 pub mod run;
 pub mod send;
 pub mod test;
