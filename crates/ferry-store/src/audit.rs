@@ -204,9 +204,7 @@ impl AuditAction {
             AuditAction::MessageView
             | AuditAction::Reprocess
             | AuditAction::MessageDelete
-            | AuditAction::RetentionPrune => {
-                (110110, None)
-            }
+            | AuditAction::RetentionPrune => (110110, None),
             AuditAction::MessageSearch => (110112, None),
             AuditAction::MessageExport => (110106, None),
             AuditAction::ConfigChange
