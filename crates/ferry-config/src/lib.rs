@@ -30,6 +30,6 @@ pub use schema::{
     FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, Keep, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
     Retention, RetentionConfig, RetentionDefaults, RetryConfig, ScriptConfig, ScriptSettings,
-    SetConfig, SourceConfig, StoreConfig, TlsConfig, TransformConfig,
+    SetConfig, SourceConfig, StoreConfig, StoreTlsConfig, TlsConfig, TransformConfig,
 };
 pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};
