@@ -105,6 +105,8 @@ async fn content_pruning_keeps_the_message_and_metadata_pruning_deletes_it() {
         metadata_before_ms: Some(11),
         ..PruneRule::default()
     };
+    let would = store.prune_count("c", rule).await.expect("count");
+    assert_eq!((would.messages_deleted, would.content_pruned), (10, 10));
     let (total, _) = prune_all(&store, rule, 1000).await;
     assert_eq!((total.messages_deleted, total.content_pruned), (10, 10));
     for id in 1..=10 {
@@ -356,26 +358,29 @@ async fn pruning_a_large_channel_shrinks_the_file_while_traffic_continues() {
 
     // Traffic continues: new messages (received after the cut-off) while pruning runs.
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let store = store.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut longest = Duration::ZERO;
-            let mut at = 1_000_000;
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let id = store
-                    .ingest(message(at, "NEW", BODY))
-                    .await
-                    .expect("ingest during pruning");
-                longest = longest.max(started.elapsed());
-                acked.push(id);
-                at += 1;
-            }
-            (acked, longest)
+    // Eight senders, each waiting for its acknowledgement before the next message.
+    let traffic: Vec<_> = (0..8)
+        .map(|sender| {
+            let store = store.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut longest = Duration::ZERO;
+                let mut at = 1_000_000 + sender * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let id = store
+                        .ingest(message(at, "NEW", BODY))
+                        .await
+                        .expect("ingest during pruning");
+                    longest = longest.max(started.elapsed());
+                    acked.push(id);
+                    at += 1;
+                }
+                (acked, longest)
+            })
         })
-    };
+        .collect();
     let rule = PruneRule {
         metadata_before_ms: Some(OLD + 1),
         ..PruneRule::default()
@@ -411,10 +416,18 @@ async fn pruning_a_large_channel_shrinks_the_file_while_traffic_continues() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let (acked, longest) = traffic.await.expect("traffic");
+    let mut acked = Vec::new();
+    let mut longest = Duration::ZERO;
+    for sender in traffic {
+        let (ids, slowest) = sender.await.expect("traffic");
+        acked.extend(ids);
+        longest = longest.max(slowest);
+    }
     assert_eq!(deleted, OLD as u64);
-    checkpointed(&path);
+    // Closing checkpoints the whole WAL back (TRUNCATE), so the file has its final size.
+    store.close().await.expect("close");
     let after = file_size(&path);
+    let store = Store::open(&path).expect("reopen");
     eprintln!(
         "filled {OLD} messages of ~{BODY} B in {fill:?}; file {before} B before, {after} B after \
          ({:.0}% smaller); pruned in {pruned_in:?} ({:.0} msg/s), {freed} pages freed; longest \
@@ -437,6 +450,46 @@ async fn pruning_a_large_channel_shrinks_the_file_while_traffic_continues() {
     assert!(
         after < before / 3 + kept,
         "the file shrank substantially: {before} -> {after}"
+    );
+    store.close().await.expect("close");
+}
+
+/// A store created before incremental vacuum keeps its free pages (reused, not returned) until
+/// one full `vacuum_file`, which shrinks it and switches it to incremental mode.
+#[tokio::test]
+async fn an_older_store_shrinks_after_one_full_vacuum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    // A table made before the store's own: SQLite then keeps `auto_vacuum = NONE`, as in a
+    // file created by an older Ferry.
+    rusqlite::Connection::open(&path)
+        .and_then(|c| c.execute_batch("CREATE TABLE older (x INTEGER);"))
+        .expect("an older file");
+    let store = Store::open(&path).expect("open");
+    for at in 1..=600 {
+        let mut m = message(at, "P", 2_000);
+        m.destinations.clear();
+        store.ingest(m).await.expect("ingest");
+    }
+    let rule = PruneRule {
+        metadata_before_ms: Some(10_000),
+        ..PruneRule::default()
+    };
+    let (total, _) = prune_all(&store, rule, 500).await;
+    assert_eq!(total.messages_deleted, 600);
+    let step = store.vacuum_step(4096).await.expect("vacuum step");
+    assert!(!step.incremental);
+    assert_eq!(step.freed_pages, 0);
+    assert!(step.free_pages > 200, "{step:?}");
+    store.close().await.expect("close");
+    let (before, after) = ferry_store::vacuum_file(&path).expect("VACUUM");
+    assert!(after < before / 3, "{before} -> {after}");
+    let store = Store::open(&path).expect("reopen");
+    let step = store.vacuum_step(0).await.expect("free list");
+    assert!(step.incremental, "switched to incremental");
+    assert_eq!(
+        store.ingest(message(20_000, "P", 0)).await.expect("ingest"),
+        2_001
     );
     store.close().await.expect("close");
 }
