@@ -459,6 +459,17 @@ mod tests {
     }
 
     #[test]
+    fn a_message_whose_content_was_pruned_says_so() {
+        let mut pruned = found(b"");
+        pruned.content_pruned = true;
+        pruned.raw = None;
+        let out = line(&pruned);
+        assert_eq!(out["content_pruned"], true);
+        assert!(out.get("raw").is_none() && out.get("raw_base64").is_none());
+        assert!(line(&found(b"MSH|")).get("content_pruned").is_none());
+    }
+
+    #[test]
     fn the_documented_query_parameters_are_the_accepted_ones() {
         let doc = crate::openapi::document();
         for path in [
