@@ -750,11 +750,26 @@ impl Writer {
             .and_then(|mut s| s.execute(params![response, channel_id, id]))
             .map_err(StoreError::sqlite("recording the source's response"))?;
         if changed == 0 {
+            if self.pruned(channel_id, id)? {
+                return Ok(());
+            }
             return Err(StoreError::Corrupt(format!(
                 "no message {id} in channel `{channel}`"
             )));
         }
         Ok(())
+    }
+
+    /// Whether message `id` of `channel` was deleted by retention pruning (it is gone and its
+    /// id is at most the highest id pruning deleted).
+    fn pruned(&self, channel: i64, id: MessageId) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT NOT EXISTS (SELECT 1 FROM messages WHERE channel = ?1 AND id = ?2) \
+                   AND ?2 <= (SELECT max_deleted_id FROM channels WHERE id = ?1)",
+            )
+            .and_then(|mut s| s.query_row(params![channel, id], |r| r.get::<_, bool>(0)))
+            .map_err(StoreError::sqlite("checking for a pruned message"))
     }
 
     fn delivery(&mut self, d: &DeliveryUpdate) -> Result<(), StoreError> {
@@ -795,6 +810,11 @@ impl Writer {
             })
             .map_err(StoreError::sqlite("recording a delivery"))?;
         if changed == 0 {
+            // A delivery still in flight when retention pruning (with `prune_queued`) deleted
+            // its message: nothing left to record, and the worker carries on.
+            if self.pruned(channel, d.message_id)? {
+                return Ok(());
+            }
             return Err(StoreError::Corrupt(format!(
                 "no message {} for destination `{}` in channel `{}`",
                 d.message_id, d.destination, d.channel

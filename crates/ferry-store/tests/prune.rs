@@ -189,7 +189,7 @@ async fn queued_and_errored_messages_are_kept_unless_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store.db");
     let store = Store::open(&path).expect("open");
-    let queued = store.ingest(message(1, "P", 0)).await.expect("ingest");
+    store.ingest(message(1, "P", 0)).await.expect("ingest");
     let errored = store.ingest(message(2, "P", 0)).await.expect("ingest");
     deliver(&store, errored, Status::Error).await;
     let sent = store.ingest(message(3, "P", 0)).await.expect("ingest");
@@ -230,6 +230,46 @@ async fn queued_and_errored_messages_are_kept_unless_asked() {
             .is_none()
     );
     assert_eq!(store.queue_depth("c", "a").await.expect("depth"), 1);
+
+    // A message deleted while its delivery was in flight: the late update is not an error.
+    let in_flight = store.ingest(message(50, "P", 0)).await.expect("ingest");
+    let deleting_queued = PruneRule {
+        metadata_before_ms: Some(51),
+        include_queued: true,
+        include_errored: true,
+        content_before_ms: None,
+    };
+    let deleted_now = store
+        .prune_batch("c", deleting_queued, 10)
+        .await
+        .expect("prune");
+    assert_eq!(
+        deleted_now.messages_deleted, 2,
+        "the in-flight one and the queued one"
+    );
+    deliver(&store, in_flight, Status::Sent).await;
+    assert!(
+        store
+            .connector("c", in_flight, "a")
+            .await
+            .expect("read")
+            .is_none()
+    );
+    // A message that never existed still is.
+    let never = store
+        .update_delivery(DeliveryUpdate {
+            channel: "c".into(),
+            message_id: 1_000,
+            destination: "a".into(),
+            status: Status::Sent,
+            attempts: 1,
+            error: None,
+            response: None,
+            encoded: None,
+        })
+        .await;
+    assert!(never.is_err());
+    let queued = store.ingest(message(60, "P", 0)).await.expect("ingest");
 
     // Content pruning a queued message when asked: it can no longer be sent, so it fails.
     let content_queued = PruneRule {
