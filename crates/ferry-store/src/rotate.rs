@@ -372,7 +372,10 @@ pub(crate) fn pending(conn: &Connection, keyring: &Keyring) -> Result<u64, Store
             .map(|c| c.max(0) as u64)
             .map_err(StoreError::sqlite("counting records to rotate"))
     };
-    let mut total = count("SELECT COUNT(*) FROM messages WHERE substr(raw, 1, ?1) IS NOT ?2")?;
+    let mut total = count(
+        "SELECT COUNT(*) FROM messages \
+         WHERE content_pruned_at_ms IS NULL AND substr(raw, 1, ?1) IS NOT ?2",
+    )?;
     total += count(
         "SELECT COUNT(*) FROM messages WHERE source_response IS NOT NULL \
          AND substr(source_response, 1, ?1) IS NOT ?2",

@@ -533,3 +533,55 @@ async fn an_older_store_shrinks_after_one_full_vacuum() {
     );
     store.close().await.expect("close");
 }
+
+/// Under encryption at rest a content-pruned message holds no envelope: the store still opens
+/// (its probe of the newest message skips it) and key rotation passes over it.
+#[tokio::test]
+async fn content_pruning_under_encryption_keeps_open_and_rotation_working() {
+    use ferry_store::{Key, Keyring, StoreOptions};
+    let ring = |current: &str, byte: u8, old: Option<(&str, u8)>| {
+        let key = |b: u8| Key::from_bytes(&[b; 32]).expect("key");
+        let mut ring = Keyring::new(current, key(byte)).expect("keyring");
+        if let Some((id, b)) = old {
+            ring = ring.with_old(id, key(b)).expect("old key");
+        }
+        StoreOptions {
+            keyring: Some(ring),
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let store = Store::open_with(&path, ring("k1", 1, None)).expect("open");
+    for at in 1..=5 {
+        let id = store.ingest(message(at, "P", 100)).await.expect("ingest");
+        deliver(&store, id, Status::Sent).await;
+    }
+    let rule = PruneRule {
+        content_before_ms: Some(1_000),
+        ..PruneRule::default()
+    };
+    let (total, _) = prune_all(&store, rule, 100).await;
+    assert_eq!(total.content_pruned, 5);
+    store.close().await.expect("close");
+    // Every message, the newest included, is content-pruned: opening must not fail on it.
+    let store = Store::open_with(&path, ring("k2", 2, Some(("k1", 1)))).expect("reopen");
+    loop {
+        let p = store
+            .rotate_batch(100)
+            .await
+            .expect("rotation passes pruned messages");
+        if p.done {
+            break;
+        }
+    }
+    assert_eq!(store.rotation_pending().await.expect("pending"), 0);
+    assert_eq!(
+        store
+            .content("c", 5, SOURCE, ContentStage::Raw)
+            .await
+            .expect("read"),
+        None
+    );
+    assert!(store.connector("c", 5, "a").await.expect("read").is_some());
+    store.close().await.expect("close");
+}
