@@ -584,6 +584,19 @@ impl Config {
                 validate_retention(r, Some(&self.retention))
                     .map_err(|m| err(format!("retention: {m}")))?;
             }
+            let metadata = channel
+                .retention
+                .and_then(|r| r.metadata)
+                .or(self.retention.metadata);
+            if let (Some(d), Some(crate::schema::Keep::For(m))) = (&channel.dedupe, metadata)
+                && m < d.window
+            {
+                warnings.push(format!(
+                    "channel `{}`: retention keeps messages {m:?} but the dedupe window is {:?}: \
+                     a copy of a pruned message is not recognised as a duplicate",
+                    channel.name, d.window
+                ));
+            }
             if let Some(index) = &channel.index {
                 if index.len() > MAX_INDEX_KEYS {
                     return Err(err(format!(

@@ -660,3 +660,20 @@ fn store_tls_resolves_relative_paths_and_needs_cert_with_key() {
     let err = load(&typo).expect_err("unknown key");
     assert!(err.contains("cafile"), "{err}");
 }
+
+#[test]
+fn a_dedupe_window_longer_than_retention_is_a_warning() {
+    let text = MINIMAL_CHANNEL.replace(
+        "source = {",
+        "dedupe = { window = \"2d\" }\nretention = { metadata = \"1d\" }\nsource = {",
+    );
+    let config = load(&text).expect("loads");
+    assert!(
+        config
+            .warnings()
+            .iter()
+            .any(|w| w.contains("channel `a`") && w.contains("dedupe window")),
+        "{:?}",
+        config.warnings()
+    );
+}
