@@ -24,6 +24,12 @@
 //! but it shrinks only after one full [`vacuum_file`] (`ferry prune --vacuum`, with the engine
 //! stopped), which also switches it to incremental mode.
 //!
+//! **Costs to know.** Candidates are walked oldest first on `(channel, received_at_ms)`; the
+//! messages a rule keeps (in flight, failed) that are older than the cut-off are walked again
+//! by every batch, so a destination down for weeks with a long queue makes each batch read its
+//! queue's index entries. Upgrading a store to schema version 4 builds three indexes over the
+//! existing messages once, at the first open (time proportional to the store).
+//!
 //! The SQL is plain (a bounded candidate `SELECT … ORDER BY … LIMIT n`, then `DELETE`/`UPDATE`
 //! by primary key), so the same statements serve a PostgreSQL backend.
 
