@@ -289,6 +289,11 @@ impl Config {
             fix(&mut p);
             self.store.path = Some(p);
         }
+        if let Some(t) = self.store.tls.as_mut() {
+            for p in [&mut t.ca, &mut t.cert, &mut t.key].into_iter().flatten() {
+                fix(p);
+            }
+        }
         if let Some(t) = self.admin.tls.as_mut() {
             fix_tls(t);
         }
@@ -404,14 +409,33 @@ impl Config {
                 "[store]: set `path` (SQLite) or `url` (PostgreSQL), not both".into(),
             ));
         }
-        if self.store.url.is_some() {
-            return Err(fail(
-                &main_file,
-                Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
-                "url",
-                "[store] url: PostgreSQL is not supported by this version yet; use `path` (SQLite)"
-                    .into(),
-            ));
+        if let Some(url) = &self.store.url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(fail(
+                    &main_file,
+                    Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
+                    "url",
+                    "[store] url: must start with postgres:// or postgresql://".into(),
+                ));
+            }
+        }
+        if let Some(t) = &self.store.tls {
+            let problem = if self.store.url.is_none() {
+                Some("[store.tls] needs [store] url (TLS is for PostgreSQL)")
+            } else if t.cert.is_some() != t.key.is_some() {
+                Some("[store.tls]: set both `cert` and `key`, or neither")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(fail(
+                    &main_file,
+                    Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
+                    "tls",
+                    problem.into(),
+                ));
+            }
         }
         if let Some(e) = &self.store.encryption {
             e.keys().map_err(|m| {

@@ -52,14 +52,34 @@ pub struct StoreConfig {
     /// SQLite database file, relative to the configuration file. Default `"data/ferry.db"`.
     /// Its directory is created if missing.
     pub path: Option<PathBuf>,
-    /// PostgreSQL URL (`postgres://…`) instead of SQLite. Reserved: this version reports it as
-    /// not supported yet rather than silently using SQLite.
+    /// PostgreSQL URL instead of SQLite, libpq's form
+    /// (`postgres://user:password@host:5432/database`; give the password with `${env:…}` or
+    /// `${file:…}`). Several Ferry nodes may share one database. Without `[store.tls]` the
+    /// host must be loopback or a Unix socket: a password never crosses a network in clear.
     pub url: Option<Secret>,
+    /// `[store.tls]`: TLS to PostgreSQL (with `url`). The server's certificate must chain
+    /// to `ca` (or the OS trust store) and name the URL's host.
+    pub tls: Option<StoreTlsConfig>,
     /// Encryption at rest of message content, maps, responses and error texts with
     /// AES-256-GCM, e.g. `encryption = { key = "${file:/etc/ferry/key}", key_id = "2026-12",
     /// old_keys = { "2026-06" = "${env:OLD_KEY}" } }`. Absent: content is stored in the clear
     /// (and a store holding encrypted records refuses to open).
     pub encryption: Option<EncryptionConfig>,
+}
+
+/// `[store.tls]`: how Ferry verifies the PostgreSQL server and, for mutual TLS, who it is.
+/// Paths are relative to the configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreTlsConfig {
+    /// PEM bundle of the CA(s) that issue the server's certificate. Default: the operating
+    /// system's trust store.
+    pub ca: Option<PathBuf>,
+    /// PEM file with Ferry's client certificate (then intermediates), when the server asks
+    /// for one (`clientcert=verify-full` in `pg_hba.conf`). Needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 /// `[store] encryption`: the keys of encryption at rest.
