@@ -29,7 +29,7 @@ pub use schema::{
     DeleteConfig, DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig,
     FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
-    RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig, StoreTlsConfig, TlsConfig,
-    TransformConfig,
+    RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig,
+    StoreTlsConfig, TlsConfig, TransformConfig,
 };
 pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};

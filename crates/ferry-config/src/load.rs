@@ -420,23 +420,6 @@ impl Config {
                 ));
             }
         }
-        if let Some(t) = &self.store.tls {
-            let problem = if self.store.url.is_none() {
-                Some("[store.tls] needs [store] url (TLS is for PostgreSQL)")
-            } else if t.cert.is_some() != t.key.is_some() {
-                Some("[store.tls]: set both `cert` and `key`, or neither")
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                return Err(fail(
-                    &main_file,
-                    Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
-                    "tls",
-                    problem.into(),
-                ));
-            }
-        }
         if let Some(e) = &self.store.encryption {
             e.keys().map_err(|m| {
                 fail(
@@ -446,6 +429,16 @@ impl Config {
                     format!("[store] encryption: {m}"),
                 )
             })?;
+        }
+        if let Some(t) = &self.store.tls
+            && t.cert.is_some() != t.key.is_some()
+        {
+            return Err(fail(
+                &main_file,
+                None,
+                "",
+                "[store.tls]: `cert` and `key` go together (both or neither)".into(),
+            ));
         }
         if let Some(t) = &self.admin.tls {
             listener_tls(t).map_err(|m| fail(&main_file, None, "", format!("[admin] tls: {m}")))?;

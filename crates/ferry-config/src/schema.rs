@@ -57,28 +57,32 @@ pub struct StoreConfig {
     /// `${file:…}`). Several Ferry nodes may share one database. Without `[store.tls]` the
     /// host must be loopback or a Unix socket: a password never crosses a network in clear.
     pub url: Option<Secret>,
-    /// `[store.tls]`: TLS to PostgreSQL (with `url`). The server's certificate must chain
-    /// to `ca` (or the OS trust store) and name the URL's host.
-    pub tls: Option<StoreTlsConfig>,
     /// Encryption at rest of message content, maps, responses and error texts with
     /// AES-256-GCM, e.g. `encryption = { key = "${file:/etc/ferry/key}", key_id = "2026-12",
     /// old_keys = { "2026-06" = "${env:OLD_KEY}" } }`. Absent: content is stored in the clear
     /// (and a store holding encrypted records refuses to open).
     pub encryption: Option<EncryptionConfig>,
+    /// `[store.tls]`: TLS to the PostgreSQL server of `url`, e.g. `tls = { ca = "db-ca.pem" }`
+    /// or, with a client certificate, `tls = { ca = "db-ca.pem", cert = "ferry.pem", key =
+    /// "ferry.key" }`. Absent: the connection is plain, which is only allowed to a loopback
+    /// host or a Unix socket. Not used with `path` (SQLite).
+    pub tls: Option<StoreTlsConfig>,
 }
 
-/// `[store.tls]`: how Ferry verifies the PostgreSQL server and, for mutual TLS, who it is.
-/// Paths are relative to the configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[store.tls]`: how Ferry verifies the PostgreSQL server and, optionally, proves its own
+/// identity to it. The server's certificate must chain to `ca` and name the host of `url`
+/// (hostname verification cannot be turned off). Paths are relative to the configuration
+/// file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreTlsConfig {
-    /// PEM bundle of the CA(s) that issue the server's certificate. Default: the operating
-    /// system's trust store.
+    /// CA bundle (PEM) trusted for the server's certificate. Default: the operating system's
+    /// trust store.
     pub ca: Option<PathBuf>,
-    /// PEM file with Ferry's client certificate (then intermediates), when the server asks
-    /// for one (`clientcert=verify-full` in `pg_hba.conf`). Needs `key`.
+    /// Client certificate chain (PEM) presented to the server, for certificate
+    /// authentication. Needs `key`.
     pub cert: Option<PathBuf>,
-    /// PEM file with the private key of `cert`.
+    /// Private key (PEM, PKCS#8, PKCS#1 or SEC1; not encrypted) of `cert`.
     pub key: Option<PathBuf>,
 }
 

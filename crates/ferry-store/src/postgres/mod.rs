@@ -6,6 +6,7 @@
 //! every method of [`Store`](crate::Store) then runs here with the same semantics as on SQLite
 //! (see `schema.rs` for what several nodes on one database add).
 
+pub(crate) mod accounts;
 mod audit;
 pub mod conn;
 mod reader;
@@ -58,6 +59,7 @@ impl PgStore {
         let keyring = options.keyring.map(Arc::new);
         let mut client = reader::open(&pg)?;
         schema::apply(&mut client)?;
+        accounts::ensure_schema(&mut client)?;
         let mut first = reader::open(&pg)?;
         reader::Reader {
             client: &mut first,

@@ -5,8 +5,7 @@
 //! writes meanwhile are written under the current key anyway (every node must run with the
 //! same keyring).
 //!
-//! The admin users' TOTP secrets live with the accounts (`Accounts::open_postgres`), which
-//! rotate their own.
+//! Last, the admin users' TOTP secrets (`postgres/accounts.rs`, by id).
 
 use postgres::Client;
 
@@ -28,6 +27,8 @@ pub(crate) enum PgCursor {
     Errors(i64, MessageId, String),
     /// In `message_metadata`, after this (channel, key, value, message id).
     Metadata(i64, String, Vec<u8>, MessageId),
+    /// In `admin_users` (TOTP secrets), after this id.
+    Users(i64),
     /// The pass is complete.
     Done,
 }
@@ -285,7 +286,18 @@ pub(crate) fn rotate(
                 budget -= got;
                 cursor = match last {
                     Some((c, k, v, i)) if budget == 0 => PgCursor::Metadata(c, k, v, i),
-                    _ => PgCursor::Done,
+                    _ => PgCursor::Users(0),
+                };
+            }
+            PgCursor::Users(after) => {
+                let limit = usize::try_from(budget).unwrap_or(1);
+                let batch = super::accounts::rotate_totp_batch(client, keyring, after, limit)?;
+                rotated += batch.rotated;
+                budget -= batch.scanned as i64;
+                cursor = if batch.scanned < limit {
+                    PgCursor::Done
+                } else {
+                    PgCursor::Users(batch.last_id)
                 };
             }
             PgCursor::Done => break,
@@ -325,5 +337,6 @@ pub(crate) fn pending(client: &mut Client, keyring: &Keyring) -> Result<u64, Sto
             total += 1;
         }
     }
+    total += super::accounts::totp_pending(client, keyring)?;
     Ok(total)
 }
