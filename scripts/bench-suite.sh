@@ -8,7 +8,9 @@
 #   4. durable ingest MLLP -> store (fsync) -> ACK, 1 and 16 connections, destination parked;
 #   5. ACK latency at a steady 1,000 msg/s (4 connections);
 #   6. RSS with one million queued messages (the parked destination's queue);
-#   7. end to end MLLP -> Ferry (durable) -> MLLP -> `ferry bench receive`, 16 connections.
+#   7. end to end MLLP -> Ferry (durable) -> MLLP -> `ferry bench receive`, 16 connections;
+#   8. zero loss: `ferry bench crash`, 20 SIGKILLs under 4 resending senders (on the same
+#      PostgreSQL database with --store-url: use an empty one, the oracle counts this run).
 # Usage: scripts/bench-suite.sh [--store-url URL] [N16] [QUEUED]
 #   N16     messages for the 16-connection runs (default 100000; the 1-connection runs use N16/5)
 #   QUEUED  queue depth for the memory measurement (default 1000000)
@@ -111,3 +113,8 @@ wait_port "$EFP"
 $BIN bench load mllp://127.0.0.1:"$EFP" -c 16 -n "$N16"
 wait "$RECV" || true
 cat "$TMP/receive.out" | tail -1
+
+echo "## 8. zero loss across 20 SIGKILLs (ferry bench crash)"
+CRASH_STORE=()
+if [ -n "$STORE_URL" ]; then CRASH_STORE=(--store-url "$STORE_URL"); fi
+$BIN bench crash --kills 20 --senders 4 "${CRASH_STORE[@]}" || true

@@ -410,14 +410,16 @@ impl Config {
                 "[store]: set `path` (SQLite) or `url` (PostgreSQL), not both".into(),
             ));
         }
-        if self.store.url.is_some() {
-            return Err(fail(
-                &main_file,
-                Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
-                "url",
-                "[store] url: PostgreSQL is not supported by this version yet; use `path` (SQLite)"
-                    .into(),
-            ));
+        if let Some(url) = &self.store.url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(fail(
+                    &main_file,
+                    Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
+                    "url",
+                    "[store] url: must start with postgres:// or postgresql://".into(),
+                ));
+            }
         }
         if let Some(e) = &self.store.encryption {
             e.keys().map_err(|m| {

@@ -57,8 +57,10 @@ pub struct StoreConfig {
     /// SQLite database file, relative to the configuration file. Default `"data/ferry.db"`.
     /// Its directory is created if missing.
     pub path: Option<PathBuf>,
-    /// PostgreSQL URL (`postgres://…`) instead of SQLite. Reserved: this version reports it as
-    /// not supported yet rather than silently using SQLite.
+    /// PostgreSQL URL instead of SQLite, libpq's form
+    /// (`postgres://user:password@host:5432/database`; give the password with `${env:…}` or
+    /// `${file:…}`). Several Ferry nodes may share one database. Without `[store.tls]` the
+    /// host must be loopback or a Unix socket: a password never crosses a network in clear.
     pub url: Option<Secret>,
     /// Encryption at rest of message content, maps, responses and error texts with
     /// AES-256-GCM, e.g. `encryption = { key = "${file:/etc/ferry/key}", key_id = "2026-12",

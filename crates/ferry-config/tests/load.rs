@@ -205,10 +205,37 @@ fn semantic_errors_name_channel_and_destination() {
     );
     assert_eq!(load(&plain).expect("plain http loads").warnings().len(), 1);
     let pg = format!("[store]\nurl = \"postgres://db/ferry\"\n{MINIMAL_CHANNEL}");
-    let err = load(&pg).expect_err("postgres");
+    let loaded = load(&pg).expect("postgres loads");
+    assert!(loaded.store.url.is_some());
+    let bad = format!("[store]\nurl = \"mysql://db/ferry\"\n{MINIMAL_CHANNEL}");
+    let err = load(&bad).expect_err("not postgres");
     assert!(
-        err.contains("/etc/ferry/ferry.toml:2:") && err.contains("not supported"),
+        err.contains("/etc/ferry/ferry.toml:2:") && err.contains("postgres://"),
         "{err}"
+    );
+    let tls = format!(
+        "[store]\nurl = \"postgres://db/ferry\"\n[store.tls]\nca = \"ca.pem\"\n{MINIMAL_CHANNEL}"
+    );
+    let loaded = load(&tls).expect("tls loads");
+    let ca = loaded.store.tls.as_ref().and_then(|t| t.ca.clone());
+    assert!(
+        ca.is_some_and(|p| p.is_absolute()),
+        "paths are made absolute"
+    );
+    let half = format!(
+        "[store]\nurl = \"postgres://db/ferry\"\n[store.tls]\ncert = \"c.pem\"\n{MINIMAL_CHANNEL}"
+    );
+    assert!(
+        load(&half)
+            .expect_err("half")
+            .contains("`cert` and `key` go together")
+    );
+    let unknown = format!(
+        "[store]\nurl = \"postgres://db/ferry\"\n[store.tls]\nsslmode = \"x\"\n{MINIMAL_CHANNEL}"
+    );
+    assert!(
+        load(&unknown).is_err(),
+        "unknown [store.tls] fields are refused"
     );
     let mode = MINIMAL_CHANNEL.replace(
         "name = \"a\"\n",

@@ -522,7 +522,7 @@ fn hex_decode(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -572,26 +572,8 @@ fn read_head(conn: &Connection) -> Result<Option<AuditHead>, StoreError> {
         .map_err(StoreError::sqlite("reading the audit chain head"))
 }
 
-/// Seal and insert one record, and move the head, on the writer's connection inside its
-/// transaction. The record follows the head (not the last row): if rows after the head were
-/// deleted, the gap stays visible.
-pub(crate) fn append(conn: &Connection, event: &AuditEvent) -> Result<AuditRecord, StoreError> {
-    let head = match read_head(conn)? {
-        Some(h) => Some(h),
-        // No head yet: a log created before the head existed, or the first record.
-        None => conn
-            .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .and_then(|mut s| {
-                s.query_row([], |r| {
-                    Ok(AuditHead {
-                        seq: r.get(0)?,
-                        hash: r.get(1)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(StoreError::sqlite("reading the last audit record"))?,
-    };
+/// The record `event` becomes after `head` (the first record when `None`), sealed.
+pub(crate) fn seal(event: &AuditEvent, head: Option<AuditHead>) -> Result<AuditRecord, StoreError> {
     let (seq, prev_hash) = match head {
         Some(h) => (h.seq + 1, h.hash),
         None => (1, GENESIS_HASH.to_owned()),
@@ -615,6 +597,30 @@ pub(crate) fn append(conn: &Connection, event: &AuditEvent) -> Result<AuditRecor
     record.hash = record
         .compute_hash()
         .ok_or_else(|| StoreError::Corrupt("the audit chain head is not a SHA-256 hash".into()))?;
+    Ok(record)
+}
+
+/// Seal and insert one record, and move the head, on the writer's connection inside its
+/// transaction. The record follows the head (not the last row): if rows after the head were
+/// deleted, the gap stays visible.
+pub(crate) fn append(conn: &Connection, event: &AuditEvent) -> Result<AuditRecord, StoreError> {
+    let head = match read_head(conn)? {
+        Some(h) => Some(h),
+        // No head yet: a log created before the head existed, or the first record.
+        None => conn
+            .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .and_then(|mut s| {
+                s.query_row([], |r| {
+                    Ok(AuditHead {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(StoreError::sqlite("reading the last audit record"))?,
+    };
+    let record = seal(event, head)?;
     conn.prepare_cached(
         "INSERT INTO audit_log \
          (seq, time_ms, node, actor, action, target, source, outcome, details, prev_hash, hash) \
@@ -924,30 +930,44 @@ fn verify_in_snapshot(
     conn: &Connection,
     expect_head: Option<&str>,
 ) -> Result<VerifyReport, StoreError> {
-    let mut report = VerifyReport::default();
     if !tables_exist(conn)? {
-        return Ok(report);
+        return Ok(VerifyReport::default());
     }
+    let mut stmt = conn
+        .prepare(&format!("{SELECT_RECORD} ORDER BY seq"))
+        .map_err(StoreError::sqlite("preparing the audit scan"))?;
+    let rows = stmt
+        .query_map([], record_from_row)
+        .map_err(StoreError::sqlite("scanning the audit log"))?;
+    verify_records(
+        rows.map(|r| r.map_err(StoreError::sqlite("reading an audit record"))),
+        |column, hash| seq_with_hash(conn, column, hash),
+        || read_head(conn),
+        expect_head,
+    )
+}
+
+/// The chain check over `records` in sequence order, whatever database they come from:
+/// `seq_with_hash(column, hash)` finds the first record whose `column` (`hash` or
+/// `prev_hash`) is `hash`, and `read_head` reads the chain head row (after the scan).
+pub(crate) fn verify_records(
+    records: impl Iterator<Item = Result<AuditRecord, StoreError>>,
+    mut seq_with_hash: impl FnMut(&str, &str) -> Result<Option<i64>, StoreError>,
+    read_head: impl FnOnce() -> Result<Option<AuditHead>, StoreError>,
+    expect_head: Option<&str>,
+) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
     let expected = expect_head.map(|e| {
         let hash = e.rsplit(':').next().unwrap_or(e);
         hash.trim().to_ascii_lowercase()
     });
-    let mut stmt = conn
-        .prepare(&format!("{SELECT_RECORD} ORDER BY seq"))
-        .map_err(StoreError::sqlite("preparing the audit scan"))?;
-    let mut rows = stmt
-        .query([])
-        .map_err(StoreError::sqlite("scanning the audit log"))?;
     let mut expected_seq = 1i64;
     let mut prev_hash = GENESIS_HASH.to_owned();
     // Whether the previous record was already reported: a broken link right after it is the
     // same tampering seen from the next record, not a second one.
     let mut prev_flagged = false;
-    while let Some(row) = rows
-        .next()
-        .map_err(StoreError::sqlite("scanning the audit log"))?
-    {
-        let record = record_from_row(row).map_err(StoreError::sqlite("reading an audit record"))?;
+    for record in records {
+        let record = record?;
         report.records += 1;
         let mut flagged = false;
         if record.seq != expected_seq {
@@ -979,8 +999,8 @@ fn verify_in_snapshot(
             // names, and the number before the record that names its hash.
             let mut sealed_as = None;
             let candidates = [
-                seq_with_hash(conn, "hash", &record.prev_hash)?.map(|s| s + 1),
-                seq_with_hash(conn, "prev_hash", &record.hash)?.map(|s| s - 1),
+                seq_with_hash("hash", &record.prev_hash)?.map(|s| s + 1),
+                seq_with_hash("prev_hash", &record.hash)?.map(|s| s - 1),
                 (record.prev_hash == GENESIS_HASH).then_some(1),
             ];
             for candidate in candidates.into_iter().flatten() {
@@ -1017,7 +1037,7 @@ fn verify_in_snapshot(
             }
             flagged = true;
         } else if record.prev_hash != prev_hash && !flagged && !prev_flagged {
-            let detail = match seq_with_hash(conn, "hash", &record.prev_hash)? {
+            let detail = match seq_with_hash("hash", &record.prev_hash)? {
                 Some(j) if j != record.seq - 1 => format!(
                     "record {} follows record {j}, not record {} (records reordered)",
                     record.seq,
@@ -1052,9 +1072,7 @@ fn verify_in_snapshot(
             hash: record.hash,
         });
     }
-    drop(rows);
-    drop(stmt);
-    report.head = read_head(conn)?;
+    report.head = read_head()?;
     match (&report.head, &report.last) {
         (None, None) => {}
         (None, Some(last)) => report.problem(

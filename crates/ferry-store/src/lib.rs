@@ -176,7 +176,13 @@ impl StoreError {
 /// The durable store. Cheap to clone; all clones share one writer and one read pool.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    inner: Arc<Backend>,
+}
+
+/// Where a store keeps its data.
+enum Backend {
+    Sqlite(Inner),
+    Postgres(postgres::PgStore),
 }
 
 struct Inner {
@@ -227,19 +233,48 @@ impl Store {
         let reader = reader::ReadPool::new(path, 4, keyring.clone())?;
         let checkpointer = std::sync::Mutex::new(checkpoint::Checkpointer::start(path)?);
         Ok(Store {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Backend::Sqlite(Inner {
                 writer,
                 reader,
                 checkpointer,
                 keyring,
                 rotation: std::sync::Mutex::new(rotate::Cursor::Start),
-            }),
+            })),
         })
+    }
+
+    /// Open the store in a PostgreSQL database (created tables if missing), shared with any
+    /// other Ferry node that opens the same database: ids, duplicate detection and the audit
+    /// chain stay consistent across nodes (see [`postgres`]). Encryption at rest as
+    /// [`open_with`](Self::open_with), with the same newest-message check at open.
+    ///
+    /// Blocking (it connects): call it from a plain thread or `spawn_blocking`, never on an
+    /// async worker thread.
+    ///
+    /// # Errors
+    /// [`StoreError::Config`] for an unusable URL, [`StoreError::Postgres`] when the server
+    /// cannot be reached or refuses, [`StoreError::Crypto`] as `open_with`.
+    pub fn open_postgres(
+        pg: postgres::PgOptions,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        Ok(Store {
+            inner: Arc::new(Backend::Postgres(postgres::PgStore::open(pg, options)?)),
+        })
+    }
+
+    /// Whether this store is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(&*self.inner, Backend::Postgres(_))
     }
 
     /// Whether the store encrypts at rest, and under which key id.
     pub fn current_key_id(&self) -> Option<&str> {
-        self.inner.keyring.as_deref().map(Keyring::current_id)
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.current_key_id(),
+        };
+        s.keyring.as_deref().map(Keyring::current_id)
     }
 
     /// Re-encrypt up to `limit` records that are not under the current key (older keys, or
@@ -248,19 +283,17 @@ impl Store {
     /// [`RotationProgress::done`]. A record that does not decrypt stops the pass with
     /// [`StoreError::Crypto`] naming it; the next call retries from the same place.
     pub async fn rotate_batch(&self, limit: usize) -> Result<RotationProgress, StoreError> {
-        let cursor = self
-            .inner
-            .rotation
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.rotate_batch(limit).await,
+        };
+        let cursor = s.rotation.lock().map(|c| c.clone()).unwrap_or_default();
         let cursor = if cursor == rotate::Cursor::Done {
             rotate::Cursor::Start
         } else {
             cursor
         };
-        let reply = self
-            .inner
+        let reply = s
             .writer
             .submit(writer::Op::Rotate { cursor, limit })
             .await?;
@@ -268,7 +301,7 @@ impl Store {
             return Err(StoreError::Corrupt("rotation returned no progress".into()));
         };
         let done = r.next == rotate::Cursor::Done;
-        if let Ok(mut c) = self.inner.rotation.lock() {
+        if let Ok(mut c) = s.rotation.lock() {
             *c = r.next;
         }
         Ok(RotationProgress {
@@ -280,13 +313,16 @@ impl Store {
     /// How many records are not under the current key: a full scan, for progress reports.
     /// Fails with [`StoreError::Crypto`] when the store does not encrypt.
     pub async fn rotation_pending(&self) -> Result<u64, StoreError> {
-        let Some(keyring) = self.inner.keyring.clone() else {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.rotation_pending().await,
+        };
+        let Some(keyring) = s.keyring.clone() else {
             return Err(StoreError::Crypto(
                 "key rotation needs [store] encryption to be configured".into(),
             ));
         };
-        self.inner
-            .reader
+        s.reader
             .run(move |r| rotate::pending(r.connection(), &keyring))
             .await
     }
@@ -303,8 +339,11 @@ impl Store {
     /// transaction on the single writer thread, so of concurrent ingests of one key exactly one
     /// is [`Ingested::Stored`].
     pub async fn ingest_checked(&self, message: NewMessage) -> Result<Ingested, StoreError> {
-        match self
-            .inner
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.ingest_checked(message).await,
+        };
+        match s
             .writer
             .submit(writer::Op::Ingest(Box::new(message)))
             .await?
@@ -316,8 +355,11 @@ impl Store {
 
     /// Record the outcome of a delivery attempt (durably, group-committed).
     pub async fn update_delivery(&self, update: DeliveryUpdate) -> Result<(), StoreError> {
-        self.inner
-            .writer
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.update_delivery(update).await,
+        };
+        s.writer
             .submit(writer::Op::Delivery(update))
             .await
             .map(|_| ())
@@ -331,8 +373,11 @@ impl Store {
         id: MessageId,
         response: Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.inner
-            .writer
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.set_source_response(channel, id, response).await,
+        };
+        s.writer
             .submit(writer::Op::SourceResponse {
                 channel: channel.to_owned(),
                 id,
@@ -350,17 +395,24 @@ impl Store {
         after: MessageId,
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.queue_batch(channel, destination, after, limit).await,
+        };
         let (c, d) = (channel.to_owned(), destination.to_owned());
-        self.inner
-            .reader
+        s.reader
             .run(move |r| r.queue_batch(&c, &d, after, limit))
             .await
     }
 
     /// How many messages wait in a destination's queue.
     pub async fn queue_depth(&self, channel: &str, destination: &str) -> Result<u64, StoreError> {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.queue_depth(channel, destination).await,
+        };
         let (c, d) = (channel.to_owned(), destination.to_owned());
-        self.inner.reader.run(move |r| r.queue_depth(&c, &d)).await
+        s.reader.run(move |r| r.queue_depth(&c, &d)).await
     }
 
     /// The status record of one connector of one message.
@@ -370,11 +422,12 @@ impl Store {
         id: MessageId,
         connector: &str,
     ) -> Result<Option<ConnectorRecord>, StoreError> {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.connector(channel, id, connector).await,
+        };
         let (c, n) = (channel.to_owned(), connector.to_owned());
-        self.inner
-            .reader
-            .run(move |r| r.connector(&c, id, &n))
-            .await
+        s.reader.run(move |r| r.connector(&c, id, &n)).await
     }
 
     /// One content stage of one connector of one message.
@@ -385,17 +438,22 @@ impl Store {
         connector: &str,
         stage: ContentStage,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.content(channel, id, connector, stage).await,
+        };
         let (c, n) = (channel.to_owned(), connector.to_owned());
-        self.inner
-            .reader
-            .run(move |r| r.content(&c, id, &n, stage))
-            .await
+        s.reader.run(move |r| r.content(&c, id, &n, stage)).await
     }
 
     /// Message counts per connector and status.
     pub async fn status_counts(&self, channel: &str) -> Result<Vec<StatusCount>, StoreError> {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.status_counts(channel).await,
+        };
         let c = channel.to_owned();
-        self.inner.reader.run(move |r| r.status_counts(&c)).await
+        s.reader.run(move |r| r.status_counts(&c)).await
     }
 
     /// Messages of a channel with an id above `after`, in id order.
@@ -405,11 +463,12 @@ impl Store {
         after: MessageId,
         limit: usize,
     ) -> Result<Vec<MessageSummary>, StoreError> {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.messages(channel, after, limit).await,
+        };
         let c = channel.to_owned();
-        self.inner
-            .reader
-            .run(move |r| r.messages(&c, after, limit))
-            .await
+        s.reader.run(move |r| r.messages(&c, after, limit)).await
     }
 
     /// Messages of a channel matching `query`, newest first, one bounded page: at most
@@ -417,8 +476,11 @@ impl Store {
     /// continue (see [`MessagePage::next_before_id`]). Content is decrypted only to be
     /// searched (`text`) or returned (`with_raw`).
     pub async fn search_messages(&self, query: MessageQuery) -> Result<MessagePage, StoreError> {
-        self.inner
-            .reader
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.search_messages(query).await,
+        };
+        s.reader
             .run(move |r| search::search(r.connection(), r.keyring(), &query))
             .await
     }
@@ -426,12 +488,11 @@ impl Store {
     /// Seal `event` into the audit chain. Returns the record once it is durable (group-committed
     /// with whatever else is being written, like every write).
     pub async fn audit_append(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
-        match self
-            .inner
-            .writer
-            .submit(writer::Op::Audit(Box::new(event)))
-            .await?
-        {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.audit_append(event).await,
+        };
+        match s.writer.submit(writer::Op::Audit(Box::new(event))).await? {
             writer::Reply::Audited(record) => Ok(*record),
             _ => Err(StoreError::Corrupt(
                 "audit append returned no record".into(),
@@ -441,8 +502,11 @@ impl Store {
 
     /// Audit records matching `filter`, in sequence order.
     pub async fn audit_search(&self, filter: AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        self.inner
-            .reader
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.audit_search(filter).await,
+        };
+        s.reader
             .run(move |r| audit::search(r.connection(), &filter))
             .await
     }
@@ -459,8 +523,11 @@ impl Store {
         &self,
         expect_head: Option<String>,
     ) -> Result<VerifyReport, StoreError> {
-        self.inner
-            .reader
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.audit_verify_expecting(expect_head).await,
+        };
+        s.reader
             .run(move |r| audit::verify(r.connection(), expect_head.as_deref()))
             .await
     }
@@ -469,17 +536,21 @@ impl Store {
     /// resumes after it, so records written while the collector was down are sent once it is
     /// back.
     pub async fn audit_shipped_upto(&self) -> Result<i64, StoreError> {
-        self.inner
-            .reader
-            .run(|r| audit::shipped_upto(r.connection()))
-            .await
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.audit_shipped_upto().await,
+        };
+        s.reader.run(|r| audit::shipped_upto(r.connection())).await
     }
 
     /// Durably record that the collector has every audit record up to `seq` (the cursor
     /// never moves back).
     pub async fn audit_set_shipped(&self, seq: i64) -> Result<(), StoreError> {
-        self.inner
-            .writer
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.audit_set_shipped(seq).await,
+        };
+        s.writer
             .submit(writer::Op::AuditShipped(seq))
             .await
             .map(|_| ())
@@ -487,15 +558,23 @@ impl Store {
 
     /// Counters of the group-committing writer.
     pub fn stats(&self) -> WriterStats {
-        self.inner.writer.stats()
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.stats(),
+        };
+        s.writer.stats()
     }
 
     /// Flush pending writes, stop the writer, checkpoint the WAL. Later writes fail with
     /// [`StoreError::Closed`].
     pub async fn close(&self) -> Result<(), StoreError> {
-        if let Ok(mut c) = self.inner.checkpointer.lock() {
+        let s = match &*self.inner {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => return p.close().await,
+        };
+        if let Ok(mut c) = s.checkpointer.lock() {
             c.stop();
         }
-        self.inner.writer.close().await
+        s.writer.close().await
     }
 }

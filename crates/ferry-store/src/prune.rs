@@ -30,8 +30,9 @@
 //! queue's index entries. Upgrading a store to schema version 4 builds three indexes over the
 //! existing messages once, at the first open (time proportional to the store).
 //!
-//! The SQL is plain (a bounded candidate `SELECT … ORDER BY … LIMIT n`, then `DELETE`/`UPDATE`
-//! by primary key), so the same statements serve a PostgreSQL backend.
+//! **PostgreSQL.** The same rules on the PostgreSQL backend are `postgres/prune.rs` (the
+//! [`Store`] methods below dispatch): batches on its writer thread, ids from a counter that
+//! only grows, and space reused after `VACUUM` rather than handed back.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -85,7 +86,7 @@ pub struct VacuumProgress {
 /// Statuses that keep a message unless the rule includes them.
 const IN_FLIGHT: &str = "'QUEUED', 'RECEIVED', 'PENDING'";
 /// The error a queued destination gets when its message's content is pruned.
-const PRUNED_BEFORE_DELIVERY: &str = "content pruned by retention before delivery";
+pub(crate) const PRUNED_BEFORE_DELIVERY: &str = "content pruned by retention before delivery";
 
 impl PruneRule {
     /// Whether the rule prunes anything.
@@ -94,7 +95,7 @@ impl PruneRule {
     }
 
     /// The `AND NOT EXISTS (…)` that keeps in-flight and failed messages of `m`.
-    fn keep_clause(&self) -> String {
+    pub(crate) fn keep_clause(&self) -> String {
         let mut kept = Vec::new();
         if !self.include_queued {
             kept.push(IN_FLIGHT);
@@ -395,8 +396,11 @@ impl Store {
                 ..PruneProgress::default()
             });
         }
-        match self
-            .inner
+        let s = match &*self.inner {
+            crate::Backend::Sqlite(s) => s,
+            crate::Backend::Postgres(p) => return p.prune_batch(channel, rule, limit).await,
+        };
+        match s
             .writer
             .submit(writer::Op::Prune {
                 channel: channel.to_owned(),
@@ -418,9 +422,12 @@ impl Store {
         channel: &str,
         rule: PruneRule,
     ) -> Result<PruneProgress, StoreError> {
+        let s = match &*self.inner {
+            crate::Backend::Sqlite(s) => s,
+            crate::Backend::Postgres(p) => return p.prune_count(channel, rule).await,
+        };
         let channel = channel.to_owned();
-        self.inner
-            .reader
+        s.reader
             .run(move |r| count(r.connection(), &channel, &rule))
             .await
     }
@@ -428,13 +435,18 @@ impl Store {
     /// Hand at most `pages` free pages back to the file system (one bounded writer
     /// operation; the file shrinks at the next WAL checkpoint). Does nothing on a store
     /// without `auto_vacuum = INCREMENTAL` (see [`vacuum_file`]).
+    ///
+    /// On PostgreSQL: a plain `VACUUM` of the pruned tables on a connection of its own (it
+    /// cannot run in a transaction and blocks no ingest), so the space of pruned rows is
+    /// reused by new messages at once; `freed_pages` is how many pages the tables shrank by
+    /// (usually few: only `VACUUM FULL` gives space back, and the store never runs it),
+    /// `free_pages` 0. `pages = 0` only reports.
     pub async fn vacuum_step(&self, pages: u64) -> Result<VacuumProgress, StoreError> {
-        match self
-            .inner
-            .writer
-            .submit(writer::Op::Vacuum { pages })
-            .await?
-        {
+        let s = match &*self.inner {
+            crate::Backend::Sqlite(s) => s,
+            crate::Backend::Postgres(p) => return p.vacuum_step(pages).await,
+        };
+        match s.writer.submit(writer::Op::Vacuum { pages }).await? {
             writer::Reply::Vacuumed(v) => Ok(v),
             _ => Err(StoreError::Corrupt("vacuum returned no progress".into())),
         }

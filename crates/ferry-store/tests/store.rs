@@ -9,6 +9,9 @@ fn open_store(path: &Path) -> Result<Store, StoreError> {
     Store::open(path)
 }
 
+/// The cases that rewrite the SQLite file itself run here.
+const SQLITE_FILE: bool = true;
+
 #[path = "cases/store.rs"]
 mod cases;
 

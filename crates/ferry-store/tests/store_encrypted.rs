@@ -27,6 +27,9 @@ fn open_store(path: &Path) -> Result<Store, StoreError> {
     Store::open_with(path, options(("2026-12", 1), &[]))
 }
 
+/// The cases that rewrite the SQLite file itself run here.
+const SQLITE_FILE: bool = true;
+
 #[path = "cases/store.rs"]
 mod cases;
 

@@ -1,7 +1,8 @@
 //! `ferry audit verify|list`: check and read the tamper-evident audit trail.
 //!
-//! Both open the configured store file directly with writes disabled (no writer thread, no
-//! schema changes), so they are safe beside a running `ferry run`.
+//! On SQLite both open the configured store file directly with writes disabled (no writer
+//! thread, no schema changes), so they are safe beside a running `ferry run`; on PostgreSQL
+//! (`[store] url`) they read the shared database like any node.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,10 +38,23 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn path(&self) -> anyhow::Result<PathBuf> {
+    /// `--store`, else the configured store (a PostgreSQL database when `[store] url` is
+    /// set).
+    /// With the store options (its keys: a PostgreSQL store is opened as a whole and reads
+    /// its newest message back).
+    fn location(&self) -> anyhow::Result<(super::StoreLocation, ferry_store::StoreOptions)> {
         match &self.store {
-            Some(p) => Ok(p.clone()),
-            None => Ok(super::load_config(self.config.as_ref())?.0.store_path()),
+            Some(p) => Ok((
+                super::StoreLocation::Sqlite(p.clone()),
+                ferry_store::StoreOptions::default(),
+            )),
+            None => {
+                let config = super::load_config(self.config.as_ref())?.0;
+                Ok((
+                    super::StoreLocation::of(&config)?,
+                    super::keys::store_options(&config)?,
+                ))
+            }
         }
     }
 }
@@ -92,16 +106,26 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let path = args.store.path()?;
+    let (location, options) = args.store.location()?;
     let expect = args.expect_head.clone();
-    let report = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || audit::verify_file(&path, expect.as_deref())).await??
+    let report = match &location {
+        super::StoreLocation::Sqlite(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || audit::verify_file(&path, expect.as_deref()))
+                .await??
+        }
+        // PostgreSQL: one REPEATABLE READ snapshot, safe beside running nodes.
+        super::StoreLocation::Postgres(_) => {
+            let store = location.open_store(options)?;
+            let report = store.audit_verify_expecting(expect).await;
+            store.close().await?;
+            report?
+        }
     };
     if args.json {
         println!("{}", report.to_json());
     } else {
-        print_report(&path, &report);
+        print_report(&location.describe(), &report);
     }
     Ok(if report.is_ok() {
         ExitCode::SUCCESS
@@ -110,15 +134,14 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_report(path: &std::path::Path, report: &VerifyReport) {
+fn print_report(store: &str, report: &VerifyReport) {
     let head = report
         .last
         .as_ref()
         .map_or_else(|| "none".to_owned(), ToString::to_string);
     if report.is_ok() {
         println!(
-            "{}: audit log OK: {} record{}, head {head}",
-            path.display(),
+            "{store}: audit log OK: {} record{}, head {head}",
             report.records,
             if report.records == 1 { "" } else { "s" }
         );
@@ -129,8 +152,7 @@ fn print_report(path: &std::path::Path, report: &VerifyReport) {
         return;
     }
     println!(
-        "{}: audit log BROKEN: {} problem{} in {} record{}",
-        path.display(),
+        "{store}: audit log BROKEN: {} problem{} in {} record{}",
         report.problems.len(),
         if report.problems.len() == 1 { "" } else { "s" },
         report.records,
@@ -145,7 +167,7 @@ fn print_report(path: &std::path::Path, report: &VerifyReport) {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let path = args.store.path()?;
+    let (location, options) = args.store.location()?;
     let actions = args
         .action
         .iter()
@@ -166,7 +188,18 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         limit: Some(args.limit),
         ..AuditFilter::default()
     };
-    let records = tokio::task::spawn_blocking(move || audit::search_file(&path, &filter)).await??;
+    let records = match &location {
+        super::StoreLocation::Sqlite(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || audit::search_file(&path, &filter)).await??
+        }
+        super::StoreLocation::Postgres(_) => {
+            let store = location.open_store(options)?;
+            let records = store.audit_search(filter).await;
+            store.close().await?;
+            records?
+        }
+    };
     for record in &records {
         if args.json {
             println!("{}", record.to_json());

@@ -23,6 +23,18 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    // A PostgreSQL store: the URL parses, the TLS files load, and plain TCP goes only to
+    // loopback (no connection is made).
+    let store = super::StoreLocation::of(&config).and_then(|location| match location {
+        super::StoreLocation::Postgres(pg) => ferry_store::postgres::conn::config(&pg)
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
+        super::StoreLocation::Sqlite(_) => Ok(()),
+    });
+    if let Err(error) = store {
+        eprintln!("{}: [store]: {error:#}", path.display());
+        return Ok(ExitCode::from(1));
+    }
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

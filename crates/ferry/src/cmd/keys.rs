@@ -70,14 +70,13 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("[store] encryption is not configured: there is no key to rotate to");
     };
     let current = ring.current_id().to_owned();
-    let path = config.store_path();
-    let store = Store::open_with(&path, options)
-        .with_context(|| format!("opening the store {}", path.display()))?;
+    let location = super::StoreLocation::of(&config)?;
+    let store = location.open_store(options)?;
     let started = Instant::now();
     let pending = store.rotation_pending().await?;
     println!(
         "ferry keys rotate: {pending} records of {} to re-encrypt under key `{current}`",
-        path.display()
+        location.describe()
     );
     let mut total = 0u64;
     let result = loop {
@@ -94,9 +93,9 @@ async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
             Err(e) => break Err(e),
         }
     };
-    // No `Store::close`: its TRUNCATE checkpoint would hold off a running engine's writer
-    // while it waits for the engine's readers. Every batch is already committed (fsynced), and
-    // the engine's own checkpointer folds the WAL back in.
+    // No `Store::close`: on SQLite its TRUNCATE checkpoint would hold off a running engine's
+    // writer while it waits for the engine's readers. Every batch is already committed
+    // (fsynced), and the engine's own checkpointer folds the WAL back in.
     drop(store);
     result.context("re-encrypting (run `ferry keys rotate` again once fixed; it resumes)")?;
     println!(

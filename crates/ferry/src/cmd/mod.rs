@@ -40,3 +40,76 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .map(|d| d.get())
         .map_err(|e| e.to_string())
 }
+
+/// Where a configuration keeps its store: a SQLite file, or a PostgreSQL database (`[store]
+/// url`, with `[store.tls]`).
+pub enum StoreLocation {
+    /// The SQLite file.
+    Sqlite(PathBuf),
+    /// The PostgreSQL connection options.
+    Postgres(ferry_store::postgres::PgOptions),
+}
+
+impl StoreLocation {
+    /// The configured store: PostgreSQL when `[store] url` is set (TLS from `[store.tls]`),
+    /// else the SQLite file.
+    pub fn of(config: &Config) -> anyhow::Result<StoreLocation> {
+        let Some(url) = &config.store.url else {
+            return Ok(StoreLocation::Sqlite(config.store_path()));
+        };
+        let tls = match &config.store.tls {
+            Some(t) => Some(
+                ferry_tls::client_config(&ferry_tls::ClientTlsSettings {
+                    ca: t.ca.clone(),
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                })
+                .context("[store.tls]")?,
+            ),
+            None => None,
+        };
+        Ok(StoreLocation::Postgres(ferry_store::postgres::PgOptions {
+            url: url.expose().to_owned(),
+            tls,
+        }))
+    }
+
+    /// What to print: the file, or the URL with its password masked.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Sqlite(p) => p.display().to_string(),
+            StoreLocation::Postgres(pg) => ferry_store::postgres::conn::redact(&pg.url),
+        }
+    }
+
+    /// Open the message store (blocking for PostgreSQL: it connects).
+    pub fn open_store(
+        &self,
+        options: ferry_store::StoreOptions,
+    ) -> anyhow::Result<ferry_store::Store> {
+        let store = match self {
+            StoreLocation::Sqlite(p) => ferry_store::Store::open_with(p, options),
+            StoreLocation::Postgres(pg) => ferry_store::Store::open_postgres(pg.clone(), options),
+        };
+        store.with_context(|| format!("opening the store {}", self.describe()))
+    }
+
+    /// Open the admin accounts beside the store (off the async threads for PostgreSQL).
+    pub async fn open_accounts(
+        &self,
+        options: ferry_store::StoreOptions,
+    ) -> anyhow::Result<ferry_store::Accounts> {
+        let accounts = match self {
+            StoreLocation::Sqlite(p) => ferry_store::Accounts::open_with(p, options),
+            StoreLocation::Postgres(pg) => {
+                let pg = pg.clone();
+                tokio::task::spawn_blocking(move || {
+                    ferry_store::Accounts::open_postgres(pg, options)
+                })
+                .await
+                .context("opening the account tables")?
+            }
+        };
+        accounts.with_context(|| format!("opening the account tables of {}", self.describe()))
+    }
+}

@@ -34,7 +34,8 @@ pub struct PruneArgs {
     dry_run: bool,
     /// Afterwards rewrite the whole file with `VACUUM` (a store created before retention
     /// pruning existed needs it once to shrink, and is switched to incremental vacuum).
-    /// Needs the store to itself: stop `ferry run` first.
+    /// Needs the store to itself: stop `ferry run` first. On PostgreSQL only the plain
+    /// `VACUUM` every run does (space reused, not given back: that takes `VACUUM FULL`).
     #[arg(long)]
     vacuum: bool,
 }
@@ -223,8 +224,8 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
     }
     let path = config.store_path();
     let options = super::keys::store_options(&config)?;
-    let store = Store::open_with(&path, options)
-        .with_context(|| format!("opening the store {}", path.display()))?;
+    let location = super::StoreLocation::of(&config)?;
+    let store = location.open_store(options)?;
     if plans.is_empty() {
         println!("ferry prune: no channel has a retention; nothing to prune");
     }
@@ -275,7 +276,15 @@ pub async fn run(args: PruneArgs) -> anyhow::Result<ExitCode> {
             free.free_pages
         );
     }
-    if args.vacuum && !args.dry_run {
+    if args.vacuum && !args.dry_run && store.is_postgres() {
+        // Space is reused after the plain VACUUM above; giving it back to the file system
+        // takes VACUUM FULL (an exclusive lock per table), which is the DBA's call.
+        println!(
+            "ferry prune: --vacuum: on PostgreSQL the pruned tables were vacuumed (space reused \
+             by new messages); run VACUUM FULL yourself to give it back to the file system"
+        );
+        drop(store);
+    } else if args.vacuum && !args.dry_run {
         // The engine is stopped (VACUUM needs the file to itself): close properly.
         store.close().await?;
         let (before, after) = ferry_store::vacuum_file(&path)

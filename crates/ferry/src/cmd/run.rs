@@ -63,19 +63,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let store_path = config.store_path();
+    let location = super::StoreLocation::of(&config)?;
     let options = super::keys::store_options(&config)?;
-    let store = Store::open_with(&store_path, options.clone())
-        .with_context(|| format!("opening the store {}", store_path.display()))?;
+    let store = location.open_store(options.clone())?;
     // The same keys encrypt the users' TOTP secrets.
-    let accounts = ferry_store::Accounts::open_with(&store_path, options)
-        .with_context(|| format!("opening the account tables of {}", store_path.display()))?;
+    let accounts = location.open_accounts(options).await?;
     match store.current_key_id() {
         Some(id) => println!(
             "ferry: store {} (encrypted, key `{id}`)",
-            store_path.display()
+            location.describe()
         ),
-        None => println!("ferry: store {}", store_path.display()),
+        None => println!("ferry: store {}", location.describe()),
     }
     // Records under old keys (or from before encryption) are re-encrypted while running.
     let rotation = store

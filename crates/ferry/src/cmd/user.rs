@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use ferry_admin::policy::Role;
 use ferry_admin::scope::ChannelScope;
-use ferry_store::Accounts;
 
 /// Arguments of `ferry user`.
 #[derive(Debug, clap::Args)]
@@ -62,10 +61,10 @@ fn read_password() -> anyhow::Result<String> {
 /// Run `ferry user …`.
 pub async fn run(args: UserArgs) -> anyhow::Result<ExitCode> {
     let (config, _) = super::load_config(args.config.as_ref())?;
-    let path = config.store_path();
     let options = super::keys::store_options(&config)?;
-    let accounts = Accounts::open_with(&path, options)
-        .with_context(|| format!("opening the store {}", path.display()))?;
+    let accounts = super::StoreLocation::of(&config)?
+        .open_accounts(options)
+        .await?;
     match args.command {
         UserCommand::Add {
             name,

@@ -28,6 +28,7 @@ mod malformed;
 mod message_search;
 mod outcomes;
 mod pipeline;
+mod postgres;
 mod prune;
 mod responses;
 mod revocation;

@@ -60,6 +60,12 @@ pub struct CrashArgs {
     /// deleted afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Run the engine on this PostgreSQL database (`[store] url`, e.g.
+    /// `postgres://postgres@127.0.0.1:5432/test`) instead of a SQLite file in the run
+    /// directory. Plain connections go to loopback only. Use an empty database or schema:
+    /// the oracle counts what this run acknowledged, so old messages would be delivered too.
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -241,10 +247,19 @@ fn judge(acked: &[String], deliveries: &Deliveries) -> Verdict {
     }
 }
 
-fn config(dir: &Path, source: SocketAddr, downstream: SocketAddr) -> String {
+fn config(
+    dir: &Path,
+    store_url: Option<&str>,
+    source: SocketAddr,
+    downstream: SocketAddr,
+) -> String {
+    let store = match store_url {
+        Some(url) => format!("url = {url:?}"),
+        None => format!("path = {:?}", dir.join("ferry.db").display().to_string()),
+    };
     format!(
         r#"[store]
-path = {store:?}
+{store}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -259,7 +274,6 @@ source = {{ type = "mllp", listen = "{source}" }}
   address = "{downstream}"
   retry = {{ initial = "20ms", max = "200ms" }}
 "#,
-        store = dir.join("ferry.db").display().to_string(),
     )
 }
 
@@ -281,7 +295,10 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<ExitCode> {
     let (downstream, deliveries, receiver) = receive::spawn("127.0.0.1:0".parse()?).await?;
     let source = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let config_path = dir.join("ferry.toml");
-    std::fs::write(&config_path, config(&dir, source, downstream))?;
+    std::fs::write(
+        &config_path,
+        config(&dir, args.store_url.as_deref(), source, downstream),
+    )?;
     let binary = match args.ferry.clone() {
         Some(b) => b,
         None => std::env::current_exe().context("finding the ferry binary")?,

@@ -1,0 +1,791 @@
+//! The group-committing writer on PostgreSQL: one thread, one connection.
+//!
+//! Like the SQLite writer, the thread takes the first waiting operation and everything queued
+//! behind it, runs them in one transaction with a `SAVEPOINT` per operation (a bad operation
+//! fails alone), and answers every caller only after `COMMIT` returned, with
+//! `synchronous_commit = on`, i.e. after the server flushed its WAL.
+//!
+//! Before the operations, the batch locks the rows of the channels it writes to
+//! (`SELECT … FOR UPDATE`, in name order so two nodes cannot deadlock) and takes their id
+//! counters; the counters are written back just before `COMMIT`. See `schema.rs` for why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use postgres::Client;
+use postgres::types::ToSql;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::crypto::{self, Keyring, Place};
+use crate::model::{
+    ContentStage, DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE, Status,
+};
+use crate::{StoreError, WriterStats};
+
+use super::rotate::{self, PgCursor, PgRotated};
+
+const MAX_BATCH_OPS: usize = 1024;
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+const GATHER_WAIT: Duration = Duration::from_micros(200);
+const GATHER_STEP: Duration = Duration::from_micros(20);
+const QUEUE_CAPACITY: usize = 8192;
+
+pub(crate) enum Op {
+    Ingest(Box<NewMessage>),
+    Delivery(DeliveryUpdate),
+    SourceResponse {
+        channel: String,
+        id: MessageId,
+        response: Vec<u8>,
+    },
+    Audit(Box<crate::audit::AuditEvent>),
+    AuditShipped(i64),
+    Rotate {
+        cursor: PgCursor,
+        limit: usize,
+    },
+    /// Prune up to `limit` messages of a channel under a retention rule (`prune.rs`).
+    Prune {
+        channel: String,
+        rule: crate::prune::PruneRule,
+        limit: usize,
+    },
+}
+
+pub(crate) enum Reply {
+    Ingested(Ingested),
+    Audited(Box<crate::audit::AuditRecord>),
+    Done,
+    Rotated(PgRotated),
+    Pruned(crate::prune::PruneProgress),
+}
+
+type Answer = oneshot::Sender<Result<Reply, StoreError>>;
+
+enum Command {
+    Op(Op, Answer),
+    Close(oneshot::Sender<Result<(), StoreError>>),
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    ops: AtomicU64,
+    failed: AtomicBool,
+}
+
+pub(crate) struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+}
+
+impl WriterHandle {
+    pub(crate) fn start(
+        client: Client,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<WriterHandle, StoreError> {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let counters = Arc::new(Counters::default());
+        let thread_counters = counters.clone();
+        std::thread::Builder::new()
+            .name("ferry-store-pg-writer".into())
+            .spawn(move || {
+                Writer {
+                    client,
+                    counters: thread_counters,
+                    keyring,
+                    channel_ids: HashMap::new(),
+                    next_ids: BTreeMap::new(),
+                }
+                .run(rx)
+            })
+            .map_err(|source| StoreError::Io {
+                context: "starting the store writer thread".into(),
+                source,
+            })?;
+        Ok(WriterHandle { tx, counters })
+    }
+
+    pub(crate) async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
+        if self.counters.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Fatal("an earlier commit failed".into()));
+        }
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Op(op, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub(crate) async fn close(&self) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        if self.tx.send(Command::Close(reply)).await.is_err() {
+            return Ok(());
+        }
+        wait.await.unwrap_or(Ok(()))
+    }
+
+    pub(crate) fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            ops: self.counters.ops.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Writer {
+    client: Client,
+    counters: Arc<Counters>,
+    keyring: Option<Arc<Keyring>>,
+    /// Channel name → id (ids never change once created).
+    channel_ids: HashMap<String, i64>,
+    /// Within a batch: channel id → next message id, taken under the channel row's lock.
+    next_ids: BTreeMap<i64, MessageId>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Ingest(m) => {
+            m.raw.len()
+                + m.source_response.as_ref().map_or(0, Vec::len)
+                + m.transformed.as_ref().map_or(0, Vec::len)
+                + m.encoded.iter().map(|(_, e)| e.len()).sum::<usize>()
+        }
+        Op::Delivery(d) => {
+            d.response.as_ref().map_or(0, Vec::len) + d.encoded.as_ref().map_or(0, Vec::len)
+        }
+        Op::SourceResponse { response, .. } => response.len(),
+        Op::Audit(_) | Op::AuditShipped(_) | Op::Rotate { .. } | Op::Prune { .. } => 0,
+    }
+}
+
+fn pg(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
+    StoreError::postgres(context)
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch: Vec<(Op, Answer)> = Vec::new();
+        let mut fatal: Option<String> = None;
+        let mut previous = 1usize;
+        while let Some(first) = rx.blocking_recv() {
+            let started = Instant::now();
+            let mut close = None;
+            let mut bytes = 0;
+            let mut next = Some(first);
+            loop {
+                let command = match next.take() {
+                    Some(c) => c,
+                    None => match rx.try_recv() {
+                        Ok(c) => c,
+                        Err(_) if batch.len() < previous && started.elapsed() < GATHER_WAIT => {
+                            std::thread::sleep(GATHER_STEP);
+                            continue;
+                        }
+                        Err(_) => break,
+                    },
+                };
+                match command {
+                    Command::Op(op, reply) => {
+                        bytes += op_bytes(&op);
+                        batch.push((op, reply));
+                    }
+                    Command::Close(reply) => {
+                        close = Some(reply);
+                        break;
+                    }
+                }
+                if batch.len() >= MAX_BATCH_OPS || bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+            }
+            previous = batch.len().max(1);
+            if let Some(reason) = &fatal {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
+                }
+            } else if !batch.is_empty()
+                && let Err(reason) = self.commit(&mut batch)
+            {
+                tracing::error!(%reason, "store commit failed; refusing all further writes");
+                self.counters.failed.store(true, Ordering::Relaxed);
+                fatal = Some(reason);
+            }
+            if let Some(reply) = close {
+                rx.close();
+                while let Ok(command) = rx.try_recv() {
+                    match command {
+                        Command::Op(_, r) => {
+                            let _ = r.send(Err(StoreError::Closed));
+                        }
+                        Command::Close(r) => {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(()));
+                return;
+            }
+        }
+    }
+
+    /// The id of a channel, created (committed on its own) when new.
+    fn channel_id(&mut self, name: &str) -> Result<i64, StoreError> {
+        if let Some(id) = self.channel_ids.get(name) {
+            return Ok(*id);
+        }
+        // Another node may create the same channel at the same moment: its row is then not
+        // in this statement's snapshot, and the next try sees it.
+        for _ in 0..3 {
+            let row = self
+                .client
+                .query_opt(
+                    "WITH ins AS (INSERT INTO channels (name) VALUES ($1) \
+                       ON CONFLICT (name) DO NOTHING RETURNING id) \
+                     SELECT id FROM ins UNION ALL SELECT id FROM channels WHERE name = $1 \
+                     LIMIT 1",
+                    &[&name],
+                )
+                .map_err(pg("creating a channel"))?;
+            if let Some(row) = row {
+                let id: i64 = row.get(0);
+                self.channel_ids.insert(name.to_owned(), id);
+                return Ok(id);
+            }
+        }
+        Err(StoreError::Corrupt(format!(
+            "channel `{name}` could not be created"
+        )))
+    }
+
+    /// Run the batch in one transaction and answer every operation. `Err` only when the
+    /// transaction itself failed (then every operation was answered `Fatal`).
+    fn commit(&mut self, batch: &mut Vec<(Op, Answer)>) -> Result<(), String> {
+        // Channels: created outside the batch, locked in name order inside it.
+        let mut names: Vec<String> = Vec::new();
+        for (op, _) in batch.iter() {
+            let name = match op {
+                Op::Ingest(m) => &m.channel,
+                Op::Delivery(d) => &d.channel,
+                Op::SourceResponse { channel, .. } => channel,
+                _ => continue,
+            };
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        let mut channel_errors: HashMap<String, String> = HashMap::new();
+        for name in &names {
+            if let Err(e) = self.channel_id(name) {
+                channel_errors.insert(name.clone(), e.to_string());
+            }
+        }
+        let started = self.begin(batch, &mut names);
+        if let Err(e) = started {
+            let reason = format!("starting a batch: {e}");
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
+            }
+            let _ = self.client.batch_execute("ROLLBACK");
+            return Err(reason);
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for (op, _) in batch.iter() {
+            let name = match op {
+                Op::Ingest(m) => Some(&m.channel),
+                Op::Delivery(d) => Some(&d.channel),
+                Op::SourceResponse { channel, .. } => Some(channel),
+                _ => None,
+            };
+            if let Some(e) = name.and_then(|n| channel_errors.get(n)) {
+                results.push(Err(StoreError::Corrupt(e.clone())));
+                continue;
+            }
+            if let Err(e) = self.client.batch_execute("SAVEPOINT op") {
+                results.push(Err(StoreError::postgres("opening a savepoint")(e)));
+                break;
+            }
+            let snapshot = self.next_ids.clone();
+            let result = self.apply(op);
+            let end = if result.is_ok() {
+                "RELEASE SAVEPOINT op"
+            } else {
+                self.next_ids = snapshot;
+                "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op"
+            };
+            results.push(result);
+            if let Err(e) = self.client.batch_execute(end) {
+                results.push(Err(StoreError::postgres("closing a savepoint")(e)));
+                break;
+            }
+        }
+        let committed = if results.len() == batch.len() {
+            self.finish()
+        } else {
+            Err(StoreError::Fatal("the batch's transaction broke".into()))
+        };
+        self.next_ids.clear();
+        match committed {
+            Ok(()) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .ops
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK");
+                let reason = e.to_string();
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// `BEGIN`, then lock the batch's channels (name order) and read their id counters.
+    fn begin(&mut self, batch: &[(Op, Answer)], names: &mut [String]) -> Result<(), StoreError> {
+        self.client
+            .batch_execute("BEGIN")
+            .map_err(pg("starting a transaction"))?;
+        let ingests: Vec<&str> = batch
+            .iter()
+            .filter_map(|(op, _)| match op {
+                Op::Ingest(m) => Some(m.channel.as_str()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        let mut locked = Vec::new();
+        for name in names.iter().filter(|n| ingests.contains(&n.as_str())) {
+            if let Some(id) = self.channel_ids.get(name) {
+                locked.push(*id);
+            }
+        }
+        if locked.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT id, next_id FROM channels WHERE id = ANY($1) ORDER BY name FOR UPDATE",
+                &[&locked],
+            )
+            .map_err(pg("locking the channels' id counters"))?;
+        for row in rows {
+            self.next_ids.insert(row.get(0), row.get(1));
+        }
+        Ok(())
+    }
+
+    /// Write the id counters back and `COMMIT`.
+    fn finish(&mut self) -> Result<(), StoreError> {
+        if !self.next_ids.is_empty() {
+            let (ids, next): (Vec<i64>, Vec<i64>) =
+                self.next_ids.iter().map(|(c, n)| (*c, *n)).unzip();
+            self.client
+                .execute(
+                    "UPDATE channels c SET next_id = v.next \
+                     FROM unnest($1::bigint[], $2::bigint[]) AS v(id, next) \
+                     WHERE c.id = v.id AND c.next_id <> v.next",
+                    &[&ids, &next],
+                )
+                .map_err(pg("storing the channels' id counters"))?;
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .map_err(|e| StoreError::Fatal(format!("commit failed: {e}")))
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<Reply, StoreError> {
+        match op {
+            Op::Ingest(m) => self.ingest(m).map(Reply::Ingested),
+            Op::Delivery(d) => self.delivery(d).map(|()| Reply::Done),
+            Op::SourceResponse {
+                channel,
+                id,
+                response,
+            } => self
+                .source_response(channel, *id, response)
+                .map(|()| Reply::Done),
+            Op::Audit(event) => {
+                super::audit::append(&mut self.client, event).map(|r| Reply::Audited(Box::new(r)))
+            }
+            Op::AuditShipped(seq) => {
+                super::audit::set_shipped(&mut self.client, *seq).map(|()| Reply::Done)
+            }
+            Op::Rotate { cursor, limit } => match &self.keyring {
+                Some(k) => {
+                    rotate::rotate(&mut self.client, k, cursor.clone(), *limit).map(Reply::Rotated)
+                }
+                None => Err(StoreError::Crypto(
+                    "key rotation needs [store] encryption to be configured".into(),
+                )),
+            },
+            Op::Prune {
+                channel,
+                rule,
+                limit,
+            } => super::prune::batch(&mut self.client, channel, rule, *limit).map(Reply::Pruned),
+        }
+    }
+
+    fn seal(&self, place: Place<'_>, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match &self.keyring {
+            Some(k) => k.seal(&place, plain),
+            None => Ok(plain.to_vec()),
+        }
+    }
+
+    fn seal_text(
+        &self,
+        place: Place<'_>,
+        plain: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        match (&self.keyring, plain) {
+            (Some(k), Some(p)) => k.seal_text(&place, p).map(Some),
+            (_, p) => Ok(p.map(str::to_owned)),
+        }
+    }
+
+    fn next_id(&mut self, channel: i64) -> Result<MessageId, StoreError> {
+        let next = self.next_ids.get_mut(&channel).ok_or_else(|| {
+            StoreError::Corrupt("an ingest's channel was not locked by its batch".into())
+        })?;
+        let id = *next;
+        *next += 1;
+        Ok(id)
+    }
+
+    fn ingest(&mut self, m: &NewMessage) -> Result<Ingested, StoreError> {
+        let channel = self.channel_id(&m.channel)?;
+        let original: Option<(MessageId, Option<Vec<u8>>)> = match &m.dedupe {
+            Some(d) => self
+                .client
+                .query_opt(
+                    "SELECT id, source_response FROM messages \
+                     WHERE channel = $1 AND dedupe_key = $2 AND received_at_ms >= $3 \
+                       AND dedupe_key IS NOT NULL \
+                     ORDER BY received_at_ms, id LIMIT 1",
+                    &[&channel, &d.key, &d.since_ms],
+                )
+                .map_err(pg("looking up a duplicate"))?
+                .map(|r| (r.get(0), r.get(1))),
+            None => None,
+        };
+        let original = match original {
+            Some((oid, Some(sealed))) => {
+                let place = Place {
+                    channel: &m.channel,
+                    message_id: oid,
+                    connector: SOURCE,
+                    stage: ContentStage::Response.as_str(),
+                };
+                Some((
+                    oid,
+                    Some(crypto::open(self.keyring.as_deref(), &place, sealed)?),
+                ))
+            }
+            other => other,
+        };
+        let id = self.next_id(channel)?;
+        let now = now_ms();
+        let (dedupe_key, response, source_status, source_error) = match &original {
+            Some((original, response)) => (
+                None,
+                response.as_ref(),
+                Status::Filtered,
+                Some(format!("duplicate of message {original}")),
+            ),
+            None => (
+                m.dedupe.as_ref().map(|d| d.key.as_str()),
+                m.source_response.as_ref(),
+                m.source_status,
+                m.source_error.clone(),
+            ),
+        };
+        let place = |connector: &'static str, stage: ContentStage| Place {
+            channel: &m.channel,
+            message_id: id,
+            connector,
+            stage: stage.as_str(),
+        };
+        let raw = self.seal(place(SOURCE, ContentStage::Raw), &m.raw)?;
+        let response = response
+            .map(|r| self.seal(place(SOURCE, ContentStage::Response), r))
+            .transpose()?;
+        let source_error =
+            self.seal_text(place(SOURCE, ContentStage::Error), source_error.as_deref())?;
+        self.client
+            .execute(
+                "INSERT INTO messages \
+                 (channel, id, received_at_ms, control_id, message_type, raw, source_response, \
+                  dedupe_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &channel,
+                    &id,
+                    &m.received_at_ms,
+                    &m.control_id,
+                    &m.message_type,
+                    &raw,
+                    &response,
+                    &dedupe_key,
+                ],
+            )
+            .map_err(pg("storing a message"))?;
+        self.index_metadata(channel, &m.channel, id, &m.metadata)?;
+        // Every status row of the message in one statement.
+        let mut connectors: Vec<&str> = vec![SOURCE];
+        let mut statuses: Vec<&str> = vec![source_status.as_str()];
+        let mut errors: Vec<Option<String>> = vec![source_error];
+        let duplicate = original.is_some();
+        if !duplicate {
+            for d in &m.destinations {
+                connectors.push(d);
+                statuses.push("QUEUED");
+                errors.push(None);
+            }
+            for d in &m.filtered_destinations {
+                connectors.push(d);
+                statuses.push("FILTERED");
+                errors.push(None);
+            }
+            for (d, error) in &m.errored_destinations {
+                let error = self.seal_text(
+                    Place {
+                        channel: &m.channel,
+                        message_id: id,
+                        connector: d,
+                        stage: ContentStage::Error.as_str(),
+                    },
+                    Some(error),
+                )?;
+                connectors.push(d);
+                statuses.push("ERROR");
+                errors.push(error);
+            }
+        }
+        self.client
+            .execute(
+                "INSERT INTO connector_messages \
+                 (channel, message_id, connector, status, attempts, error, updated_at_ms) \
+                 SELECT $1, $2, c, s, 0, e, $3 \
+                 FROM unnest($4::text[], $5::text[], $6::text[]) AS v(c, s, e)",
+                &[&channel, &id, &now, &connectors, &statuses, &errors],
+            )
+            .map_err(pg("storing the connectors' status"))?;
+        if let Some((original, response)) = original {
+            return Ok(Ingested::Duplicate {
+                id,
+                original,
+                response,
+            });
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut stages: Vec<&str> = Vec::new();
+        let mut data: Vec<Vec<u8>> = Vec::new();
+        if let Some(t) = &m.transformed {
+            names.push(SOURCE.into());
+            stages.push(ContentStage::Transformed.as_str());
+            data.push(self.seal(place(SOURCE, ContentStage::Transformed), t)?);
+        }
+        if let Some(maps) = &m.maps {
+            names.push(SOURCE.into());
+            stages.push(ContentStage::Maps.as_str());
+            data.push(self.seal(place(SOURCE, ContentStage::Maps), maps)?);
+        }
+        for (destination, encoded) in &m.encoded {
+            let sealed = self.seal(
+                Place {
+                    channel: &m.channel,
+                    message_id: id,
+                    connector: destination,
+                    stage: ContentStage::Encoded.as_str(),
+                },
+                encoded,
+            )?;
+            names.push(destination.clone());
+            stages.push(ContentStage::Encoded.as_str());
+            data.push(sealed);
+        }
+        if !names.is_empty() {
+            self.client
+                .execute(
+                    "INSERT INTO content (channel, message_id, connector, stage, data) \
+                     SELECT $1, $2, c, s, d FROM unnest($3::text[], $4::text[], $5::bytea[]) \
+                     AS v(c, s, d)",
+                    &[&channel, &id, &names, &stages, &data],
+                )
+                .map_err(pg("storing content"))?;
+        }
+        Ok(Ingested::Stored(id))
+    }
+
+    fn index_metadata(
+        &mut self,
+        channel: i64,
+        name: &str,
+        id: MessageId,
+        metadata: &Metadata,
+    ) -> Result<(), StoreError> {
+        if metadata.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<String> = Vec::new();
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        let mut sealed: Vec<Option<Vec<u8>>> = Vec::new();
+        for (key, value) in metadata.iter() {
+            keys.push(key.to_owned());
+            match &self.keyring {
+                None => {
+                    values.push(value.as_bytes().to_vec());
+                    sealed.push(None);
+                }
+                Some(ring) => {
+                    let place = Place {
+                        channel: name,
+                        message_id: id,
+                        connector: key,
+                        stage: crypto::INDEX_STAGE,
+                    };
+                    values.push(ring.blind_index(key, value).to_vec());
+                    sealed.push(Some(ring.seal(&place, value.as_bytes())?));
+                }
+            }
+        }
+        self.client
+            .execute(
+                "INSERT INTO message_metadata (channel, key, value, message_id, sealed) \
+                 SELECT $1, k, v, $2, s FROM unnest($3::text[], $4::bytea[], $5::bytea[]) \
+                 AS x(k, v, s) ON CONFLICT DO NOTHING",
+                &[&channel, &id, &keys, &values, &sealed],
+            )
+            .map_err(pg("storing indexed metadata"))?;
+        Ok(())
+    }
+
+    fn source_response(
+        &mut self,
+        channel: &str,
+        id: MessageId,
+        response: &[u8],
+    ) -> Result<(), StoreError> {
+        let channel_id = self.channel_id(channel)?;
+        let response = self.seal(
+            Place {
+                channel,
+                message_id: id,
+                connector: SOURCE,
+                stage: ContentStage::Response.as_str(),
+            },
+            response,
+        )?;
+        let changed = self
+            .client
+            .execute(
+                "UPDATE messages SET source_response = $1 WHERE channel = $2 AND id = $3",
+                &[&response, &channel_id, &id],
+            )
+            .map_err(pg("recording the source's response"))?;
+        if changed == 0 {
+            if self.pruned(channel_id, id)? {
+                return Ok(());
+            }
+            return Err(StoreError::Corrupt(format!(
+                "no message {id} in channel `{channel}`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether message `id` of `channel` was deleted by retention pruning: it is gone, and
+    /// its id was handed out (below the channel's committed counter; a rolled-back ingest
+    /// gives its id back, so every id below the counter was a committed message).
+    fn pruned(&mut self, channel: i64, id: MessageId) -> Result<bool, StoreError> {
+        self.client
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM messages WHERE channel = $1 AND id = $2) \
+                   AND $2 < (SELECT next_id FROM channels WHERE id = $1)",
+                &[&channel, &id],
+            )
+            .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
+            .map_err(pg("checking for a pruned message"))
+    }
+
+    fn delivery(&mut self, d: &DeliveryUpdate) -> Result<(), StoreError> {
+        let channel = self.channel_id(&d.channel)?;
+        let place = |stage: ContentStage| Place {
+            channel: &d.channel,
+            message_id: d.message_id,
+            connector: &d.destination,
+            stage: stage.as_str(),
+        };
+        let error = self.seal_text(place(ContentStage::Error), d.error.as_deref())?;
+        let attempts = i32::try_from(d.attempts).unwrap_or(i32::MAX);
+        let changed = self
+            .client
+            .execute(
+                "UPDATE connector_messages SET status = $1, attempts = $2, error = $3, \
+                 updated_at_ms = $4 WHERE channel = $5 AND message_id = $6 AND connector = $7",
+                &[
+                    &d.status.as_str(),
+                    &attempts,
+                    &error,
+                    &now_ms(),
+                    &channel,
+                    &d.message_id,
+                    &d.destination,
+                ],
+            )
+            .map_err(pg("recording a delivery"))?;
+        if changed == 0 {
+            // A delivery still in flight when retention pruning (with `prune_queued`) deleted
+            // its message: nothing left to record, and the worker carries on.
+            if self.pruned(channel, d.message_id)? {
+                return Ok(());
+            }
+            return Err(StoreError::Corrupt(format!(
+                "no message {} for destination `{}` in channel `{}`",
+                d.message_id, d.destination, d.channel
+            )));
+        }
+        let mut stages: Vec<&str> = Vec::new();
+        let mut data: Vec<Vec<u8>> = Vec::new();
+        if let Some(r) = &d.response {
+            stages.push(ContentStage::Response.as_str());
+            data.push(self.seal(place(ContentStage::Response), r)?);
+        }
+        if let Some(e) = &d.encoded {
+            stages.push(ContentStage::Encoded.as_str());
+            data.push(self.seal(place(ContentStage::Encoded), e)?);
+        }
+        if !stages.is_empty() {
+            let params: [&(dyn ToSql + Sync); 5] =
+                [&channel, &d.message_id, &d.destination, &stages, &data];
+            self.client
+                .execute(
+                    "INSERT INTO content (channel, message_id, connector, stage, data) \
+                     SELECT $1, $2, $3, s, x FROM unnest($4::text[], $5::bytea[]) AS v(s, x) \
+                     ON CONFLICT (channel, message_id, connector, stage) \
+                     DO UPDATE SET data = excluded.data",
+                    &params,
+                )
+                .map_err(pg("storing a delivery's content"))?;
+        }
+        Ok(())
+    }
+}
