@@ -103,8 +103,8 @@ pub(crate) fn rotate(
                     };
                     client
                         .execute(
-                            // Not over content that retention pruning (another node, or
-                            // this one on its own connection) deleted since the scan.
+                            // Not over content that retention pruning on another node
+                            // deleted since the scan (the row is re-checked after its lock).
                             "UPDATE messages SET raw = $1, source_response = $2 \
                              WHERE channel = $3 AND id = $4 AND content_pruned_at_ms IS NULL",
                             &[&raw, &response, &channel_id, &id],
