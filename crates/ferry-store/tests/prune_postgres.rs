@@ -78,7 +78,7 @@ fn incompressible(at: i64, body: usize) -> NewMessage {
     m
 }
 
-/// Ingest `count` messages received at `first..`, `workers` at a time, already delivered.
+/// Ingest `count` messages received at `first..`, 64 at a time, already delivered.
 async fn fill(store: &Store, first: i64, count: i64, body: usize) {
     let mut tasks = Vec::new();
     for worker in 0..64 {
@@ -108,7 +108,7 @@ async fn fill(store: &Store, first: i64, count: i64, body: usize) {
 async fn pruning_a_large_channel_makes_its_space_reusable_while_traffic_continues() {
     // Fewer, larger messages than the SQLite test: ingest on PostgreSQL is per-row work, and
     // the test must stay short on a loaded machine.
-    const OLD: i64 = 4_000;
+    const OLD: i64 = 3_000;
     const BODY: usize = 6_000;
     let db = test_db();
     let url = db.url().to_owned();
@@ -117,7 +117,7 @@ async fn pruning_a_large_channel_makes_its_space_reusable_while_traffic_continue
     fill(&store, 1, OLD, BODY).await;
     let filled_in = started.elapsed();
     let before = tables_size(&url);
-    assert!(before > 25_000_000, "filled to {before} bytes");
+    assert!(before > 20_000_000, "filled to {before} bytes");
 
     let stop = Arc::new(AtomicBool::new(false));
     let traffic: Vec<_> = (0..8)
