@@ -1,13 +1,13 @@
 //! Retention pruning end to end: the background pruner of `ferry run` deletes expired
 //! messages, counts them in `/metrics` and audits the run; `ferry prune` does the same on
-//! demand, `--dry-run` only counts.
+//! demand, `--dry-run` only counts; on PostgreSQL too (`[store] url`).
 
 use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Ferry, adt, audit_records, config_with_channels, ferry_bin, toml_path};
+use common::{Ferry, adt, audit_records, config_with_channels, ferry_bin, toml_path, write_config};
 
 fn channel(out: &std::path::Path, interval: &str) -> String {
     format!(
@@ -92,6 +92,32 @@ async fn ferry_prune_counts_with_dry_run_and_prunes_on_demand() {
     let out = dir.path().join("out");
     // The background pruner would only run after an hour.
     let config = config_with_channels(dir.path(), &channel(&out, "1h"));
+    prune_on_demand(&config, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ferry_prune_counts_and_prunes_on_postgres() {
+    let db = std::thread::spawn(ferry_testkit::postgres::TestDb::new)
+        .join()
+        .expect("test schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[store]\nurl = {:?}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n{}",
+            db.url(),
+            channel(&out, "1h")
+        ),
+    );
+    prune_on_demand(&config, true).await;
+    std::thread::spawn(move || drop(db)).join().ok();
+}
+
+/// Ten messages through `ferry run`, then `ferry prune --dry-run`, `ferry prune` and
+/// `ferry prune --vacuum` with the engine stopped.
+async fn prune_on_demand(config: &std::path::Path, postgres: bool) {
+    let config = config.to_owned();
     let mut ferry = Ferry::start(&config, &[]);
     let mut conn = ferry.connect("adt").await;
     for n in 0..10 {
@@ -129,7 +155,11 @@ async fn ferry_prune_counts_with_dry_run_and_prunes_on_demand() {
     assert!(done.contains("channel adt: deleted 10 messages"), "{done}");
     let again = prune(&["--vacuum"]);
     assert!(again.contains("channel adt: deleted 0 messages"), "{again}");
-    assert!(again.contains("VACUUM:"), "{again}");
+    if postgres {
+        assert!(again.contains("run VACUUM FULL yourself"), "{again}");
+    } else {
+        assert!(again.contains("VACUUM:"), "{again}");
+    }
     let records = prune_records(&config);
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["actor"], "cli");
