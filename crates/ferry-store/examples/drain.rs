@@ -32,7 +32,9 @@ fn message(channel: &str, n: u64) -> NewMessage {
         .into_bytes(),
         source_status: Status::Transformed,
         source_error: None,
-        source_response: Some(b"MSH|^~\\&|FERRY|CLOUD|HIS|GH|1||ACK|1|P|2.5.1\rMSA|AA|1\r".to_vec()),
+        source_response: Some(
+            b"MSH|^~\\&|FERRY|CLOUD|HIS|GH|1||ACK|1|P|2.5.1\rMSA|AA|1\r".to_vec(),
+        ),
         destinations: vec!["d".to_owned()],
         filtered_destinations: Vec::new(),
         errored_destinations: Vec::new(),
@@ -47,7 +49,9 @@ fn message(channel: &str, n: u64) -> NewMessage {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let target = args.next().unwrap_or_else(|| "/tmp/ferry-drain.db".to_owned());
+    let target = args
+        .next()
+        .unwrap_or_else(|| "/tmp/ferry-drain.db".to_owned());
     let n: u64 = args.next().map_or(Ok(20_000), |a| a.parse())?;
     let mut schema = None;
     let store = if target.starts_with("postgres") {

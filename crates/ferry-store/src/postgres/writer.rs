@@ -77,6 +77,7 @@ pub(crate) struct WriterHandle {
 impl WriterHandle {
     pub(crate) fn start(
         client: Client,
+        options: super::PgOptions,
         keyring: Option<Arc<Keyring>>,
     ) -> Result<WriterHandle, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -87,6 +88,7 @@ impl WriterHandle {
             .spawn(move || {
                 Writer {
                     client,
+                    options,
                     counters: thread_counters,
                     keyring,
                     channel_ids: HashMap::new(),
@@ -131,6 +133,8 @@ impl WriterHandle {
 
 struct Writer {
     client: Client,
+    /// To reconnect when the connection was lost between batches.
+    options: super::PgOptions,
     counters: Arc<Counters>,
     keyring: Option<Arc<Keyring>>,
     /// Channel name → id (ids never change once created).
@@ -264,6 +268,23 @@ impl Writer {
     /// Run the batch in one transaction and answer every operation. `Err` only when the
     /// transaction itself failed (then every operation was answered `Fatal`).
     fn commit(&mut self, batch: &mut Vec<(Op, Answer)>) -> Result<(), String> {
+        // A connection lost between batches (a server restart) is replaced: nothing was in
+        // flight on it.
+        if self.client.is_closed() {
+            match super::reader::open(&self.options) {
+                Ok(client) => {
+                    tracing::info!("store: reconnected to PostgreSQL");
+                    self.client = client;
+                }
+                Err(e) => {
+                    let reason = format!("the store cannot reach PostgreSQL: {e}");
+                    for (_, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(StoreError::Corrupt(reason.clone())));
+                    }
+                    return Ok(());
+                }
+            }
+        }
         // Channels: created outside the batch, locked in name order inside it.
         let mut names: Vec<String> = Vec::new();
         for (op, _) in batch.iter() {
@@ -283,14 +304,16 @@ impl Writer {
                 channel_errors.insert(name.clone(), e.to_string());
             }
         }
-        let started = self.begin(batch, &mut names);
-        if let Err(e) = started {
-            let reason = format!("starting a batch: {e}");
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
-            }
+        // Nothing of this batch is written yet: a batch that cannot start fails alone (its
+        // callers are told, none is acknowledged), and the next one tries again.
+        if let Err(e) = self.begin(batch, &mut names) {
+            let reason = format!("the store could not start a transaction: {e}");
+            tracing::warn!(%reason, "store batch refused");
             let _ = self.client.batch_execute("ROLLBACK");
-            return Err(reason);
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(StoreError::Corrupt(reason.clone())));
+            }
+            return Ok(());
         }
         let mut results = Vec::with_capacity(batch.len());
         for (op, _) in batch.iter() {
