@@ -417,6 +417,7 @@ impl Writer {
         savepoints: bool,
     ) -> Result<Option<Vec<Result<Reply, StoreError>>>, StoreError> {
         let mut results = Vec::with_capacity(batch.len());
+        let mut deliveries: Vec<(usize, &DeliveryUpdate)> = Vec::new();
         for (op, _) in batch {
             let name = match op {
                 Op::Ingest(m) => Some(&m.channel),
@@ -429,6 +430,12 @@ impl Writer {
                 continue;
             }
             if !savepoints {
+                if let Op::Delivery(d) = op {
+                    // Written together after the loop (one statement for all of them).
+                    deliveries.push((results.len(), d));
+                    results.push(Ok(Reply::Done));
+                    continue;
+                }
                 match self.apply(op) {
                     Ok(reply) => results.push(Ok(reply)),
                     Err(_) => return Ok(None),
@@ -451,7 +458,102 @@ impl Writer {
                 .batch_execute(end)
                 .map_err(pg("closing a savepoint"))?;
         }
+        if !deliveries.is_empty() && !self.deliveries(&deliveries)? {
+            return Ok(None);
+        }
         Ok(Some(results))
+    }
+
+    /// Every delivery of a batch in one `UPDATE … FROM unnest(…)` and one content upsert
+    /// (the queue drains at the rate of these two statements, not of two per message).
+    /// `Ok(false)`: one of them does not apply as given (an unknown row, the same row twice,
+    /// a failed seal or statement); the batch is then redone one operation at a time.
+    fn deliveries(&mut self, deliveries: &[(usize, &DeliveryUpdate)]) -> Result<bool, StoreError> {
+        let mut keys = std::collections::HashSet::new();
+        let mut channels = Vec::new();
+        let mut ids = Vec::new();
+        let mut connectors: Vec<&str> = Vec::new();
+        let mut statuses: Vec<&str> = Vec::new();
+        let mut attempts = Vec::new();
+        let mut errors: Vec<Option<String>> = Vec::new();
+        let (mut c_channels, mut c_ids, mut c_connectors, mut c_stages, mut c_data) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::<&str>::new(),
+            Vec::<&str>::new(),
+            Vec::new(),
+        );
+        for (_, d) in deliveries {
+            let Ok(channel) = self.channel_id(&d.channel) else {
+                return Ok(false);
+            };
+            if !keys.insert((channel, d.message_id, d.destination.as_str())) {
+                return Ok(false);
+            }
+            let place = |stage: ContentStage| Place {
+                channel: &d.channel,
+                message_id: d.message_id,
+                connector: &d.destination,
+                stage: stage.as_str(),
+            };
+            let Ok(error) = self.seal_text(place(ContentStage::Error), d.error.as_deref()) else {
+                return Ok(false);
+            };
+            channels.push(channel);
+            ids.push(d.message_id);
+            connectors.push(&d.destination);
+            statuses.push(d.status.as_str());
+            attempts.push(i32::try_from(d.attempts).unwrap_or(i32::MAX));
+            errors.push(error);
+            for (stage, data) in [
+                (ContentStage::Response, &d.response),
+                (ContentStage::Encoded, &d.encoded),
+            ] {
+                if let Some(data) = data {
+                    let Ok(sealed) = self.seal(place(stage), data) else {
+                        return Ok(false);
+                    };
+                    c_channels.push(channel);
+                    c_ids.push(d.message_id);
+                    c_connectors.push(&d.destination);
+                    c_stages.push(stage.as_str());
+                    c_data.push(sealed);
+                }
+            }
+        }
+        let changed = self.prepared_execute(
+            "UPDATE connector_messages c SET status = v.s, attempts = v.a, error = v.e, \
+             updated_at_ms = $7 \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[], \
+               $6::text[]) AS v(ch, id, n, s, a, e) \
+             WHERE c.channel = v.ch AND c.message_id = v.id AND c.connector = v.n",
+            &[
+                &channels,
+                &ids,
+                &connectors,
+                &statuses,
+                &attempts,
+                &errors,
+                &now_ms(),
+            ],
+        );
+        if !matches!(changed, Ok(n) if n == deliveries.len() as u64) {
+            return Ok(false);
+        }
+        if !c_channels.is_empty() {
+            let stored = self.prepared_execute(
+                "INSERT INTO content (channel, message_id, connector, stage, data) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+                   $5::bytea[]) \
+                 ON CONFLICT (channel, message_id, connector, stage) \
+                 DO UPDATE SET data = excluded.data",
+                &[&c_channels, &c_ids, &c_connectors, &c_stages, &c_data],
+            );
+            if stored.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Lock the channels of `next_ids` again (after a rollback) and reread their counters.
