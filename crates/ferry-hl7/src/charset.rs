@@ -1107,7 +1107,15 @@ mod tests {
                 (Charset::Iso2022Jp, &japanese.replace('\x1b', "")),
                 (Charset::ShiftJis, &japanese),
                 (Charset::EucJp, &japanese),
-                (Charset::Gb18030, &any_text),
+                // WHATWG GB 18030 does not round-trip every private-use code point (U+E5E5
+                // has no encoding; others map to and from standard characters since 2022).
+                (
+                    Charset::Gb18030,
+                    &any_text
+                        .chars()
+                        .map(|c| if ('\u{e000}'..='\u{f8ff}').contains(&c) { 'x' } else { c })
+                        .collect::<String>(),
+                ),
                 (Charset::Utf8, &any_text),
             ] {
                 let dec = TextDecoder::new(charset, d, CharsetPolicy::strict());
