@@ -7,3 +7,4 @@
 pub mod conn;
 
 pub use conn::{PgOptions, connect};
+pub(crate) mod cluster;
