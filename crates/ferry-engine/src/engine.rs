@@ -10,6 +10,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterHandle;
 use crate::destination::{Destination, Worker};
 use crate::index::MetadataIndex;
 use crate::ingest::{ChannelIngest, ChannelShared, ResponseMode};
@@ -18,6 +19,7 @@ use crate::pipeline::{DestinationProcessing, Pipeline};
 use crate::retry::RetryPolicy;
 use crate::router::Router;
 use crate::stats::{ChannelStats, Stats};
+use ferry_store::cluster::destination_resource;
 
 /// One destination of a channel, ready to run.
 pub struct DestinationSpec {
@@ -190,6 +192,8 @@ struct Shared {
     router: Router,
     /// Parent of every worker's stop token.
     root: CancellationToken,
+    /// The cluster this node is part of (`None`: a single node works every queue).
+    cluster: Option<ClusterHandle>,
     /// The deployed channels, in deployment order.
     channels: RwLock<Vec<Arc<Deployed>>>,
     /// Held through every lifecycle change, so changes never interleave.
@@ -281,6 +285,18 @@ impl Engine {
         specs: Vec<ChannelSpec>,
         router: Router,
     ) -> Result<Engine, EngineError> {
+        Engine::start_clustered(store, specs, router, None).await
+    }
+
+    /// [`start_with_router`](Self::start_with_router) as one node of a cluster: each
+    /// destination worker runs only while `cluster` holds its lease (see [`crate::cluster`]).
+    /// `None` runs every worker here, as a single node.
+    pub async fn start_clustered(
+        store: Store,
+        specs: Vec<ChannelSpec>,
+        router: Router,
+        cluster: Option<ClusterHandle>,
+    ) -> Result<Engine, EngineError> {
         let store_failed = Arc::new(AtomicBool::new(false));
         let mut channels: Vec<Arc<Deployed>> = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -304,6 +320,7 @@ impl Engine {
                 store_failed,
                 router,
                 root: CancellationToken::new(),
+                cluster,
                 channels: RwLock::new(channels.clone()),
                 lifecycle: tokio::sync::Mutex::new(Lifecycle::default()),
             }),
@@ -355,6 +372,11 @@ impl Engine {
         self.shared.stats.clone()
     }
 
+    /// The cluster this node is part of, if any (polling sources run under its leases too).
+    pub fn cluster(&self) -> Option<&ClusterHandle> {
+        self.shared.cluster.as_ref()
+    }
+
     /// The store the engine runs on.
     pub fn store(&self) -> &Store {
         &self.shared.store
@@ -386,8 +408,22 @@ impl Engine {
             worker.shutdown = stop.child_token();
             let (c, d) = (worker.channel.clone(), worker.destination.clone());
             let failed = self.shared.store_failed.clone();
+            let cluster = self.shared.cluster.clone();
             tasks.spawn(async move {
-                let result = worker.run().await;
+                let result = match cluster {
+                    None => worker.run().await,
+                    Some(cluster) => {
+                        let resource = destination_resource(&worker.channel, &worker.destination);
+                        let (stop, wake) = (worker.shutdown.clone(), worker.wake.clone());
+                        cluster
+                            .run_leased(&resource, stop, Some(wake), |token| {
+                                let mut leased = worker.clone();
+                                leased.shutdown = token;
+                                leased.run()
+                            })
+                            .await
+                    }
+                };
                 if let Err(error) = &result {
                     // The queue can no longer be worked: report unhealthy at once rather
                     // than at shutdown.
@@ -647,6 +683,9 @@ impl Engine {
         self.shared.root.cancel();
         for c in &channels {
             self.stop_workers(c, &mut life).await;
+        }
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.leave().await;
         }
         self.shared.store.close().await?;
         match life.first_error.take() {

@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use crate::StoreError;
-use crate::postgres::{PgOptions, connect};
 use crate::postgres::cluster as sql;
+use crate::postgres::{PgOptions, connect};
 
 /// One node as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +179,12 @@ impl Cluster {
     /// # Errors
     /// When the database cannot be reached.
     pub fn heartbeat(&mut self) -> Result<(), StoreError> {
-        sql::heartbeat(&mut self.client, &self.node, &self.address, millis(self.ttl))
+        sql::heartbeat(
+            &mut self.client,
+            &self.node,
+            &self.address,
+            millis(self.ttl),
+        )
     }
 
     /// Take or renew `resource` for [`ttl`](Self::ttl) from now (database time). `None`:
@@ -330,7 +335,10 @@ mod tests {
         a.set_channel_state("adt", "paused").expect("set");
         let status = Cluster::status_of(&options(&db)).expect("status");
         let row = status.channels.first().expect("row");
-        assert_eq!((row.channel.as_str(), row.state.as_str()), ("adt", "paused"));
+        assert_eq!(
+            (row.channel.as_str(), row.state.as_str()),
+            ("adt", "paused")
+        );
         assert_eq!(row.changed_by, "a");
     }
 }

@@ -12,9 +12,9 @@ use crate::cluster::{ChannelStateRow, LeaseRow, NodeRow};
 /// Create the cluster tables when they do not exist yet (safe to run on every start, by every
 /// node at once: `CREATE … IF NOT EXISTS` under an advisory lock).
 pub(crate) fn create(client: &mut Client) -> Result<(), StoreError> {
-    let mut tx = client
-        .transaction()
-        .map_err(StoreError::postgres("starting the cluster schema transaction"))?;
+    let mut tx = client.transaction().map_err(StoreError::postgres(
+        "starting the cluster schema transaction",
+    ))?;
     tx.batch_execute(
         "SELECT pg_advisory_xact_lock(7262617374657200);
          CREATE TABLE IF NOT EXISTS cluster_nodes (
