@@ -25,7 +25,8 @@ pub mod values;
 pub use load::ConfigError;
 pub use schema::{
     AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, AuditSyslogFormat,
-    ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, Config, CopyConfig, DedupeConfig,
+    ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, ClusterConfig, Config, CopyConfig,
+    DEFAULT_LEASE_TTL, DEFAULT_QUEUE_POLL, DedupeConfig,
     DeleteConfig, DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig,
     FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
