@@ -25,10 +25,10 @@ pub mod values;
 pub use load::ConfigError;
 pub use schema::{
     AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, AuditSyslogFormat,
-    ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, ClusterConfig, Config, CopyConfig,
-    DEFAULT_LEASE_TTL, DEFAULT_QUEUE_POLL, DedupeConfig,
-    DeleteConfig, DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig,
-    FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
+    ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, ClusterConfig, Config,
+    CopyConfig, DEFAULT_LEASE_TTL, DEFAULT_QUEUE_POLL, DedupeConfig, DeleteConfig,
+    DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig, FilterConfig,
+    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
     RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig, TlsConfig,
     TransformConfig,

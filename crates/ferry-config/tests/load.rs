@@ -566,6 +566,12 @@ fn cluster_defaults() {
     let config = load("[cluster]\nnode_id = \"n1\"\n").expect("loads");
     assert!(!config.cluster.enabled);
     assert_eq!(config.cluster.lease_ttl(), ferry_config::DEFAULT_LEASE_TTL);
-    assert_eq!(config.cluster.queue_poll(), ferry_config::DEFAULT_QUEUE_POLL);
-    assert_eq!(config.cluster.node_id.as_ref().map(|t| t.as_str()), Some("n1"));
+    assert_eq!(
+        config.cluster.queue_poll(),
+        ferry_config::DEFAULT_QUEUE_POLL
+    );
+    assert_eq!(
+        config.cluster.node_id.as_ref().map(|t| t.as_str()),
+        Some("n1")
+    );
 }
