@@ -617,4 +617,159 @@ mod tests {
         b.leave().await;
         a.leave().await;
     }
+
+    /// Records every delivery with the node that made it.
+    struct Recorder {
+        node: &'static str,
+        log: Arc<Mutex<Vec<(&'static str, i64, Instant)>>>,
+    }
+
+    impl crate::Destination for Recorder {
+        fn send<'a>(&'a self, message: &'a crate::Outbound) -> crate::SendFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if let Ok(mut log) = self.log.lock() {
+                    log.push((self.node, message.message_id, Instant::now()));
+                }
+                crate::SendOutcome::Sent { response: None }
+            })
+        }
+    }
+
+    fn spec(
+        node: &'static str,
+        log: &Arc<Mutex<Vec<(&'static str, i64, Instant)>>>,
+    ) -> crate::ChannelSpec {
+        let recorder = Arc::new(Recorder {
+            node,
+            log: log.clone(),
+        });
+        crate::ChannelSpec::new("c", vec![crate::DestinationSpec::new("d", recorder)])
+    }
+
+    fn hl7(i: usize) -> Vec<u8> {
+        format!(
+            "MSH|^~\\&|HIS|GH|FERRY|CLOUD|20261125083000||ADT^A01^ADT_A01|M{i:04}|P|2.5.1\r\
+             PID|1||{i}^^^GH^MR||DOE^JANE\r"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn two_engines_on_one_store_deliver_each_queue_from_one_node_and_take_over() {
+        let db = TestDb::new();
+        runtime().block_on(two_engines_on(&db));
+    }
+
+    /// Two engines on one store (the role PostgreSQL plays between processes), each with its
+    /// own lease thread: only the lease holder delivers; messages received by either are
+    /// delivered once each, in order; when the holder stalls, the other takes over after the
+    /// lease time and the first has stopped before.
+    async fn two_engines_on(db: &TestDb) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ferry_store::Store::open(&dir.path().join("s.db")).expect("store");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let ttl = 1000;
+        let a = ClusterHandle::join(options(db), settings("a", ttl))
+            .await
+            .expect("a");
+        let b = ClusterHandle::join(options(db), settings("b", ttl))
+            .await
+            .expect("b");
+        let engine_a = crate::Engine::start_clustered(
+            store.clone(),
+            vec![spec("a", &log)],
+            crate::Router::new(),
+            Some(a.clone()),
+        )
+        .await
+        .expect("engine a");
+        let engine_b = crate::Engine::start_clustered(
+            store.clone(),
+            vec![spec("b", &log)],
+            crate::Router::new(),
+            Some(b.clone()),
+        )
+        .await
+        .expect("engine b");
+        let ingests = [
+            engine_a.ingest("c").expect("a's channel"),
+            engine_b.ingest("c").expect("b's channel"),
+        ];
+        let wait_for = |n: usize| {
+            let log = log.clone();
+            async move {
+                let began = Instant::now();
+                loop {
+                    let delivered: std::collections::BTreeSet<i64> =
+                        log.lock().expect("log").iter().map(|d| d.1).collect();
+                    if delivered.len() >= n {
+                        return;
+                    }
+                    assert!(
+                        began.elapsed() < Duration::from_secs(10),
+                        "{} of {n} delivered",
+                        delivered.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        for i in 0..40 {
+            let reply = ingests[i % 2].receive(&hl7(i)).await;
+            assert!(reply.code.is_positive());
+        }
+        wait_for(40).await;
+        let holder = {
+            let log = log.lock().expect("log");
+            let nodes: std::collections::BTreeSet<&str> = log.iter().map(|d| d.0).collect();
+            assert_eq!(nodes.len(), 1, "one node delivers the queue: {nodes:?}");
+            log.first().map(|d| d.0).unwrap_or_default()
+        };
+        let (frozen, other) = if holder == "a" { (&a, "b") } else { (&b, "a") };
+        let stalled = Instant::now();
+        frozen.send(Command::Freeze(Duration::from_secs(4)));
+        for i in 40..100 {
+            let reply = ingests[i % 2].receive(&hl7(i)).await;
+            assert!(reply.code.is_positive());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        wait_for(100).await;
+        let log = log.lock().expect("log").clone();
+        let last_of_holder = log
+            .iter()
+            .filter(|d| d.0 == holder)
+            .map(|d| d.2)
+            .max()
+            .expect("holder");
+        let first_of_other = log
+            .iter()
+            .filter(|d| d.0 == other)
+            .map(|d| d.2)
+            .min()
+            .expect("other took over");
+        assert!(
+            last_of_holder < first_of_other,
+            "two nodes delivered at once"
+        );
+        let takeover = first_of_other - stalled;
+        eprintln!(
+            "takeover after the holder stalled: {} ms",
+            takeover.as_millis()
+        );
+        assert!(
+            takeover >= Duration::from_millis(ttl * 3 / 5),
+            "{takeover:?}"
+        );
+        assert!(takeover < Duration::from_millis(ttl * 2), "{takeover:?}");
+        // In order, each message once (no attempt was cut off: sends are short).
+        let ids: Vec<i64> = log.iter().map(|d| d.1).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "order or duplicates: {ids:?}"
+        );
+        assert_eq!(ids.len(), 100);
+        let _ = engine_b.shutdown().await;
+        let _ = engine_a.shutdown().await;
+    }
 }
