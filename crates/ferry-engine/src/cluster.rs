@@ -618,10 +618,13 @@ mod tests {
         a.leave().await;
     }
 
+    /// Every delivery: the node that made it, the message id, when.
+    type DeliveryLog = Arc<Mutex<Vec<(&'static str, i64, Instant)>>>;
+
     /// Records every delivery with the node that made it.
     struct Recorder {
         node: &'static str,
-        log: Arc<Mutex<Vec<(&'static str, i64, Instant)>>>,
+        log: DeliveryLog,
     }
 
     impl crate::Destination for Recorder {
@@ -638,7 +641,7 @@ mod tests {
 
     fn spec(
         node: &'static str,
-        log: &Arc<Mutex<Vec<(&'static str, i64, Instant)>>>,
+        log: &DeliveryLog,
     ) -> crate::ChannelSpec {
         let recorder = Arc::new(Recorder {
             node,
