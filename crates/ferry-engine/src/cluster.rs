@@ -639,10 +639,7 @@ mod tests {
         }
     }
 
-    fn spec(
-        node: &'static str,
-        log: &DeliveryLog,
-    ) -> crate::ChannelSpec {
+    fn spec(node: &'static str, log: &DeliveryLog) -> crate::ChannelSpec {
         let recorder = Arc::new(Recorder {
             node,
             log: log.clone(),
