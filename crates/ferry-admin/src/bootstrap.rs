@@ -230,7 +230,41 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ferry.db");
         let accounts = Accounts::open(&path).expect("accounts");
-        let first = issue(&accounts, 1_000)
+        issue_and_use(&accounts, |token| {
+            let bytes = std::fs::read(&path).expect("file");
+            let wal = std::fs::read(dir.path().join("ferry.db-wal")).unwrap_or_default();
+            for b in [bytes, wal] {
+                assert!(!b.windows(20).any(|w| w == &token.as_bytes()[8..28]));
+            }
+        });
+    }
+
+    #[test]
+    fn a_token_is_issued_only_while_there_is_no_user_and_its_value_is_not_stored_on_postgres() {
+        let db = ferry_testkit::postgres::TestDb::new();
+        let pg = ferry_store::postgres::PgOptions {
+            url: db.url().to_owned(),
+            tls: None,
+        };
+        let accounts = Accounts::open_postgres(pg, Default::default()).expect("accounts");
+        issue_and_use(&accounts, |token| {
+            // The only row is the hash; no column of it holds the token.
+            let row = db
+                .client()
+                .query_one(
+                    "SELECT count(*), bool_or(position($1 in encode(token_hash, 'escape')) > 0)
+                     FROM admin_bootstrap",
+                    &[&&token[8..28]],
+                )
+                .expect("raw");
+            assert_eq!(row.get::<_, i64>(0), 1);
+            assert_eq!(row.get::<_, Option<bool>>(1), Some(false));
+        });
+    }
+
+    /// `not_stored` checks, backend by backend, that the token's value is nowhere stored.
+    fn issue_and_use(accounts: &Accounts, not_stored: impl FnOnce(&str)) {
+        let first = issue(accounts, 1_000)
             .expect("issue")
             .expect("no users yet");
         assert!(first.token.starts_with(TOKEN_PREFIX));
@@ -239,14 +273,10 @@ mod tests {
         assert!(!format!("{first:?}").contains(&first.token));
         let pending = accounts.bootstrap_token().expect("read").expect("pending");
         assert_eq!(pending.token_hash, auth::secret_hash(&first.token));
-        let bytes = std::fs::read(&path).expect("file");
-        let wal = std::fs::read(dir.path().join("ferry.db-wal")).unwrap_or_default();
-        for b in [bytes, wal] {
-            assert!(!b.windows(20).any(|w| w == &first.token.as_bytes()[8..28]));
-        }
+        not_stored(&first.token);
         // A second start with still no users replaces it (the requests below run at the
         // real time, so it is issued now).
-        let second = issue(&accounts, now_ms())
+        let second = issue(accounts, now_ms())
             .expect("issue")
             .expect("still none");
         assert_ne!(second.token, first.token);
@@ -256,19 +286,19 @@ mod tests {
             password: "correct horse battery".into(),
         };
         assert!(matches!(
-            run(&accounts, &req(&first.token)).expect("run"),
+            run(accounts, &req(&first.token)).expect("run"),
             Outcome::Refused(BootstrapRefusal::WrongToken)
         ));
         // An expired token is refused, and a right one issued now works.
         let lifetime = i64::try_from(TOKEN_LIFETIME.as_millis()).expect("ms");
-        let old = issue(&accounts, now_ms() - lifetime - 1)
+        let old = issue(accounts, now_ms() - lifetime - 1)
             .expect("issue")
             .expect("none");
         assert!(matches!(
-            run(&accounts, &req(&old.token)).expect("run"),
+            run(accounts, &req(&old.token)).expect("run"),
             Outcome::Refused(BootstrapRefusal::Expired)
         ));
-        let second = issue(&accounts, now_ms())
+        let second = issue(accounts, now_ms())
             .expect("issue")
             .expect("still none");
         let short = BootstrapRequest {
@@ -276,20 +306,20 @@ mod tests {
             ..req(&second.token)
         };
         assert!(matches!(
-            run(&accounts, &short).expect("run"),
+            run(accounts, &short).expect("run"),
             Outcome::Invalid(UserError::BadPassword)
         ));
-        let Outcome::Created(created) = run(&accounts, &req(&second.token)).expect("run") else {
+        let Outcome::Created(created) = run(accounts, &req(&second.token)).expect("run") else {
             panic!("the right token creates the admin");
         };
         assert_eq!(created.role, Role::Admin);
         assert!(created.totp_secret.is_some(), "admins get MFA");
         assert!(matches!(
-            run(&accounts, &req(&second.token)).expect("run"),
+            run(accounts, &req(&second.token)).expect("run"),
             Outcome::Refused(BootstrapRefusal::NoToken)
         ));
         assert!(
-            issue(&accounts, 3_000).expect("issue").is_none(),
+            issue(accounts, 3_000).expect("issue").is_none(),
             "users exist"
         );
     }

@@ -196,15 +196,28 @@ mod tests {
     #[test]
     fn an_ended_session_is_reported_once_with_its_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let accounts = Accounts::open(&dir.path().join("a.db")).expect("accounts");
+        ended_sessions(&Accounts::open(&dir.path().join("a.db")).expect("accounts"));
+    }
+
+    #[test]
+    fn an_ended_session_is_reported_once_with_its_reason_on_postgres() {
+        let db = ferry_testkit::postgres::TestDb::new();
+        let pg = ferry_store::postgres::PgOptions {
+            url: db.url().to_owned(),
+            tls: None,
+        };
+        ended_sessions(&Accounts::open_postgres(pg, Default::default()).expect("accounts"));
+    }
+
+    fn ended_sessions(accounts: &Accounts) {
         let policy = SessionPolicy {
             idle: HOUR,
             absolute: 8 * HOUR,
         };
-        let live = session(&accounts, "live", 60_000, 1_000);
-        let idle = session(&accounts, "idle", 2 * 3_600_000, 3_600_001);
-        let old = session(&accounts, "old", 8 * 3_600_000 + 1, 1_000);
-        let check = |id: &str| validate(&accounts, policy, id).expect("validate");
+        let live = session(accounts, "live", 60_000, 1_000);
+        let idle = session(accounts, "idle", 2 * 3_600_000, 3_600_001);
+        let old = session(accounts, "old", 8 * 3_600_000 + 1, 1_000);
+        let check = |id: &str| validate(accounts, policy, id).expect("validate");
         assert!(matches!(check(&live), SessionCheck::Valid(_, u) if u.name == "live"));
         assert!(matches!(
             check(&idle),

@@ -30,7 +30,7 @@ pub use schema::{
     DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig, FilterConfig,
     HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
-    RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig, TlsConfig,
-    TransformConfig,
+    RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig,
+    StoreTlsConfig, TlsConfig, TransformConfig,
 };
 pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};

@@ -290,6 +290,11 @@ impl Config {
             fix(&mut p);
             self.store.path = Some(p);
         }
+        if let Some(t) = self.store.tls.as_mut() {
+            for p in [&mut t.ca, &mut t.cert, &mut t.key].into_iter().flatten() {
+                fix(p);
+            }
+        }
         if let Some(t) = self.admin.tls.as_mut() {
             fix_tls(t);
         }
@@ -443,6 +448,16 @@ impl Config {
                     format!("[store] encryption: {m}"),
                 )
             })?;
+        }
+        if let Some(t) = &self.store.tls
+            && t.cert.is_some() != t.key.is_some()
+        {
+            return Err(fail(
+                &main_file,
+                None,
+                "",
+                "[store.tls]: `cert` and `key` go together (both or neither)".into(),
+            ));
         }
         if let Some(t) = &self.admin.tls {
             listener_tls(t).map_err(|m| fail(&main_file, None, "", format!("[admin] tls: {m}")))?;

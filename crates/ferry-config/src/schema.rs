@@ -63,6 +63,28 @@ pub struct StoreConfig {
     /// old_keys = { "2026-06" = "${env:OLD_KEY}" } }`. Absent: content is stored in the clear
     /// (and a store holding encrypted records refuses to open).
     pub encryption: Option<EncryptionConfig>,
+    /// `[store.tls]`: TLS to the PostgreSQL server of `url`, e.g. `tls = { ca = "db-ca.pem" }`
+    /// or, with a client certificate, `tls = { ca = "db-ca.pem", cert = "ferry.pem", key =
+    /// "ferry.key" }`. Absent: the connection is plain, which is only allowed to a loopback
+    /// host or a Unix socket. Not used with `path` (SQLite).
+    pub tls: Option<StoreTlsConfig>,
+}
+
+/// `[store.tls]`: how Ferry verifies the PostgreSQL server and, optionally, proves its own
+/// identity to it. The server's certificate must chain to `ca` and name the host of `url`
+/// (hostname verification cannot be turned off). Paths are relative to the configuration
+/// file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreTlsConfig {
+    /// CA bundle (PEM) trusted for the server's certificate. Default: the operating system's
+    /// trust store.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to the server, for certificate
+    /// authentication. Needs `key`.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM, PKCS#8, PKCS#1 or SEC1; not encrypted) of `cert`.
+    pub key: Option<PathBuf>,
 }
 
 /// `[cluster]`: several Ferry nodes sharing one PostgreSQL store (`[store] url`).

@@ -575,3 +575,35 @@ fn cluster_defaults() {
         Some("n1")
     );
 }
+
+#[test]
+fn store_tls_resolves_relative_paths_and_needs_cert_with_key() {
+    let text = format!(
+        "[store]\npath = \"ferry.db\"\ntls = {{ ca = \"pki/db-ca.pem\", cert = \"/pki/ferry.pem\", \
+         key = \"ferry.key\" }}\n{MINIMAL_CHANNEL}"
+    );
+    let config = load(&text).expect("[store.tls] loads");
+    assert_eq!(
+        config.store.tls,
+        Some(ferry_config::StoreTlsConfig {
+            ca: Some(Path::new("/etc/ferry/pki/db-ca.pem").to_path_buf()),
+            cert: Some(Path::new("/pki/ferry.pem").to_path_buf()),
+            key: Some(Path::new("/etc/ferry/ferry.key").to_path_buf()),
+        })
+    );
+    let table = format!("[store]\n[store.tls]\nca = \"ca.pem\"\n{MINIMAL_CHANNEL}");
+    let config = load(&table).expect("a [store.tls] table loads");
+    let tls = config.store.tls.expect("tls");
+    assert_eq!(tls.ca, Some(Path::new("/etc/ferry/ca.pem").to_path_buf()));
+    assert_eq!((tls.cert, tls.key), (None, None));
+
+    let half = format!("[store]\ntls = {{ cert = \"c.pem\" }}\n{MINIMAL_CHANNEL}");
+    assert!(
+        load(&half)
+            .expect_err("cert without key")
+            .contains("`cert` and `key` go together"),
+    );
+    let typo = format!("[store]\ntls = {{ cafile = \"c.pem\" }}\n{MINIMAL_CHANNEL}");
+    let err = load(&typo).expect_err("unknown key");
+    assert!(err.contains("cafile"), "{err}");
+}

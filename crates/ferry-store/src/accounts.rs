@@ -29,6 +29,11 @@
 //! stored as `ferry:enc1:` + base64 of an AES-256-GCM envelope bound to the user's name (see
 //! [`crypto`](crate::crypto)); plaintext secrets of older stores stay readable and are
 //! re-encrypted by key rotation ([`Store::rotate_batch`](crate::Store::rotate_batch)).
+//!
+//! **PostgreSQL.** [`Accounts::open_postgres`] keeps the same tables in a PostgreSQL database
+//! that several nodes share; the SQL is in `postgres/accounts.rs`, and every method here
+//! dispatches to it. Same answers, with uniqueness and the single use of the bootstrap token
+//! holding across connections.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -36,6 +41,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::crypto::{self, AccountField, Keyring};
+use crate::postgres::PgOptions;
+use crate::postgres::accounts::PgAccounts;
 use crate::{StoreError, StoreOptions};
 
 const ACCOUNTS_SCHEMA: &str = "
@@ -131,7 +138,7 @@ pub(crate) fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// A channel scope as stored: `None` (every channel) or a JSON array.
-fn scope_to_sql(channels: Option<&[String]>) -> Option<String> {
+pub(crate) fn scope_to_sql(channels: Option<&[String]>) -> Option<String> {
     channels.map(|c| serde_json::Value::from(c.to_vec()).to_string())
 }
 
@@ -270,11 +277,20 @@ impl BootstrapRefusal {
     }
 }
 
-/// The account tables, on a dedicated connection. Cheap to clone.
+/// The account tables, on a dedicated connection (SQLite or PostgreSQL). Cheap to clone.
 #[derive(Clone)]
 pub struct Accounts {
-    conn: Arc<Mutex<Connection>>,
+    inner: Backend,
     keyring: Option<Arc<Keyring>>,
+}
+
+/// Where the account tables are.
+#[derive(Clone)]
+enum Backend {
+    /// In the SQLite store file.
+    Sqlite(Arc<Mutex<Connection>>),
+    /// In a PostgreSQL database shared by the nodes.
+    Postgres(Arc<PgAccounts>),
 }
 
 impl std::fmt::Debug for Accounts {
@@ -314,9 +330,10 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
-const USER_COLUMNS: &str =
+pub(crate) const USER_COLUMNS: &str =
     "id, name, role, password_hash, totp_secret, disabled, created_at_ms, channels";
-const TOKEN_COLUMNS: &str = "id, name, role, created_by, created_at_ms, revoked_at_ms, channels";
+pub(crate) const TOKEN_COLUMNS: &str =
+    "id, name, role, created_by, created_at_ms, revoked_at_ms, channels";
 
 /// Insert a user (its TOTP secret already sealed); `None` when the name is taken.
 fn insert_user(
@@ -368,7 +385,27 @@ impl Accounts {
         let keyring = options.keyring.map(Arc::new);
         probe(&conn, keyring.as_deref())?;
         Ok(Accounts {
-            conn: Arc::new(Mutex::new(conn)),
+            inner: Backend::Sqlite(Arc::new(Mutex::new(conn))),
+            keyring,
+        })
+    }
+
+    /// Open the account tables in the PostgreSQL database of `pg` (creating them as needed),
+    /// with the store's options, as [`open_with`](Self::open_with) does for SQLite: same
+    /// tables, same answers, and a wrong or missing key refuses them at open. Several nodes
+    /// may share the tables. Call it, and every method of the handle it returns, off the
+    /// threads that drive async tasks (the synchronous PostgreSQL client runs its own).
+    ///
+    /// # Errors
+    /// [`StoreError::Config`] for an unusable URL; [`StoreError::Postgres`] when the server
+    /// cannot be reached or the tables cannot be created; [`StoreError::Crypto`] as
+    /// [`open_with`](Self::open_with).
+    pub fn open_postgres(pg: PgOptions, options: StoreOptions) -> Result<Accounts, StoreError> {
+        let pg = PgAccounts::open(pg)?;
+        let keyring = options.keyring.map(Arc::new);
+        check_probe(pg.newest_sealed_totp()?, keyring.as_deref())?;
+        Ok(Accounts {
+            inner: Backend::Postgres(Arc::new(pg)),
             keyring,
         })
     }
@@ -397,8 +434,12 @@ impl Accounts {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self
-            .conn
+        let Backend::Sqlite(conn) = &self.inner else {
+            return Err(StoreError::Fatal(
+                "an SQLite operation on PostgreSQL account tables".into(),
+            ));
+        };
+        let mut conn = conn
             .lock()
             .map_err(|_| StoreError::Fatal("the account connection mutex is poisoned".into()))?;
         f(&mut conn)
@@ -407,35 +448,44 @@ impl Accounts {
     /// Create a user. `Ok(None)` when the name is taken.
     pub fn create_user(&self, user: &NewUser<'_>) -> Result<Option<i64>, StoreError> {
         let totp = self.seal_totp(user.name, user.totp_secret)?;
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.create_user(user, totp.as_deref());
+        }
         self.with(|c| insert_user(c, user, totp.as_deref()))
     }
 
     /// One user by name.
     pub fn user_by_name(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        let user = self.with(|c| {
-            c.query_row(
-                &format!("SELECT {USER_COLUMNS} FROM admin_users WHERE name = ?1"),
-                [name],
-                user_from_row,
-            )
-            .optional()
-            .map_err(StoreError::sqlite("reading a user"))
-        })?;
+        let user = match &self.inner {
+            Backend::Postgres(pg) => pg.user_by_name(name)?,
+            Backend::Sqlite(_) => self.with(|c| {
+                c.query_row(
+                    &format!("SELECT {USER_COLUMNS} FROM admin_users WHERE name = ?1"),
+                    [name],
+                    user_from_row,
+                )
+                .optional()
+                .map_err(StoreError::sqlite("reading a user"))
+            })?,
+        };
         user.map(|u| self.reveal(u)).transpose()
     }
 
     /// Every user, by name.
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
-        let users = self.with(|c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {USER_COLUMNS} FROM admin_users ORDER BY name"
-                ))
-                .map_err(StoreError::sqlite("listing users"))?;
-            st.query_map([], user_from_row)
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(StoreError::sqlite("listing users"))
-        })?;
+        let users = match &self.inner {
+            Backend::Postgres(pg) => pg.users()?,
+            Backend::Sqlite(_) => self.with(|c| {
+                let mut st = c
+                    .prepare(&format!(
+                        "SELECT {USER_COLUMNS} FROM admin_users ORDER BY name"
+                    ))
+                    .map_err(StoreError::sqlite("listing users"))?;
+                st.query_map([], user_from_row)
+                    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                    .map_err(StoreError::sqlite("listing users"))
+            })?,
+        };
         users.into_iter().map(|u| self.reveal(u)).collect()
     }
 
@@ -448,6 +498,9 @@ impl Accounts {
         created_at_ms: i64,
         expires_at_ms: i64,
     ) -> Result<bool, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.set_bootstrap_token(token_hash, created_at_ms, expires_at_ms);
+        }
         self.with(|c| {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -473,6 +526,9 @@ impl Accounts {
 
     /// The pending bootstrap token, while the store has no user (expired or not).
     pub fn bootstrap_token(&self) -> Result<Option<BootstrapRecord>, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.bootstrap_token();
+        }
         self.with(|c| {
             c.query_row(
                 "SELECT token_hash, created_at_ms, expires_at_ms FROM admin_bootstrap
@@ -503,6 +559,9 @@ impl Accounts {
         matches: impl FnOnce(&[u8]) -> bool,
     ) -> Result<Result<i64, BootstrapRefusal>, StoreError> {
         let totp = self.seal_totp(user.name, user.totp_secret)?;
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.bootstrap_user(user, totp.as_deref(), now_ms, matches);
+        }
         self.with(|c| {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -546,6 +605,9 @@ impl Accounts {
     /// Disable a user and delete all their sessions, in one transaction. `false` when there is
     /// no such user.
     pub fn disable_user(&self, name: &str) -> Result<bool, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.disable_user(name);
+        }
         self.with(|c| {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -574,6 +636,9 @@ impl Accounts {
         session: &SessionRecord,
         replaces: Option<&[u8]>,
     ) -> Result<(), StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.create_session(session, replaces);
+        }
         self.with(|c| {
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -603,35 +668,41 @@ impl Accounts {
         &self,
         id_hash: &[u8],
     ) -> Result<Option<(SessionRecord, UserRecord)>, StoreError> {
-        let found = self.with(|c| {
-            c.query_row(
-                "SELECT s.id_hash, s.user_id, s.csrf_hash, s.created_at_ms, s.last_seen_ms,
+        let found = match &self.inner {
+            Backend::Postgres(pg) => pg.session(id_hash)?,
+            Backend::Sqlite(_) => self.with(|c| {
+                c.query_row(
+                    "SELECT s.id_hash, s.user_id, s.csrf_hash, s.created_at_ms, s.last_seen_ms,
                         u.id, u.name, u.role, u.password_hash, u.totp_secret, u.disabled,
                         u.created_at_ms, u.channels
                  FROM admin_sessions s JOIN admin_users u ON u.id = s.user_id
                  WHERE s.id_hash = ?1",
-                [id_hash],
-                |r| {
-                    Ok((
-                        SessionRecord {
-                            id_hash: r.get(0)?,
-                            user_id: r.get(1)?,
-                            csrf_hash: r.get(2)?,
-                            created_at_ms: r.get(3)?,
-                            last_seen_ms: r.get(4)?,
-                        },
-                        user_at(r, 5)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(StoreError::sqlite("reading a session"))
-        })?;
+                    [id_hash],
+                    |r| {
+                        Ok((
+                            SessionRecord {
+                                id_hash: r.get(0)?,
+                                user_id: r.get(1)?,
+                                csrf_hash: r.get(2)?,
+                                created_at_ms: r.get(3)?,
+                                last_seen_ms: r.get(4)?,
+                            },
+                            user_at(r, 5)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(StoreError::sqlite("reading a session"))
+            })?,
+        };
         found.map(|(s, u)| Ok((s, self.reveal(u)?))).transpose()
     }
 
     /// Record activity on a session (for the idle timeout).
     pub fn touch_session(&self, id_hash: &[u8], now_ms: i64) -> Result<(), StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.touch_session(id_hash, now_ms);
+        }
         self.with(|c| {
             c.execute(
                 "UPDATE admin_sessions SET last_seen_ms = ?2 WHERE id_hash = ?1",
@@ -644,6 +715,9 @@ impl Accounts {
 
     /// Delete a session (logout, expiry). `false` when it did not exist.
     pub fn delete_session(&self, id_hash: &[u8]) -> Result<bool, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.delete_session(id_hash);
+        }
         self.with(|c| {
             c.execute("DELETE FROM admin_sessions WHERE id_hash = ?1", [id_hash])
                 .map(|n| n > 0)
@@ -673,6 +747,16 @@ impl Accounts {
         created_at_ms: i64,
         channels: Option<&[String]>,
     ) -> Result<i64, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.create_scoped_token(
+                name,
+                role,
+                token_hash,
+                created_by,
+                created_at_ms,
+                channels,
+            );
+        }
         self.with(|c| {
             c.execute(
                 "INSERT INTO admin_tokens
@@ -694,6 +778,9 @@ impl Accounts {
 
     /// A token that is not revoked, by its hash.
     pub fn active_token(&self, token_hash: &[u8]) -> Result<Option<TokenRecord>, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.active_token(token_hash);
+        }
         self.with(|c| {
             c.query_row(
                 &format!(
@@ -710,6 +797,9 @@ impl Accounts {
 
     /// One token (revoked or not), by id.
     pub fn token(&self, id: i64) -> Result<Option<TokenRecord>, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.token(id);
+        }
         self.with(|c| {
             c.query_row(
                 &format!("SELECT {TOKEN_COLUMNS} FROM admin_tokens WHERE id = ?1"),
@@ -723,6 +813,9 @@ impl Accounts {
 
     /// Every token (revoked ones too), by id.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.tokens();
+        }
         self.with(|c| {
             let mut st = c
                 .prepare(&format!(
@@ -737,6 +830,9 @@ impl Accounts {
 
     /// Revoke a token. `false` when there is no such token or it was already revoked.
     pub fn revoke_token(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        if let Backend::Postgres(pg) = &self.inner {
+            return pg.revoke_token(id, now_ms);
+        }
         self.with(|c| {
             c.execute(
                 "UPDATE admin_tokens SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
@@ -759,6 +855,14 @@ fn probe(conn: &Connection, keyring: Option<&Keyring>) -> Result<(), StoreError>
         )
         .optional()
         .map_err(StoreError::sqlite("reading a TOTP secret"))?;
+    check_probe(sealed, keyring)
+}
+
+/// Open the newest encrypted TOTP secret (user name, stored text), if there is one.
+fn check_probe(
+    sealed: Option<(String, String)>,
+    keyring: Option<&Keyring>,
+) -> Result<(), StoreError> {
     if let Some((name, secret)) = sealed {
         crypto::open_text(keyring, &totp_field(&name), secret).map_err(|e| match e {
             StoreError::Crypto(m) => {
@@ -774,12 +878,104 @@ fn probe(conn: &Connection, keyring: Option<&Keyring>) -> Result<(), StoreError>
 mod tests {
     use super::*;
 
-    #[test]
-    fn users_sessions_tokens_round_trip_and_disable_kills_sessions() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("ferry.db");
-        let store = crate::Store::open(&path).expect("store");
-        let a = Accounts::open(&path).expect("accounts");
+    use ferry_testkit::postgres::TestDb;
+
+    /// The database a test runs on, kept alive for the test, with raw SQL for the checks the
+    /// API does not offer (the statements used are the same text on both).
+    enum Db {
+        Sqlite(tempfile::TempDir),
+        Postgres(TestDb),
+    }
+
+    impl Db {
+        fn sqlite() -> Db {
+            Db::Sqlite(tempfile::tempdir().expect("tempdir"))
+        }
+
+        fn postgres() -> Db {
+            Db::Postgres(TestDb::new())
+        }
+
+        fn path(dir: &tempfile::TempDir) -> std::path::PathBuf {
+            dir.path().join("ferry.db")
+        }
+
+        fn open_with(&self, options: StoreOptions) -> Result<Accounts, StoreError> {
+            match self {
+                Db::Sqlite(dir) => Accounts::open_with(&Db::path(dir), options),
+                Db::Postgres(db) => Accounts::open_postgres(
+                    PgOptions {
+                        url: db.url().to_owned(),
+                        tls: None,
+                    },
+                    options,
+                ),
+            }
+        }
+
+        fn open(&self) -> Accounts {
+            self.open_with(StoreOptions::default()).expect("accounts")
+        }
+
+        /// Run one statement outside the store.
+        fn exec(&self, sql: &str) {
+            match self {
+                Db::Sqlite(dir) => {
+                    Connection::open(Db::path(dir))
+                        .and_then(|c| c.execute_batch(sql))
+                        .expect(sql);
+                }
+                Db::Postgres(db) => db.client().batch_execute(sql).expect(sql),
+            }
+        }
+
+        /// The one text value `sql` selects, read outside the store.
+        fn text(&self, sql: &str) -> String {
+            match self {
+                Db::Sqlite(dir) => Connection::open(Db::path(dir))
+                    .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+                    .expect(sql),
+                Db::Postgres(db) => db.client().query_one(sql, &[]).expect(sql).get(0),
+            }
+        }
+    }
+
+    /// Each test body runs once on SQLite and once on PostgreSQL.
+    macro_rules! on_both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[test]
+                fn $name() {
+                    super::$name(super::Db::sqlite());
+                })*
+            }
+            mod postgres {
+                $(#[test]
+                fn $name() {
+                    super::$name(super::Db::postgres());
+                })*
+            }
+        };
+    }
+
+    on_both!(
+        users_sessions_tokens_round_trip_and_disable_kills_sessions,
+        scopes_round_trip_and_an_empty_scope_is_no_channel,
+        a_damaged_scope_is_an_error_not_every_channel,
+        a_bootstrap_token_creates_one_first_user_once,
+        a_bootstrap_token_is_dead_once_a_user_exists_another_way,
+        totp_secrets_are_encrypted_at_rest_and_need_the_key,
+        racing_bootstraps_create_one_admin_and_racing_creates_one_user,
+        users_are_listed_by_name_in_byte_order,
+    );
+
+    fn users_sessions_tokens_round_trip_and_disable_kills_sessions(db: Db) {
+        // On SQLite, the account tables work beside a running store on the same file.
+        let store = match &db {
+            Db::Sqlite(dir) => Some(crate::Store::open(&Db::path(dir)).expect("store")),
+            Db::Postgres(_) => None,
+        };
+        let a = db.open();
         let new = NewUser {
             name: "alice",
             role: "admin",
@@ -849,7 +1045,7 @@ mod tests {
     ";
 
     #[test]
-    fn an_older_store_gains_the_scope_columns_and_keeps_every_account_unscoped() {
+    fn an_older_sqlite_store_gains_the_scope_columns_and_keeps_every_account_unscoped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ferry.db");
         Connection::open(&path)
@@ -864,6 +1060,19 @@ mod tests {
         );
         // Opening again (and a second handle) finds nothing to do.
         drop(Accounts::open(&path).expect("again"));
+        scopes(&a, "old");
+    }
+
+    fn scopes_round_trip_and_an_empty_scope_is_no_channel(db: Db) {
+        let a = db.open();
+        a.create_user(&user("old", None))
+            .expect("create")
+            .expect("new");
+        scopes(&a, "old");
+    }
+
+    /// Scoped users and tokens read back as written, by every query.
+    fn scopes(a: &Accounts, creator: &str) {
         let scope = vec!["a".to_owned(), "b".to_owned()];
         a.create_user(&user("scoped", Some(&scope)))
             .expect("create")
@@ -873,7 +1082,7 @@ mod tests {
             Some(scope.clone())
         );
         let id = a
-            .create_scoped_token("t", "viewer", &[4; 32], "old", 2, Some(&scope[..1]))
+            .create_scoped_token("t", "viewer", &[4; 32], creator, 2, Some(&scope[..1]))
             .expect("token");
         let listed = a.tokens().expect("tokens");
         assert_eq!(
@@ -895,25 +1104,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_damaged_scope_is_an_error_not_every_channel() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("ferry.db");
-        let a = Accounts::open(&path).expect("accounts");
+    fn a_damaged_scope_is_an_error_not_every_channel(db: Db) {
+        let a = db.open();
         a.create_user(&user("olga", Some(&["a".to_owned()])))
             .expect("create")
             .expect("new");
-        Connection::open(&path)
-            .and_then(|c| c.execute("UPDATE admin_users SET channels = 'a,b'", []))
-            .expect("damage");
+        db.exec("UPDATE admin_users SET channels = 'a,b'");
         let err = a.user_by_name("olga").expect_err("damaged scope");
         assert!(err.to_string().contains("channel scope"), "{err}");
     }
 
-    #[test]
-    fn a_bootstrap_token_creates_one_first_user_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = Accounts::open(&dir.path().join("ferry.db")).expect("accounts");
+    fn a_bootstrap_token_creates_one_first_user_once(db: Db) {
+        let a = db.open();
         let right = |h: &[u8]| h == [7u8; 32];
         let first = NewUser {
             role: "admin",
@@ -960,10 +1162,8 @@ mod tests {
         assert_eq!(a.bootstrap_token().expect("read"), None);
     }
 
-    #[test]
-    fn a_bootstrap_token_is_dead_once_a_user_exists_another_way() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let a = Accounts::open(&dir.path().join("ferry.db")).expect("accounts");
+    fn a_bootstrap_token_is_dead_once_a_user_exists_another_way(db: Db) {
+        let a = db.open();
         assert!(a.set_bootstrap_token(&[7; 32], 0, 100).expect("issue"));
         a.create_user(&user("olga", None))
             .expect("create")
@@ -984,20 +1184,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn totp_secrets_are_encrypted_at_rest_and_need_the_key() {
+    fn totp_secrets_are_encrypted_at_rest_and_need_the_key(db: Db) {
         const SECRET: &str = "CANARYTOTPSECRETQWERTYUIOPASDFGH";
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("ferry.db");
-        let a = Accounts::open_with(&path, ring("k1", 1)).expect("accounts");
+        let a = db.open_with(ring("k1", 1)).expect("accounts");
         let root = NewUser {
             totp_secret: Some(SECRET),
             ..user("root", None)
         };
         a.create_user(&root).expect("create").expect("new");
-        let stored: String = Connection::open(&path)
-            .and_then(|c| c.query_row("SELECT totp_secret FROM admin_users", [], |r| r.get(0)))
-            .expect("raw");
+        let stored = db.text("SELECT totp_secret FROM admin_users");
         assert!(stored.starts_with(crypto::TEXT_PREFIX), "{stored}");
         assert!(!stored.contains("CANARY"));
         let read = a.user_by_name("root").expect("read").expect("u");
@@ -1008,13 +1203,13 @@ mod tests {
         );
         drop(a);
 
-        let err = Accounts::open(&path).expect_err("no key");
+        let err = db.open_with(StoreOptions::default()).expect_err("no key");
         assert!(
             err.to_string()
                 .contains("refusing to open the account tables"),
             "{err}"
         );
-        let err = Accounts::open_with(&path, ring("k1", 2)).expect_err("wrong key");
+        let err = db.open_with(ring("k1", 2)).expect_err("wrong key");
         assert!(err.to_string().contains("fails authentication"), "{err}");
         assert!(!err.to_string().contains("CANARY"));
     }
@@ -1067,5 +1262,197 @@ mod tests {
         assert_eq!(secret("sealed").as_deref(), Some(NEW));
         let bytes = std::fs::read(&path).expect("file");
         assert!(!bytes.windows(OLD.len()).any(|w| w == OLD.as_bytes()));
+    }
+
+    /// Two handles on one database (two nodes) race, from a thread each, many times.
+    fn racing_bootstraps_create_one_admin_and_racing_creates_one_user(db: Db) {
+        const ROUNDS: usize = 15;
+        let nodes = [db.open(), db.open()];
+        let barrier = std::sync::Barrier::new(nodes.len());
+        let race = |f: &(dyn Fn(usize, &Accounts) -> Option<i64> + Sync)| -> Vec<Option<i64>> {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let barrier = &barrier;
+                        s.spawn(move || {
+                            barrier.wait();
+                            f(i, a)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("racer"))
+                    .collect()
+            })
+        };
+        let right = |h: &[u8]| h == [7u8; 32];
+        for round in 0..ROUNDS {
+            db.exec("DELETE FROM admin_users");
+            assert!(
+                nodes[0]
+                    .set_bootstrap_token(&[7; 32], 0, 100)
+                    .expect("issue")
+            );
+            let names = [format!("root{round}a"), format!("root{round}b")];
+            let got = race(&|i, a| {
+                let first = NewUser {
+                    role: "admin",
+                    ..user(&names[i], None)
+                };
+                match a.bootstrap_user(&first, 10, right).expect("bootstrap") {
+                    Ok(id) => Some(id),
+                    Err(BootstrapRefusal::UsersExist | BootstrapRefusal::NoToken) => None,
+                    Err(other) => panic!("round {round}: refused with {other:?}"),
+                }
+            });
+            assert_eq!(
+                got.iter().filter(|g| g.is_some()).count(),
+                1,
+                "round {round}: one bootstrap wins: {got:?}"
+            );
+            let users = nodes[1].users().expect("users");
+            assert_eq!(users.len(), 1, "round {round}: one admin: {users:?}");
+            assert_eq!(Some(users[0].id), got.into_iter().flatten().next());
+            assert_eq!(nodes[0].bootstrap_token().expect("read"), None, "used up");
+        }
+        for round in 0..ROUNDS {
+            let name = format!("same{round}");
+            let got = race(&|_, a| a.create_user(&user(&name, None)).expect("create"));
+            assert_eq!(
+                got.iter().filter(|g| g.is_some()).count(),
+                1,
+                "round {round}: one create wins: {got:?}"
+            );
+            assert_eq!(
+                nodes[0].user_by_name(&name).expect("read").map(|u| u.id),
+                got.into_iter().flatten().next()
+            );
+        }
+    }
+
+    fn users_are_listed_by_name_in_byte_order(db: Db) {
+        let a = db.open();
+        for name in ["bob", "Zed", "alice", "_x", "Alice"] {
+            a.create_user(&user(name, None))
+                .expect("create")
+                .expect("new");
+        }
+        let names: Vec<String> = a
+            .users()
+            .expect("users")
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["Alice", "Zed", "_x", "alice", "bob"]);
+    }
+
+    #[test]
+    fn postgres_rotation_re_encrypts_totp_secrets_and_plaintext_ones() {
+        const OLD: &str = "OLDPLAINTEXTTOTPSECRETAAAAAAAAAA";
+        const NEW: &str = "SEALEDTOTPSECRETBBBBBBBBBBBBBBBB";
+        let db = Db::postgres();
+        // One secret from before encryption, one under the old key, one user without MFA.
+        db.open()
+            .create_user(&user("nomfa", None))
+            .expect("create")
+            .expect("new");
+        db.open()
+            .create_user(&NewUser {
+                totp_secret: Some(OLD),
+                ..user("plain", None)
+            })
+            .expect("create")
+            .expect("new");
+        db.open_with(ring("old", 1))
+            .expect("old key")
+            .create_user(&NewUser {
+                totp_secret: Some(NEW),
+                ..user("sealed", None)
+            })
+            .expect("create")
+            .expect("new");
+        let mut both = ring("new", 2);
+        both.keyring = both.keyring.map(|r| {
+            r.with_old("old", crate::Key::from_bytes(&[1; 32]).expect("key"))
+                .expect("old")
+        });
+        let keyring = both.keyring.as_ref().expect("ring");
+        let Db::Postgres(test_db) = &db else {
+            unreachable!("a PostgreSQL test")
+        };
+        let mut client = test_db.client();
+        assert_eq!(
+            crate::postgres::accounts::totp_pending(&mut client, keyring).expect("pending"),
+            2
+        );
+        // In batches of one, as the store's rotation walks its cursor, in a transaction.
+        let (mut after, mut rotated, mut batches) = (0, 0, 0);
+        loop {
+            let mut tx = client.transaction().expect("tx");
+            let b = crate::postgres::accounts::rotate_totp_batch(&mut tx, keyring, after, 1)
+                .expect("rotate");
+            tx.commit().expect("commit");
+            rotated += b.rotated;
+            after = b.last_id;
+            batches += 1;
+            if b.scanned < 1 {
+                break;
+            }
+        }
+        assert_eq!((rotated, batches), (2, 3));
+        assert_eq!(
+            crate::postgres::accounts::totp_pending(&mut client, keyring).expect("pending"),
+            0
+        );
+        // A second pass finds everything under the current key.
+        let again = crate::postgres::accounts::rotate_totp_batch(&mut client, keyring, 0, 10)
+            .expect("again");
+        assert_eq!((again.scanned, again.rotated), (2, 0));
+        // Only the new key is needed now, and both secrets read back.
+        let a = db.open_with(ring("new", 2)).expect("new key only");
+        let secret = |n: &str| a.user_by_name(n).expect("read").expect("u").totp_secret;
+        assert_eq!(secret("plain").as_deref(), Some(OLD));
+        assert_eq!(secret("sealed").as_deref(), Some(NEW));
+        assert_eq!(secret("nomfa"), None);
+        let stored = db.text("SELECT string_agg(totp_secret, ' ') FROM admin_users");
+        assert!(!stored.contains(OLD) && !stored.contains(NEW));
+    }
+
+    #[test]
+    fn a_broken_postgres_connection_is_replaced() {
+        let test_db = TestDb::new();
+        let name = format!("ferry_{}", test_db.schema());
+        let a = Accounts::open_postgres(
+            PgOptions {
+                url: format!("{}&application_name={name}", test_db.url()),
+                tls: None,
+            },
+            StoreOptions::default(),
+        )
+        .expect("accounts");
+        a.create_user(&user("olga", None))
+            .expect("create")
+            .expect("new");
+        // Kill the handle's connection from outside, as a server restart or a proxy would.
+        let killed: i64 = test_db
+            .client()
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE application_name = $1",
+                &[&name],
+            )
+            .expect("terminate")
+            .get(0);
+        assert_eq!(killed, 1, "the handle's connection was found");
+        // The next call may fail (the connection is gone) or already reconnect; the one
+        // after works.
+        let _ = a.user_by_name("olga");
+        assert_eq!(
+            a.user_by_name("olga").expect("reconnected").map(|u| u.name),
+            Some("olga".into())
+        );
     }
 }

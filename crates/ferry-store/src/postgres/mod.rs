@@ -4,6 +4,7 @@
 //! The SQL for each concern lives beside its SQLite counterpart's name: `postgres/<concern>.rs`
 //! mirrors `<concern>.rs`.
 
+pub(crate) mod accounts;
 pub mod conn;
 
 pub use conn::{PgOptions, connect};

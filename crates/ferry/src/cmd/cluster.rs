@@ -40,12 +40,30 @@ struct StatusArgs {
     json: bool,
 }
 
-/// The database options a configuration's `[store]` names (`None`: SQLite, no cluster).
-pub fn pg_options(config: &Config) -> Option<PgOptions> {
-    config.store.url.as_ref().map(|url| PgOptions {
+/// The database options a configuration's `[store]` names, TLS from `[store.tls]` (`None`:
+/// SQLite, no cluster).
+///
+/// # Errors
+/// When a `[store.tls]` file cannot be loaded.
+pub fn pg_options(config: &Config) -> anyhow::Result<Option<PgOptions>> {
+    let Some(url) = &config.store.url else {
+        return Ok(None);
+    };
+    let tls = match &config.store.tls {
+        None => None,
+        Some(t) => Some(
+            ferry_tls::client_config(&ferry_tls::ClientTlsSettings {
+                ca: t.ca.clone(),
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            })
+            .context("[store.tls]")?,
+        ),
+    };
+    Ok(Some(PgOptions {
         url: url.expose().to_owned(),
-        tls: None,
-    })
+        tls,
+    }))
 }
 
 /// `[cluster] node_id`, or `<hostname>-<pid>`.
@@ -77,7 +95,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         },
         None => {
             let (config, _) = super::load_config(args.config.as_ref())?;
-            pg_options(&config).context(
+            pg_options(&config)?.context(
                 "the configuration has no [store] url: a cluster needs the PostgreSQL store",
             )?
         }

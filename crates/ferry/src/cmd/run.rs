@@ -227,8 +227,8 @@ async fn join_cluster(
     if !config.cluster.enabled {
         return Ok(None);
     }
-    let options =
-        super::cluster::pg_options(config).context("[cluster] enabled = true needs [store] url")?;
+    let options = super::cluster::pg_options(config)?
+        .context("[cluster] enabled = true needs [store] url")?;
     let settings = ferry_engine::cluster::ClusterSettings {
         node_id: super::cluster::node_id(config),
         address: config.admin.listen().to_string(),
