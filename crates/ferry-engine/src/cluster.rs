@@ -70,6 +70,7 @@ enum Command {
     Want(String, watch::Sender<Held>),
     Unwant(String),
     Status(oneshot::Sender<Result<ClusterStatus, StoreError>>),
+    ChannelState(String, &'static str),
     Leave(oneshot::Sender<()>),
     /// Tests: stall the thread (no heartbeat, no renewal), as a frozen node or a lost database.
     #[cfg(test)]
@@ -190,6 +191,12 @@ impl ClusterHandle {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Status(tx));
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Record (without waiting) that an operator gave `channel` the lifecycle `state` on this
+    /// node, in the table `ferry cluster status` shows.
+    pub fn record_channel_state(&self, channel: &str, state: &'static str) {
+        self.send(Command::ChannelState(channel.to_owned(), state));
     }
 
     /// Leave cleanly: every lease is released (other nodes take them at their next round)
@@ -409,6 +416,13 @@ impl LeaseThread {
                         None => Err(StoreError::Closed),
                     };
                     let _ = tx.send(status);
+                }
+                Ok(Command::ChannelState(channel, state)) => {
+                    if let Some(c) = self.cluster()
+                        && let Err(e) = c.set_channel_state(&channel, state)
+                    {
+                        self.failed("recording a channel's state", &e);
+                    }
                 }
                 Ok(Command::Leave(done)) => {
                     self.wanted.clear();
@@ -769,6 +783,27 @@ mod tests {
             "order or duplicates: {ids:?}"
         );
         assert_eq!(ids.len(), 100);
+        // An operator's lifecycle change is recorded for `ferry cluster status`.
+        engine_b
+            .pause_channel("c", Duration::from_secs(1))
+            .await
+            .expect("pause");
+        let began = Instant::now();
+        loop {
+            let status = b.status().await.expect("status");
+            if let Some(row) = status.channels.first() {
+                assert_eq!(
+                    (row.state.as_str(), row.changed_by.as_str()),
+                    ("paused", "b")
+                );
+                break;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(5),
+                "state not recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let _ = engine_b.shutdown().await;
         let _ = engine_a.shutdown().await;
     }

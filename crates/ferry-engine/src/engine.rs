@@ -475,6 +475,14 @@ impl Engine {
         Ok(life)
     }
 
+    /// In a cluster, record an operator's lifecycle change in the shared table (shown by
+    /// `ferry cluster status`).
+    fn record_state(&self, channel: &str, state: ChannelState) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.record_channel_state(channel, state.as_str());
+        }
+    }
+
     fn known(&self, channel: &str) -> Result<Arc<Deployed>, EngineError> {
         self.find(channel)
             .ok_or_else(|| EngineError::UnknownChannel(channel.to_owned()))
@@ -501,6 +509,7 @@ impl Engine {
             }
         };
         c.set_state(ChannelState::Paused);
+        self.record_state(channel, ChannelState::Paused);
         tracing::info!(channel, %from, "channel paused");
         Ok(Transition {
             from: Some(from),
@@ -528,6 +537,7 @@ impl Engine {
         };
         self.stop_workers(&c, &mut life).await;
         c.set_state(ChannelState::Stopped);
+        self.record_state(channel, ChannelState::Stopped);
         tracing::info!(channel, %from, "channel stopped");
         Ok(Transition {
             from: Some(from),
@@ -545,6 +555,7 @@ impl Engine {
         self.start_workers(&c);
         c.ingest.shared.gate.open();
         c.set_state(ChannelState::Started);
+        self.record_state(channel, ChannelState::Started);
         tracing::info!(channel, %from, "channel started");
         Ok(Transition {
             from: Some(from),
