@@ -77,6 +77,36 @@ enum Command {
     Freeze(Duration),
 }
 
+/// Which leases this node wants and whether it holds each, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseGauge(Arc<Mutex<std::collections::BTreeMap<String, bool>>>);
+
+impl LeaseGauge {
+    /// Every wanted resource and whether this node holds it, by name.
+    pub fn snapshot(&self) -> Vec<(String, bool)> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn set(&self, resource: &str, held: Option<bool>) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held {
+            Some(h) => {
+                map.insert(resource.to_owned(), h);
+            }
+            None => {
+                map.remove(resource);
+            }
+        }
+    }
+}
+
 /// A node's membership of a cluster. Cheap to clone; every clone drives the same thread.
 #[derive(Clone)]
 pub struct ClusterHandle {
@@ -86,6 +116,7 @@ pub struct ClusterHandle {
 struct Inner {
     settings: ClusterSettings,
     commands: Mutex<std_mpsc::Sender<Command>>,
+    gauge: LeaseGauge,
 }
 
 impl std::fmt::Debug for ClusterHandle {
@@ -122,6 +153,8 @@ impl ClusterHandle {
         let (tx, rx) = std_mpsc::channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let thread_settings = settings.clone();
+        let gauge = LeaseGauge::default();
+        let thread_gauge = gauge.clone();
         std::thread::Builder::new()
             .name("ferry-cluster".into())
             .spawn(move || {
@@ -134,7 +167,7 @@ impl ClusterHandle {
                 match joined {
                     Ok(cluster) => {
                         let _ = ready_tx.send(Ok(()));
-                        LeaseThread::new(cluster, options, thread_settings, rx).run();
+                        LeaseThread::new(cluster, options, thread_settings, rx, thread_gauge).run();
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -152,8 +185,14 @@ impl ClusterHandle {
             inner: Arc::new(Inner {
                 settings,
                 commands: Mutex::new(tx),
+                gauge,
             }),
         })
+    }
+
+    /// The leases this node wants and holds, for `/metrics`.
+    pub fn gauge(&self) -> LeaseGauge {
+        self.inner.gauge.clone()
     }
 
     /// This node's settings.
@@ -302,6 +341,7 @@ struct LeaseThread {
     settings: ClusterSettings,
     commands: std_mpsc::Receiver<Command>,
     wanted: HashMap<String, watch::Sender<Held>>,
+    gauge: LeaseGauge,
 }
 
 impl LeaseThread {
@@ -310,6 +350,7 @@ impl LeaseThread {
         options: PgOptions,
         settings: ClusterSettings,
         commands: std_mpsc::Receiver<Command>,
+        gauge: LeaseGauge,
     ) -> LeaseThread {
         LeaseThread {
             cluster: Some(cluster),
@@ -317,6 +358,7 @@ impl LeaseThread {
             settings,
             commands,
             wanted: HashMap::new(),
+            gauge,
         }
     }
 
@@ -367,6 +409,7 @@ impl LeaseThread {
                     None => Held::No,
                 };
                 if let Some(tx) = self.wanted.get(resource) {
+                    self.gauge.set(resource, Some(lease.is_some()));
                     tx.send_if_modified(|h| {
                         let changed = *h != held;
                         *h = held;
@@ -400,10 +443,12 @@ impl LeaseThread {
             match self.commands.recv_timeout(next - now) {
                 Ok(Command::Want(resource, tx)) => {
                     self.wanted.insert(resource.clone(), tx);
+                    self.gauge.set(&resource, Some(false));
                     self.renew(&resource);
                 }
                 Ok(Command::Unwant(resource)) => {
                     self.wanted.remove(&resource);
+                    self.gauge.set(&resource, None);
                     if let Some(c) = self.cluster()
                         && let Err(e) = c.release(&resource)
                     {
@@ -741,6 +786,13 @@ mod tests {
             log.first().map(|d| d.0).unwrap_or_default()
         };
         let (frozen, other) = if holder == "a" { (&a, "b") } else { (&b, "a") };
+        let holder_metrics = if holder == "a" { &engine_a } else { &engine_b }
+            .stats()
+            .render_prometheus();
+        assert!(
+            holder_metrics.contains("ferry_cluster_lease_held{resource=\"dest:c/d\"} 1"),
+            "{holder_metrics}"
+        );
         let stalled = Instant::now();
         frozen.send(Command::Freeze(Duration::from_secs(4)));
         for i in 40..100 {

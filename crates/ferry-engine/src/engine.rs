@@ -325,6 +325,9 @@ impl Engine {
                 lifecycle: tokio::sync::Mutex::new(Lifecycle::default()),
             }),
         };
+        if let Some(cluster) = &engine.shared.cluster {
+            engine.shared.stats.attach_leases(cluster.gauge());
+        }
         for channel in &channels {
             engine.start_workers(channel);
             channel.ingest.shared.gate.open();
