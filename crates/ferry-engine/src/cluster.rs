@@ -835,6 +835,24 @@ mod tests {
             "order or duplicates: {ids:?}"
         );
         assert_eq!(ids.len(), 100);
+        // Both nodes' queue-depth gauges follow the shared queue (recounted every lease
+        // time), though each saw only some of the messages go in and some come out.
+        let began = Instant::now();
+        let depth = |e: &crate::Engine| {
+            e.stats().channel("c").and_then(|c| {
+                c.destination("d")
+                    .map(|d| d.queue_depth.load(std::sync::atomic::Ordering::Relaxed))
+            })
+        };
+        while depth(&engine_a) != Some(0) || depth(&engine_b) != Some(0) {
+            assert!(
+                began.elapsed() < Duration::from_secs(5),
+                "depths {:?} {:?}",
+                depth(&engine_a),
+                depth(&engine_b)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // An operator's lifecycle change is recorded for `ferry cluster status`.
         engine_b
             .pause_channel("c", Duration::from_secs(1))

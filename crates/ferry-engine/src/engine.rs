@@ -418,13 +418,17 @@ impl Engine {
                     Some(cluster) => {
                         let resource = destination_resource(&worker.channel, &worker.destination);
                         let (stop, wake) = (worker.shutdown.clone(), worker.wake.clone());
-                        cluster
-                            .run_leased(&resource, stop, Some(wake), |token| {
+                        let leased =
+                            cluster.run_leased(&resource, stop.clone(), Some(wake), |token| {
                                 let mut leased = worker.clone();
                                 leased.shutdown = token;
                                 leased.run()
-                            })
-                            .await
+                            });
+                        // Other nodes receive into and deliver from this queue too: its depth
+                        // gauge is recounted from the shared store rather than kept locally.
+                        let recount = recount_depth(&worker, stop, cluster.settings().lease_ttl);
+                        let (result, ()) = tokio::join!(leased, recount);
+                        result
                     }
                 };
                 if let Err(error) = &result {
@@ -705,6 +709,28 @@ impl Engine {
         match life.first_error.take() {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// Until `stop`, set the destination's queue-depth gauge from the store every `every`.
+async fn recount_depth(worker: &Worker, stop: CancellationToken, every: Duration) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match worker
+            .store
+            .queue_depth(&worker.channel, &worker.destination)
+            .await
+        {
+            Ok(depth) => worker
+                .stats
+                .queue_depth
+                .store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed),
+            Err(error) => tracing::debug!(channel = %worker.channel,
+                destination = %worker.destination, %error, "queue depth recount failed"),
         }
     }
 }
