@@ -365,7 +365,7 @@ impl LeaseThread {
     /// The connection, reopened when it was lost.
     fn cluster(&mut self) -> Option<&mut Cluster> {
         if self.cluster.as_ref().is_none() {
-            match Cluster::join(
+            match Cluster::reconnect(
                 &self.options,
                 &self.settings.node_id,
                 &self.settings.address,

@@ -134,8 +134,16 @@ impl Cluster {
     /// Connect, create the cluster tables if needed, and register `node` (at `address`, with
     /// leases of `ttl`) with a first heartbeat.
     ///
+    /// Leases belong to a node id, so two live processes must never share one. When the id
+    /// was heard from within its lease time and did not leave cleanly (a crashed process
+    /// restarted at once under a fixed `node_id`, or a second process configured with the
+    /// same id), joining waits until that lease time has passed since its last heartbeat;
+    /// if it keeps heartbeating for twice the lease time, another process is using the id
+    /// and joining fails.
+    ///
     /// # Errors
-    /// As [`connect`], or when the tables cannot be created.
+    /// As [`connect`], when the tables cannot be created, or [`StoreError::Config`] when
+    /// another live process uses `node`.
     pub fn join(
         options: &PgOptions,
         node: &str,
@@ -144,6 +152,43 @@ impl Cluster {
     ) -> Result<Cluster, StoreError> {
         let mut client = connect(options)?;
         sql::create(&mut client)?;
+        let began = std::time::Instant::now();
+        while let Some(age) = sql::live_age_ms(&mut client, node)? {
+            if began.elapsed() > ttl * 2 {
+                return Err(StoreError::Config(format!(
+                    "[cluster] node_id `{node}` is in use by a live node (heard from {age} ms \
+                     ago); give every node its own id"
+                )));
+            }
+            tracing::info!(%node, heard_ms_ago = age,
+                "this node id was alive a moment ago; waiting for its leases to lapse");
+            std::thread::sleep(Duration::from_millis(100).min(ttl / 4));
+        }
+        Cluster::registered(client, node, address, ttl)
+    }
+
+    /// [`join`](Self::join) again after a lost connection, by the process that joined under
+    /// `node`: no wait for the id's last heartbeat (it was this process's own).
+    ///
+    /// # Errors
+    /// As [`join`](Self::join), never for the id being in use.
+    pub fn reconnect(
+        options: &PgOptions,
+        node: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> Result<Cluster, StoreError> {
+        let mut client = connect(options)?;
+        sql::create(&mut client)?;
+        Cluster::registered(client, node, address, ttl)
+    }
+
+    fn registered(
+        client: postgres::Client,
+        node: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> Result<Cluster, StoreError> {
         let mut cluster = Cluster {
             client,
             node: node.to_owned(),
@@ -326,6 +371,45 @@ mod tests {
         let (a, b) = (&won[0], &won[1]);
         assert_eq!(a.len() + b.len(), resources.len(), "a={a:?} b={b:?}");
         assert!(a.iter().all(|r| !b.contains(r)));
+    }
+
+    #[test]
+    fn a_node_id_in_use_is_refused_and_a_crashed_ones_waits_for_its_lease() {
+        let db = TestDb::new();
+        let ttl = Duration::from_millis(400);
+        let mut a = Cluster::join(&options(&db), "a", "", ttl).expect("a");
+        let r = poll_resource("c");
+        assert!(a.acquire(&r).expect("acquire").is_some());
+        // A second process with the same id while the first keeps heartbeating.
+        let opts = options(&db);
+        let second = std::thread::spawn(move || Cluster::join(&opts, "a", "", ttl));
+        let began = std::time::Instant::now();
+        while !second.is_finished() {
+            a.heartbeat().expect("heartbeat");
+            assert!(
+                began.elapsed() < Duration::from_secs(5),
+                "join never gave up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let err = second.join().expect("thread").expect_err("id in use");
+        assert!(err.to_string().contains("in use"), "{err}");
+        // The first "crashes" (stops heartbeating): a restart under the same id waits for
+        // the lease time, then holds the old lease at once.
+        let crashed = std::time::Instant::now();
+        drop(a);
+        let mut again = Cluster::join(&options(&db), "a", "", ttl).expect("rejoin");
+        assert!(
+            crashed.elapsed() >= ttl / 2,
+            "did not wait: {:?}",
+            crashed.elapsed()
+        );
+        assert!(again.acquire(&r).expect("acquire").is_some());
+        // After a clean leave, no wait.
+        again.leave().expect("leave");
+        let left = std::time::Instant::now();
+        Cluster::join(&options(&db), "a", "", ttl).expect("join after leave");
+        assert!(left.elapsed() < ttl / 2);
     }
 
     #[test]

@@ -63,6 +63,21 @@ pub(crate) fn heartbeat(
     Ok(())
 }
 
+/// How long ago `node` was last heard from, when a row for it exists that did not leave
+/// cleanly and is younger than its lease time (then another process may be using the id).
+pub(crate) fn live_age_ms(client: &mut Client, node: &str) -> Result<Option<i64>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM cluster_nodes
+         WHERE node = $1 AND stopped_at IS NULL
+           AND heartbeat_at > now() - lease_ttl_ms * interval '1 millisecond'",
+        ms("now() - heartbeat_at")
+    );
+    let row = client
+        .query_opt(&sql, &[&node])
+        .map_err(StoreError::postgres("checking the node id"))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// Mark `node` as having left cleanly.
 pub(crate) fn leave(client: &mut Client, node: &str) -> Result<(), StoreError> {
     client
