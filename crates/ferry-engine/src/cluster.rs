@@ -37,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 pub struct ClusterSettings {
     /// This node's id, unique in the cluster.
     pub node_id: String,
-    /// Where this node can be reached (its admin address), shown by `ferry cluster status`.
+    /// Where this node can be reached (its configured admin address), shown by `ferry
+    /// cluster status`.
     pub address: String,
     /// How long a lease lasts without renewal; renewed every third of it.
     pub lease_ttl: Duration,

@@ -16,7 +16,8 @@ pub(crate) fn create(client: &mut Client) -> Result<(), StoreError> {
         "starting the cluster schema transaction",
     ))?;
     tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(7262617374657200);
+        "SET LOCAL client_min_messages = warning;
+         SELECT pg_advisory_xact_lock(7262617374657200);
          CREATE TABLE IF NOT EXISTS cluster_nodes (
              node          TEXT PRIMARY KEY,
              address       TEXT NOT NULL,

@@ -163,7 +163,7 @@ fn render(status: &ClusterStatus) -> String {
             .count();
         let _ = writeln!(
             out,
-            "  {:<24} {:<8} last heartbeat {:>7.1}s ago  leases {:<3} {}",
+            "  {:<24} {:<8} last heartbeat {:>7.1}s ago  leases {:<3} admin {}",
             n.node,
             state,
             n.heartbeat_age_ms as f64 / 1000.0,
