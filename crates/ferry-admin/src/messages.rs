@@ -186,6 +186,10 @@ fn summary(m: &FoundMessage) -> Map<String, Value> {
     o.insert("control_id".into(), m.control_id.clone().into());
     o.insert("message_type".into(), m.message_type.clone().into());
     o.insert("connectors".into(), Value::Array(connectors));
+    // Retention pruning deleted the content: the browser says so instead of showing nothing.
+    if m.content_pruned {
+        o.insert("content_pruned".into(), true.into());
+    }
     o
 }
 
@@ -426,6 +430,7 @@ mod tests {
                 connector: "source".into(),
                 status: Status::Transformed,
             }],
+            content_pruned: false,
             raw: Some(raw.to_vec()),
         }
     }
@@ -451,6 +456,17 @@ mod tests {
             .decode(b64)
             .expect("decode");
         assert_eq!(bytes, b"MSH|^~\\&|A\rPID|1||\xE9\r");
+    }
+
+    #[test]
+    fn a_message_whose_content_was_pruned_says_so() {
+        let mut pruned = found(b"");
+        pruned.content_pruned = true;
+        pruned.raw = None;
+        let out = line(&pruned);
+        assert_eq!(out["content_pruned"], true);
+        assert!(out.get("raw").is_none() && out.get("raw_base64").is_none());
+        assert!(line(&found(b"MSH|")).get("content_pruned").is_none());
     }
 
     #[test]

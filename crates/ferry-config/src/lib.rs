@@ -28,9 +28,9 @@ pub use schema::{
     ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, ClusterConfig, Config,
     CopyConfig, DEFAULT_LEASE_TTL, DEFAULT_QUEUE_POLL, DedupeConfig, DeleteConfig,
     DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig, FilterConfig,
-    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, MapConfig,
+    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, Keep, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
-    RetryConfig, ScriptConfig, ScriptSettings, SetConfig, SourceConfig, StoreConfig,
-    StoreTlsConfig, TlsConfig, TransformConfig,
+    Retention, RetentionConfig, RetentionDefaults, RetryConfig, ScriptConfig, ScriptSettings,
+    SetConfig, SourceConfig, StoreConfig, StoreTlsConfig, TlsConfig, TransformConfig,
 };
 pub use values::{ByteSize, Duration, EnvLookup, Secret, Text};

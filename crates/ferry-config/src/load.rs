@@ -244,6 +244,7 @@ impl Config {
             channels: Vec::new(),
             alerts: Default::default(),
             alert_rules: Vec::new(),
+            retention: Default::default(),
             warnings: Vec::new(),
             channel_sections: Default::default(),
         }
@@ -462,6 +463,34 @@ impl Config {
         if let Some(t) = &self.admin.tls {
             listener_tls(t).map_err(|m| fail(&main_file, None, "", format!("[admin] tls: {m}")))?;
         }
+        let main_text = sources.first().map(|s| s.1.as_str()).unwrap_or("");
+        validate_retention(
+            &crate::schema::RetentionConfig {
+                content: self.retention.content,
+                metadata: self.retention.metadata,
+                prune_errored: None,
+                prune_queued: None,
+            },
+            None,
+        )
+        .and_then(|()| {
+            let r = &self.retention;
+            if r.interval.get() < std::time::Duration::from_secs(1) {
+                return Err("interval must be at least 1s".to_owned());
+            }
+            if !(1..=100_000).contains(&r.batch) {
+                return Err(format!("batch must be 1 to 100000, not {}", r.batch));
+            }
+            Ok(())
+        })
+        .map_err(|m| {
+            fail(
+                &main_file,
+                Some(main_text),
+                "[retention]",
+                format!("[retention]: {m}"),
+            )
+        })?;
         let mut names = HashSet::new();
         let mut listens = vec![(self.admin.listen, "[admin]".to_owned())];
         let mut warnings = Vec::new();
@@ -570,6 +599,24 @@ impl Config {
             }
             if let Some(d) = &channel.dedupe {
                 positive(&[("dedupe window", d.window)]).map_err(err)?;
+            }
+            if let Some(r) = &channel.retention {
+                // The channel's own fields, and what they make of `[retention]`'s.
+                validate_retention(r, Some(&self.retention))
+                    .map_err(|m| err(format!("retention: {m}")))?;
+            }
+            let metadata = channel
+                .retention
+                .and_then(|r| r.metadata)
+                .or(self.retention.metadata);
+            if let (Some(d), Some(crate::schema::Keep::For(m))) = (&channel.dedupe, metadata)
+                && m < d.window
+            {
+                warnings.push(format!(
+                    "channel `{}`: retention keeps messages {m:?} but the dedupe window is {:?}: \
+                     a copy of a pruned message is not recognised as a duplicate",
+                    channel.name, d.window
+                ));
             }
             if let Some(index) = &channel.index {
                 if index.len() > MAX_INDEX_KEYS {
@@ -695,6 +742,33 @@ impl Config {
 /// The connector name reserved for sources in the store.
 fn ferry_source_name() -> &'static str {
     "source"
+}
+
+/// A retention's periods are longer than zero and content is not kept longer than the message
+/// (`defaults`: the `[retention]` values the channel's missing fields take).
+fn validate_retention(
+    r: &crate::schema::RetentionConfig,
+    defaults: Option<&crate::schema::RetentionDefaults>,
+) -> Result<(), String> {
+    use crate::schema::Keep;
+    for (name, keep) in [("content", r.content), ("metadata", r.metadata)] {
+        if let Some(Keep::For(d)) = keep {
+            positive(&[(name, d)])?;
+        }
+    }
+    let content = r.content.or(defaults.and_then(|d| d.content));
+    let metadata = r.metadata.or(defaults.and_then(|d| d.metadata));
+    match (content, metadata) {
+        (Some(Keep::For(c)), Some(Keep::For(m))) if m < c => Err(format!(
+            "metadata ({m:?}) is shorter than content ({c:?}): a message cannot outlive its \
+             metadata; make metadata at least as long"
+        )),
+        (Some(Keep::Forever), Some(Keep::For(m))) => Err(format!(
+            "content is kept forever but metadata only {m:?}: a message cannot outlive its \
+                 metadata"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn positive(values: &[(&str, crate::values::Duration)]) -> Result<(), String> {

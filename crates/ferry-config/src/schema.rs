@@ -39,6 +39,11 @@ pub struct Config {
     /// [`crate::alerts`]).
     #[serde(default, rename = "alert")]
     pub alert_rules: Vec<crate::alerts::AlertConfig>,
+    /// `[retention]`: how long messages are kept, for every channel that does not say
+    /// otherwise (its `retention = { … }`), and how the background pruner runs. Absent: every
+    /// message is kept forever.
+    #[serde(default)]
+    pub retention: RetentionDefaults,
     /// Non-fatal findings of validation (for example plain-HTTP URLs).
     #[serde(skip)]
     pub(crate) warnings: Vec<String>,
@@ -452,6 +457,159 @@ pub struct ChannelConfig {
     /// the store keeps a keyed blind index (HMAC-SHA256) of each value, never the value in
     /// the clear. Messages stored before a key was added are not indexed under it.
     pub index: Option<BTreeMap<String, String>>,
+    /// `retention = { content = "30d", metadata = "90d" }`: how long this channel's messages
+    /// are kept, overriding `[retention]` field by field (a field left out takes the
+    /// `[retention]` value; `"forever"` keeps for good whatever `[retention]` says). See
+    /// [`RetentionConfig`].
+    pub retention: Option<RetentionConfig>,
+}
+
+/// A retention period: a [`Duration`] (`"30d"`, `"12h"`) or `"forever"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Keep for good.
+    Forever,
+    /// Keep for this long after the message was received.
+    For(Duration),
+}
+
+impl Keep {
+    /// The period, `None` for [`Keep::Forever`].
+    pub fn period(self) -> Option<std::time::Duration> {
+        match self {
+            Keep::Forever => None,
+            Keep::For(d) => Some(d.get()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Keep, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "forever" {
+            return Ok(Keep::Forever);
+        }
+        Duration::parse(&text)
+            .map(Keep::For)
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"forever\"")))
+    }
+}
+
+/// `retention = { … }` on a channel: how long its messages are kept. Each field left out
+/// takes its value from `[retention]`.
+///
+/// ```toml
+/// retention = { content = "30d", metadata = "90d" }
+/// ```
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How long a message's content (the raw message, transformed and encoded content,
+    /// responses, maps) is kept after it was received; then the content is deleted and the
+    /// message stays browsable by its metadata and statuses, marked `content_pruned`.
+    /// `"forever"` keeps it.
+    pub content: Option<Keep>,
+    /// How long a message is kept at all after it was received; then it is deleted with its
+    /// statuses, search metadata and dedupe key. Must not be shorter than `content`.
+    /// `"forever"` keeps it.
+    pub metadata: Option<Keep>,
+    /// Also prune messages with a connector in `ERROR` (a rejected message, a delivery that
+    /// failed for good). Default `false`: they are kept until asked, to be looked at and
+    /// reprocessed.
+    pub prune_errored: Option<bool>,
+    /// Also prune messages still waiting at a destination (`QUEUED`, or received and not yet
+    /// processed). Default `false`. When `true`, a queued message whose content is pruned can
+    /// no longer be sent: its destination is set to `ERROR`; a deleted one leaves its queue.
+    pub prune_queued: Option<bool>,
+}
+
+/// `[retention]`: defaults of every channel's retention, and the background pruner.
+///
+/// ```toml
+/// [retention]
+/// content = "30d"
+/// metadata = "90d"
+/// interval = "1h"
+/// batch = 1000
+/// ```
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionDefaults {
+    /// Content retention of channels that do not set their own (see
+    /// [`RetentionConfig::content`]). Default: forever.
+    pub content: Option<Keep>,
+    /// Message retention of channels that do not set their own (see
+    /// [`RetentionConfig::metadata`]). Default: forever.
+    pub metadata: Option<Keep>,
+    /// Default of [`RetentionConfig::prune_errored`]. Default `false`.
+    #[serde(default)]
+    pub prune_errored: bool,
+    /// Default of [`RetentionConfig::prune_queued`]. Default `false`.
+    #[serde(default)]
+    pub prune_queued: bool,
+    /// How often `ferry run` prunes every channel that has a retention: the first run starts
+    /// one interval after startup. Default `"1h"`; at least `"1s"`.
+    #[serde(default = "one_hour")]
+    pub interval: Duration,
+    /// Messages pruned per write transaction (each batch is one short transaction between
+    /// ingests, so ingest waits for at most one batch). Default `1000`; 1 to 100000.
+    #[serde(default = "thousand")]
+    pub batch: u32,
+}
+
+impl Default for RetentionDefaults {
+    fn default() -> RetentionDefaults {
+        RetentionDefaults {
+            content: None,
+            metadata: None,
+            prune_errored: false,
+            prune_queued: false,
+            interval: one_hour(),
+            batch: thousand(),
+        }
+    }
+}
+
+fn one_hour() -> Duration {
+    Duration::secs(3600)
+}
+
+fn thousand() -> u32 {
+    1000
+}
+
+/// A channel's effective retention: its `retention = { … }` over `[retention]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete content this long after receipt (`None`: keep).
+    pub content: Option<std::time::Duration>,
+    /// Delete messages this long after receipt (`None`: keep).
+    pub metadata: Option<std::time::Duration>,
+    /// Prune messages with a connector in `ERROR` too.
+    pub prune_errored: bool,
+    /// Prune messages still queued too.
+    pub prune_queued: bool,
+}
+
+impl Retention {
+    /// Whether anything is ever pruned.
+    pub fn is_forever(&self) -> bool {
+        self.content.is_none() && self.metadata.is_none()
+    }
+}
+
+impl Config {
+    /// The effective retention of `channel` (its own fields over `[retention]`).
+    pub fn retention_for(&self, channel: &ChannelConfig) -> Retention {
+        let d = &self.retention;
+        let c = channel.retention.unwrap_or_default();
+        Retention {
+            content: c.content.or(d.content).and_then(Keep::period),
+            metadata: c.metadata.or(d.metadata).and_then(Keep::period),
+            prune_errored: c.prune_errored.unwrap_or(d.prune_errored),
+            prune_queued: c.prune_queued.unwrap_or(d.prune_queued),
+        }
+    }
 }
 
 /// `dedupe = { … }` on a channel.

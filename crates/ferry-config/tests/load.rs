@@ -577,6 +577,84 @@ fn cluster_defaults() {
 }
 
 #[test]
+fn retention_is_forever_by_default_and_channels_override_the_defaults_field_by_field() {
+    use ferry_config::Retention;
+    let day = |n: u64| Some(std::time::Duration::from_secs(n * 86_400));
+    let config = load(MINIMAL_CHANNEL).expect("loads");
+    assert!(config.retention_for(&config.channels[0]).is_forever());
+    assert_eq!(config.retention.interval.get().as_secs(), 3600);
+    assert_eq!(config.retention.batch, 1000);
+
+    let text = format!(
+        "[retention]\ncontent = \"30d\"\nmetadata = \"90d\"\ninterval = \"10m\"\nbatch = 500\n\n{}",
+        MINIMAL_CHANNEL.replace(
+            "source = {",
+            "retention = { metadata = \"120d\", prune_errored = true }\nsource = {"
+        )
+    );
+    let config = load(&text).expect("loads");
+    assert_eq!(
+        config.retention_for(&config.channels[0]),
+        Retention {
+            content: day(30),
+            metadata: day(120),
+            prune_errored: true,
+            prune_queued: false,
+        }
+    );
+    assert_eq!(config.retention.batch, 500);
+    // "forever" keeps whatever [retention] says.
+    let text = format!(
+        "[retention]\nmetadata = \"90d\"\n\n{}",
+        MINIMAL_CHANNEL.replace(
+            "source = {",
+            "retention = { metadata = \"forever\" }\nsource = {"
+        )
+    );
+    let config = load(&text).expect("loads");
+    assert!(config.retention_for(&config.channels[0]).is_forever());
+}
+
+#[test]
+fn retention_errors_name_the_file_and_line() {
+    let error = load(&MINIMAL_CHANNEL.replace(
+        "source = {",
+        "retention = { content = \"90d\", metadata = \"30d\" }\nsource = {",
+    ))
+    .expect_err("metadata shorter than content");
+    assert!(error.starts_with("/etc/ferry/ferry.toml:2:"), "{error}");
+    assert!(
+        error.contains("channel `a`: retention: metadata"),
+        "{error}"
+    );
+    let error = load(
+        &MINIMAL_CHANNEL.replace("source = {", "retention = { content = \"0s\" }\nsource = {"),
+    )
+    .expect_err("zero");
+    assert!(
+        error.contains("content must be longer than zero"),
+        "{error}"
+    );
+    let error = load(&MINIMAL_CHANNEL.replace(
+        "source = {",
+        "retention = { contents = \"1d\" }\nsource = {",
+    ))
+    .expect_err("unknown field");
+    assert!(error.contains("contents"), "{error}");
+    let error = load(&format!("[retention]\nbatch = 0\n\n{MINIMAL_CHANNEL}")).expect_err("batch");
+    assert!(error.starts_with("/etc/ferry/ferry.toml:1:"), "{error}");
+    assert!(
+        error.contains("[retention]: batch must be 1 to 100000"),
+        "{error}"
+    );
+    let error = load(&format!(
+        "[retention]\ncontent = \"soon\"\n\n{MINIMAL_CHANNEL}"
+    ))
+    .expect_err("bad duration");
+    assert!(error.contains("forever"), "{error}");
+}
+
+#[test]
 fn store_tls_resolves_relative_paths_and_needs_cert_with_key() {
     let text = format!(
         "[store]\npath = \"ferry.db\"\ntls = {{ ca = \"pki/db-ca.pem\", cert = \"/pki/ferry.pem\", \
@@ -606,4 +684,21 @@ fn store_tls_resolves_relative_paths_and_needs_cert_with_key() {
     let typo = format!("[store]\ntls = {{ cafile = \"c.pem\" }}\n{MINIMAL_CHANNEL}");
     let err = load(&typo).expect_err("unknown key");
     assert!(err.contains("cafile"), "{err}");
+}
+
+#[test]
+fn a_dedupe_window_longer_than_retention_is_a_warning() {
+    let text = MINIMAL_CHANNEL.replace(
+        "source = {",
+        "dedupe = { window = \"2d\" }\nretention = { metadata = \"1d\" }\nsource = {",
+    );
+    let config = load(&text).expect("loads");
+    assert!(
+        config
+            .warnings()
+            .iter()
+            .any(|w| w.contains("channel `a`") && w.contains("dedupe window")),
+        "{:?}",
+        config.warnings()
+    );
 }

@@ -67,6 +67,10 @@ pub struct ChannelStats {
     /// Duplicates (same MSH-3, MSH-4, MSH-10 within the channel's dedupe window): answered with
     /// the original ACK, stored `FILTERED`, dispatched nowhere.
     pub duplicates: AtomicU64,
+    /// Messages whose content retention pruning deleted (the message kept).
+    pub pruned_content: AtomicU64,
+    /// Messages retention pruning deleted entirely.
+    pub pruned_messages: AtomicU64,
     /// Destination counters, in configuration order.
     pub destinations: Vec<(String, Arc<DestinationStats>)>,
 }
@@ -83,6 +87,8 @@ impl ChannelStats {
             errored: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            pruned_content: AtomicU64::new(0),
+            pruned_messages: AtomicU64::new(0),
             destinations: destinations
                 .iter()
                 .map(|d| (d.clone(), Arc::new(DestinationStats::default())))
@@ -121,6 +127,8 @@ impl ChannelStats {
             errored: carry(&previous.errored),
             failed: carry(&previous.failed),
             duplicates: carry(&previous.duplicates),
+            pruned_content: carry(&previous.pruned_content),
+            pruned_messages: carry(&previous.pruned_messages),
             destinations: destinations
                 .iter()
                 .map(|d| {
@@ -265,6 +273,16 @@ impl Stats {
                 "ferry_messages_duplicate_total",
                 "Duplicates answered with the original ACK and not dispatched again.",
                 |c| &c.duplicates,
+            ),
+            (
+                "ferry_pruned_content_total",
+                "Messages whose content retention pruning deleted (metadata kept).",
+                |c| &c.pruned_content,
+            ),
+            (
+                "ferry_pruned_messages_total",
+                "Messages retention pruning deleted entirely.",
+                |c| &c.pruned_messages,
             ),
         ] {
             family(&mut out, metric, "counter", help);

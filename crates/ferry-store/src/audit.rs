@@ -127,11 +127,14 @@ pub enum AuditAction {
     EngineStop,
     /// Encryption keys were rotated.
     KeyRotation,
+    /// Retention pruning ran on a channel (details: the cut-offs and how many messages lost
+    /// their content or were deleted).
+    RetentionPrune,
 }
 
 impl AuditAction {
     /// Every action, in declaration order.
-    pub const ALL: [AuditAction; 24] = [
+    pub const ALL: [AuditAction; 25] = [
         AuditAction::Login,
         AuditAction::LoginFailed,
         AuditAction::Logout,
@@ -156,6 +159,7 @@ impl AuditAction {
         AuditAction::EngineStart,
         AuditAction::EngineStop,
         AuditAction::KeyRotation,
+        AuditAction::RetentionPrune,
     ];
 
     /// The stored form, e.g. `"login_failed"`.
@@ -185,6 +189,7 @@ impl AuditAction {
             AuditAction::EngineStart => "engine_start",
             AuditAction::EngineStop => "engine_stop",
             AuditAction::KeyRotation => "key_rotation",
+            AuditAction::RetentionPrune => "retention_prune",
         }
     }
 
@@ -196,9 +201,10 @@ impl AuditAction {
             AuditAction::EngineStop => (110100, Some(110121)),
             AuditAction::Login | AuditAction::LoginFailed => (110114, Some(110122)),
             AuditAction::Logout | AuditAction::SessionExpired => (110114, Some(110123)),
-            AuditAction::MessageView | AuditAction::Reprocess | AuditAction::MessageDelete => {
-                (110110, None)
-            }
+            AuditAction::MessageView
+            | AuditAction::Reprocess
+            | AuditAction::MessageDelete
+            | AuditAction::RetentionPrune => (110110, None),
             AuditAction::MessageSearch => (110112, None),
             AuditAction::MessageExport => (110106, None),
             AuditAction::ConfigChange

@@ -38,6 +38,7 @@ pub mod cluster;
 pub mod crypto;
 mod model;
 pub mod postgres;
+pub mod prune;
 mod reader;
 mod rotate;
 mod schema;
@@ -59,6 +60,7 @@ pub use model::{
     ConnectorRecord, ContentStage, DedupeKey, DeliveryUpdate, Ingested, MessageId, MessageSummary,
     Metadata, NewMessage, QueuedMessage, SOURCE, Status, StatusCount,
 };
+pub use prune::{PruneProgress, PruneRule, VacuumProgress, vacuum_file};
 pub use search::{
     ConnectorStatus, FoundMessage, MAX_SEARCH_EXAMINED, MAX_SEARCH_LIMIT, MessagePage, MessageQuery,
 };
@@ -135,7 +137,7 @@ fn probe(conn: &rusqlite::Connection, keyring: Option<&Keyring>) -> Result<(), S
     let newest = conn
         .query_row(
             "SELECT c.name, m.id, m.raw FROM messages m JOIN channels c ON c.id = m.channel \
-             ORDER BY m.rowid DESC LIMIT 1",
+             WHERE m.content_pruned_at_ms IS NULL ORDER BY m.rowid DESC LIMIT 1",
             [],
             |r| {
                 Ok((

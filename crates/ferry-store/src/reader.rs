@@ -231,7 +231,9 @@ impl Reader<'_> {
         const BY_MESSAGE: &str =
             "FROM messages WHERE channel = (SELECT id FROM channels WHERE name = ?1) AND id = ?2";
         let inline = match (connector, stage) {
-            (SOURCE, ContentStage::Raw) => Some(format!("SELECT raw {BY_MESSAGE}")),
+            (SOURCE, ContentStage::Raw) => Some(format!(
+                "SELECT CASE WHEN content_pruned_at_ms IS NULL THEN raw END {BY_MESSAGE}"
+            )),
             (SOURCE, ContentStage::Response) => {
                 Some(format!("SELECT source_response {BY_MESSAGE}"))
             }

@@ -80,7 +80,8 @@ pub(crate) fn batch(
                     .prepare_cached(
                         "SELECT m.rowid, c.name, m.id, m.raw, m.source_response \
                          FROM messages m JOIN channels c ON c.id = m.channel \
-                         WHERE m.rowid > ?1 AND (substr(m.raw, 1, ?2) IS NOT ?3 \
+                         WHERE m.rowid > ?1 AND m.content_pruned_at_ms IS NULL \
+                           AND (substr(m.raw, 1, ?2) IS NOT ?3 \
                            OR (m.source_response IS NOT NULL \
                                AND substr(m.source_response, 1, ?2) IS NOT ?3)) \
                          ORDER BY m.rowid LIMIT ?4",
@@ -371,7 +372,10 @@ pub(crate) fn pending(conn: &Connection, keyring: &Keyring) -> Result<u64, Store
             .map(|c| c.max(0) as u64)
             .map_err(StoreError::sqlite("counting records to rotate"))
     };
-    let mut total = count("SELECT COUNT(*) FROM messages WHERE substr(raw, 1, ?1) IS NOT ?2")?;
+    let mut total = count(
+        "SELECT COUNT(*) FROM messages \
+         WHERE content_pruned_at_ms IS NULL AND substr(raw, 1, ?1) IS NOT ?2",
+    )?;
     total += count(
         "SELECT COUNT(*) FROM messages WHERE source_response IS NOT NULL \
          AND substr(source_response, 1, ?1) IS NOT ?2",

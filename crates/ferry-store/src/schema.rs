@@ -77,8 +77,24 @@ CREATE TABLE message_metadata (
 CREATE INDEX messages_control_id ON messages (channel, control_id, id);
 ";
 
+/// Schema version 4: retention pruning (`prune.rs`). `content_pruned_at_ms` marks a message
+/// whose content was deleted by retention (its `raw` is then empty, its response gone) while
+/// its metadata stays browsable; `channels.max_deleted_id` remembers the highest id pruning
+/// deleted, so a channel whose every message was pruned never hands out an id again. The two
+/// indexes on `received_at_ms` find the oldest messages without a table scan (the partial one
+/// only those whose content is still there), and `message_metadata_message` finds a message's
+/// search rows when it is deleted.
+const SCHEMA_V4: &str = "
+ALTER TABLE messages ADD COLUMN content_pruned_at_ms INTEGER;
+ALTER TABLE channels ADD COLUMN max_deleted_id INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX messages_received ON messages (channel, received_at_ms);
+CREATE INDEX messages_content_kept ON messages (channel, received_at_ms)
+    WHERE content_pruned_at_ms IS NULL;
+CREATE INDEX message_metadata_message ON message_metadata (channel, message_id);
+";
+
 /// The newest schema version.
-const VERSION: i64 = 3;
+const VERSION: i64 = 4;
 
 /// The settings every connection that writes uses: WAL, `synchronous=FULL`, a busy timeout.
 pub(crate) fn pragmas(conn: &Connection) -> Result<(), StoreError> {
@@ -103,6 +119,9 @@ pub(crate) fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
 /// Open the write connection and bring the schema up to date.
 pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(StoreError::sqlite("opening the store"))?;
+    // Before WAL: switching to WAL writes the database header, after which SQLite no longer
+    // accepts an auto_vacuum change.
+    fresh_auto_vacuum(&conn)?;
     pragmas(&conn)?;
     // Checkpoints run on their own thread (see `checkpoint.rs`), never inside a commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)
@@ -113,9 +132,10 @@ pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
     // Each migration runs with the ones after it in one transaction: a store is at one
     // version or the next, never between.
     let migrations = match version {
-        0 => format!("{SCHEMA_V1}{SCHEMA_V2}{SCHEMA_V3}"),
-        1 => format!("{SCHEMA_V2}{SCHEMA_V3}"),
-        2 => SCHEMA_V3.to_owned(),
+        0 => format!("{SCHEMA_V1}{SCHEMA_V2}{SCHEMA_V3}{SCHEMA_V4}"),
+        1 => format!("{SCHEMA_V2}{SCHEMA_V3}{SCHEMA_V4}"),
+        2 => format!("{SCHEMA_V3}{SCHEMA_V4}"),
+        3 => SCHEMA_V4.to_owned(),
         VERSION => String::new(),
         v => {
             return Err(StoreError::Corrupt(format!(
@@ -133,6 +153,22 @@ pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
     conn.execute_batch(crate::audit::AUDIT_SCHEMA)
         .map_err(StoreError::sqlite("creating the audit tables"))?;
     Ok(conn)
+}
+
+/// On a database without tables yet, switch to `auto_vacuum = INCREMENTAL`, which SQLite
+/// accepts only before the first table exists: pages freed by retention pruning can then be
+/// handed back to the file system with `PRAGMA incremental_vacuum` in bounded steps. A store
+/// created by an older Ferry keeps `auto_vacuum = NONE` (its free pages are reused, the file
+/// does not shrink) until one `VACUUM` (`ferry prune --vacuum`) rewrites it.
+fn fresh_auto_vacuum(conn: &Connection) -> Result<(), StoreError> {
+    let tables: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(StoreError::sqlite("inspecting a new store"))?;
+    if tables == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(StoreError::sqlite("enabling incremental auto_vacuum"))?;
+    }
+    Ok(())
 }
 
 /// Open a read-only connection.

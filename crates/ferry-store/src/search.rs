@@ -96,6 +96,9 @@ pub struct FoundMessage {
     pub message_type: Option<String>,
     /// Status per connector.
     pub connectors: Vec<ConnectorStatus>,
+    /// The message's content was deleted by retention pruning (its metadata and statuses
+    /// are kept; `raw` is then `None`).
+    pub content_pruned: bool,
     /// The raw message, decrypted, when [`MessageQuery::with_raw`] asked for it.
     pub raw: Option<Vec<u8>>,
 }
@@ -285,13 +288,13 @@ pub(crate) fn search(
         matches.join(" AND ")
     };
     let raw = if query.text.is_some() || query.with_raw {
-        format!("CASE WHEN {hit} THEN m.raw END")
+        format!("CASE WHEN {hit} AND m.content_pruned_at_ms IS NULL THEN m.raw END")
     } else {
         "NULL".to_owned()
     };
     let text = format!(
         "SELECT m.id, m.received_at_ms, m.control_id, m.message_type, \
-         CASE WHEN {hit} THEN 1 ELSE 0 END, {raw} \
+         CASE WHEN {hit} THEN 1 ELSE 0 END, {raw}, m.content_pruned_at_ms IS NOT NULL \
          FROM {from} ORDER BY {id} DESC"
     );
     let finder = query.text.as_deref().map(memchr::memmem::Finder::new);
@@ -343,6 +346,7 @@ pub(crate) fn search(
                     control_id: row.get(2).map_err(read)?,
                     message_type: row.get(3).map_err(read)?,
                     connectors: connectors(conn, channel_id, id)?,
+                    content_pruned: row.get(6).map_err(read)?,
                     raw: if query.with_raw {
                         raw.map(|r| r.to_vec())
                     } else {

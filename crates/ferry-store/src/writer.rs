@@ -45,6 +45,16 @@ pub(crate) enum Op {
         cursor: Cursor,
         limit: usize,
     },
+    /// Prune up to `limit` messages of a channel under a retention rule (`prune.rs`).
+    Prune {
+        channel: String,
+        rule: crate::prune::PruneRule,
+        limit: usize,
+    },
+    /// Hand up to `pages` free pages back to the file system (`prune.rs`).
+    Vacuum {
+        pages: u64,
+    },
 }
 
 /// A message a duplicate repeats: its id and stored response.
@@ -55,6 +65,8 @@ pub(crate) enum Reply {
     Audited(Box<crate::audit::AuditRecord>),
     Done,
     Rotated(Rotated),
+    Pruned(crate::prune::PruneProgress),
+    Vacuumed(crate::prune::VacuumProgress),
 }
 
 enum Command {
@@ -156,7 +168,11 @@ fn op_bytes(op: &Op) -> usize {
             d.response.as_ref().map_or(0, Vec::len) + d.encoded.as_ref().map_or(0, Vec::len)
         }
         Op::SourceResponse { response, .. } => response.len(),
-        Op::Audit(_) | Op::AuditShipped(_) | Op::Rotate { .. } => 0,
+        Op::Audit(_)
+        | Op::AuditShipped(_)
+        | Op::Rotate { .. }
+        | Op::Prune { .. }
+        | Op::Vacuum { .. } => 0,
     }
 }
 
@@ -256,7 +272,11 @@ impl Writer {
                 Op::Ingest(m) => &m.channel,
                 Op::Delivery(d) => &d.channel,
                 Op::SourceResponse { channel, .. } => channel,
-                Op::Audit(_) | Op::AuditShipped(_) | Op::Rotate { .. } => continue,
+                Op::Audit(_)
+                | Op::AuditShipped(_)
+                | Op::Rotate { .. }
+                | Op::Prune { .. }
+                | Op::Vacuum { .. } => continue,
             };
             if !self.channel_ids.contains_key(name)
                 && let Err(e) = self.channel_id(name)
@@ -347,6 +367,23 @@ impl Writer {
                     "key rotation needs [store] encryption to be configured".into(),
                 )),
             },
+            Op::Prune {
+                channel,
+                rule,
+                limit,
+            } => {
+                let pruned = crate::prune::batch(&self.conn, channel, rule, *limit)?;
+                if pruned.messages_deleted > 0 {
+                    // Ids come from MAX(id) again, now bounded below by max_deleted_id.
+                    if let Some(id) = self.channel_ids.get(channel) {
+                        self.next_ids.remove(id);
+                    }
+                }
+                Ok(Reply::Pruned(pruned))
+            }
+            Op::Vacuum { pages } => {
+                crate::prune::vacuum_step(&self.conn, *pages).map(Reply::Vacuumed)
+            }
         }
     }
 
@@ -411,7 +448,8 @@ impl Writer {
                 let max: Option<i64> = self
                     .conn
                     .query_row(
-                        "SELECT MAX(id) FROM messages WHERE channel = ?1",
+                        "SELECT MAX(COALESCE((SELECT MAX(id) FROM messages WHERE channel = ?1), 0), \
+                         COALESCE((SELECT max_deleted_id FROM channels WHERE id = ?1), 0))",
                         [channel],
                         |r| r.get(0),
                     )
@@ -712,11 +750,26 @@ impl Writer {
             .and_then(|mut s| s.execute(params![response, channel_id, id]))
             .map_err(StoreError::sqlite("recording the source's response"))?;
         if changed == 0 {
+            if self.pruned(channel_id, id)? {
+                return Ok(());
+            }
             return Err(StoreError::Corrupt(format!(
                 "no message {id} in channel `{channel}`"
             )));
         }
         Ok(())
+    }
+
+    /// Whether message `id` of `channel` was deleted by retention pruning (it is gone and its
+    /// id is at most the highest id pruning deleted).
+    fn pruned(&self, channel: i64, id: MessageId) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT NOT EXISTS (SELECT 1 FROM messages WHERE channel = ?1 AND id = ?2) \
+                   AND ?2 <= (SELECT max_deleted_id FROM channels WHERE id = ?1)",
+            )
+            .and_then(|mut s| s.query_row(params![channel, id], |r| r.get::<_, bool>(0)))
+            .map_err(StoreError::sqlite("checking for a pruned message"))
     }
 
     fn delivery(&mut self, d: &DeliveryUpdate) -> Result<(), StoreError> {
@@ -757,6 +810,11 @@ impl Writer {
             })
             .map_err(StoreError::sqlite("recording a delivery"))?;
         if changed == 0 {
+            // A delivery still in flight when retention pruning (with `prune_queued`) deleted
+            // its message: nothing left to record, and the worker carries on.
+            if self.pruned(channel, d.message_id)? {
+                return Ok(());
+            }
             return Err(StoreError::Corrupt(format!(
                 "no message {} for destination `{}` in channel `{}`",
                 d.message_id, d.destination, d.channel

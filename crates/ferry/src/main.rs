@@ -36,6 +36,9 @@ enum Command {
     Audit(cmd::audit::AuditArgs),
     /// Encryption-at-rest keys: `ferry keys rotate` re-encrypts records under old keys.
     Keys(cmd::keys::KeysArgs),
+    /// Retention pruning now, with the configured rules (`[retention]`, each channel's
+    /// `retention`): prints what was pruned; `--dry-run` only counts.
+    Prune(cmd::prune::PruneArgs),
     /// Manage admin users (add, list, disable) in the configured store.
     User(cmd::user::UserArgs),
     /// Several nodes on one PostgreSQL store: `ferry cluster status` shows the nodes and who
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => cmd::audit::run(args).await,
             Command::Keys(args) => cmd::keys::run(args).await,
             Command::Cluster(args) => cmd::cluster::run(args).await,
+            Command::Prune(args) => cmd::prune::run(args).await,
         }
     });
     finish(result)

@@ -471,6 +471,9 @@ async fn a_version_2_store_is_migrated_and_indexes_from_then_on() {
         let conn = rusqlite::Connection::open(&path).expect("sqlite");
         conn.execute_batch(
             "DROP TABLE message_metadata; DROP INDEX messages_control_id; \
+             DROP INDEX messages_received; DROP INDEX messages_content_kept; \
+             ALTER TABLE messages DROP COLUMN content_pruned_at_ms; \
+             ALTER TABLE channels DROP COLUMN max_deleted_id; \
              PRAGMA user_version = 2;",
         )
         .expect("downgrade");
@@ -479,7 +482,7 @@ async fn a_version_2_store_is_migrated_and_indexes_from_then_on() {
     let version: i64 = rusqlite::Connection::open(&path)
         .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
         .expect("version");
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     store.ingest(message(3)).await.expect("ingest");
     let control = |id: &str| MessageQuery {
         control_id: Some(id.into()),

@@ -457,6 +457,9 @@ async fn a_version_1_store_is_migrated_and_keeps_its_messages() {
         conn.execute_batch(
             "DROP TABLE message_metadata; DROP INDEX messages_control_id; \
              DROP INDEX messages_dedupe; ALTER TABLE messages DROP COLUMN dedupe_key; \
+             DROP INDEX messages_received; DROP INDEX messages_content_kept; \
+             ALTER TABLE messages DROP COLUMN content_pruned_at_ms; \
+             ALTER TABLE channels DROP COLUMN max_deleted_id; \
              PRAGMA user_version = 1;",
         )
         .expect("downgrade");

@@ -6,6 +6,7 @@ pub mod check;
 pub mod cluster;
 pub mod hl7;
 pub mod keys;
+pub mod prune;
 pub mod run;
 pub mod send;
 pub mod test;

@@ -105,6 +105,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(seq = start.seq, "audit: engine_start recorded");
     let cluster = join_cluster(&config).await?;
     let runtime = ferry_connectors::deploy_clustered(&config, store.clone(), cluster).await?;
+    // Retention pruning every `[retention] interval`, for each channel with a retention.
+    let pruner = super::prune::spawn_background_pruner(
+        store.clone(),
+        &config,
+        runtime.engine().stats().clone(),
+    );
+    if pruner.is_some() {
+        println!(
+            "ferry: retention pruning every {} s",
+            config.retention.interval.get().as_secs()
+        );
+    }
     let shutdown = Shutdown::new();
     // The admin API reports every failed login into these signals (`failed_logins` rules).
     let (alert_signals, alerts_task) =
@@ -202,6 +214,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(rotation) = rotation {
         rotation.abort();
         let _ = rotation.await;
+    }
+    if let Some(pruner) = pruner {
+        pruner.abort();
+        let _ = pruner.await;
     }
     if let Some(shipper) = shipper {
         let _ = shipper.await;

@@ -29,6 +29,7 @@ mod malformed;
 mod message_search;
 mod outcomes;
 mod pipeline;
+mod prune;
 mod responses;
 mod revocation;
 mod routing;
