@@ -10,7 +10,7 @@
 #   6. RSS with one million queued messages (the parked destination's queue);
 #   7. end to end MLLP -> Ferry (durable) -> MLLP -> `ferry bench receive`, 16 connections;
 #   8. zero loss: `ferry bench crash`, 20 SIGKILLs under 4 resending senders (on the same
-#      PostgreSQL database with --store-url: use an empty one, the oracle counts this run).
+#      PostgreSQL database with --store-url: the run uses a fresh schema in it and drops it).
 # Usage: scripts/bench-suite.sh [--store-url URL] [N16] [QUEUED]
 #   N16     messages for the 16-connection runs (default 100000; the 1-connection runs use N16/5)
 #   QUEUED  queue depth for the memory measurement (default 1000000)

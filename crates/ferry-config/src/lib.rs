@@ -25,9 +25,10 @@ pub mod values;
 pub use load::ConfigError;
 pub use schema::{
     AddSegmentConfig, AdminConfig, AuditConfig, AuditSyslogConfig, AuditSyslogFormat,
-    ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, Config, CopyConfig, DedupeConfig,
-    DeleteConfig, DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig,
-    FilterConfig, HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, Keep, MapConfig,
+    ChannelConfig, ChannelDestinationConfig, ChannelSourceConfig, ClusterConfig, Config,
+    CopyConfig, DEFAULT_LEASE_TTL, DEFAULT_QUEUE_POLL, DedupeConfig, DeleteConfig,
+    DestinationConfig, EncodeConfig, EncryptionConfig, FileDestinationConfig, FilterConfig,
+    HttpDestinationConfig, HttpPollSourceConfig, HttpSourceConfig, Keep, MapConfig,
     MllpDestinationConfig, MllpSourceConfig, NakAction, RenameSegmentConfig, ResponseMode,
     Retention, RetentionConfig, RetentionDefaults, RetryConfig, ScriptConfig, ScriptSettings,
     SetConfig, SourceConfig, StoreConfig, StoreTlsConfig, TlsConfig, TransformConfig,

@@ -239,6 +239,7 @@ impl Config {
             store: StoreConfig::default(),
             admin: Default::default(),
             audit: Default::default(),
+            cluster: Default::default(),
             include: Vec::new(),
             channels: Vec::new(),
             alerts: Default::default(),
@@ -408,6 +409,26 @@ impl Config {
                 None,
                 "",
                 "[store]: set `path` (SQLite) or `url` (PostgreSQL), not both".into(),
+            ));
+        }
+        if self.cluster.enabled && self.store.url.is_none() {
+            return Err(fail(
+                &main_file,
+                Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
+                "[cluster]",
+                "[cluster] enabled = true needs the shared PostgreSQL store: set [store] url \
+                 (nodes on SQLite cannot share queues)"
+                    .into(),
+            ));
+        }
+        if self.cluster.lease_ttl() < std::time::Duration::from_secs(1)
+            || self.cluster.queue_poll().is_zero()
+        {
+            return Err(fail(
+                &main_file,
+                Some(sources.first().map(|s| s.1.as_str()).unwrap_or("")),
+                "[cluster]",
+                "[cluster]: lease_ttl must be at least 1s and queue_poll above 0".into(),
             ));
         }
         if let Some(url) = &self.store.url {

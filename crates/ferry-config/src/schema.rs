@@ -21,6 +21,9 @@ pub struct Config {
     /// `[audit]`: the audit trail (shipping to an external collector).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[cluster]`: run as one of several nodes on one PostgreSQL store.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// `include = ["channels/*.toml"]`: more files holding `[[channel]]` tables, relative to
     /// this file; `*` matches within a file name. Matched files are read in name order.
     #[serde(default)]
@@ -89,6 +92,51 @@ pub struct StoreTlsConfig {
     pub cert: Option<PathBuf>,
     /// Private key (PEM, PKCS#8, PKCS#1 or SEC1; not encrypted) of `cert`.
     pub key: Option<PathBuf>,
+}
+
+/// `[cluster]`: several Ferry nodes sharing one PostgreSQL store (`[store] url`).
+///
+/// Every node runs every channel's listener and stores what it receives. Each destination
+/// queue is delivered by exactly one node at a time, the holder of its lease, so order holds;
+/// polling sources poll on one node only. When a node dies, its leases expire after
+/// `lease_ttl` and the other nodes take its queues over. Statistics, the audit chain and
+/// message history live in the shared store. Lifecycle changes made through one node's
+/// admin API (start, pause, stop) apply to that node (each node's admin API is its own);
+/// a stopped destination queue is simply worked by another node that holds it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Take part in a cluster. Requires `[store] url`. Default `false`: a single node works
+    /// every queue.
+    #[serde(default)]
+    pub enabled: bool,
+    /// This node's id, unique in the cluster and stable across restarts (so a restarted node
+    /// gets its leases back at once). Default: `<hostname>-<pid>`.
+    pub node_id: Option<Text>,
+    /// How long a lease lasts without renewal, e.g. `"5s"` (the default). Leases are renewed
+    /// every third of it; a dead node's queues are taken over after about
+    /// `lease_ttl + lease_ttl / 3`. At least `"1s"`.
+    pub lease_ttl: Option<Duration>,
+    /// How often a node re-scans the queues it owns for messages other nodes received (their
+    /// ingests do not wake it), e.g. `"200ms"` (the default).
+    pub queue_poll: Option<Duration>,
+}
+
+/// The default `[cluster] lease_ttl`.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// The default `[cluster] queue_poll`.
+pub const DEFAULT_QUEUE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl ClusterConfig {
+    /// `lease_ttl`, or its default.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.lease_ttl.map_or(DEFAULT_LEASE_TTL, |d| d.get())
+    }
+
+    /// `queue_poll`, or its default.
+    pub fn queue_poll(&self) -> std::time::Duration {
+        self.queue_poll.map_or(DEFAULT_QUEUE_POLL, |d| d.get())
+    }
 }
 
 /// `[store] encryption`: the keys of encryption at rest.

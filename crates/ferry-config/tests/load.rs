@@ -579,6 +579,31 @@ fn listener_crls_resolve_relative_paths_and_need_client_ca() {
 }
 
 #[test]
+fn a_cluster_needs_the_postgresql_store() {
+    let err = load("[cluster]\nenabled = true\n").expect_err("SQLite cannot be shared");
+    assert!(err.contains("[store] url"), "{err}");
+    let err = load("[cluster]\nlease_ttl = \"100ms\"\n").expect_err("too short");
+    assert!(err.contains("lease_ttl"), "{err}");
+    let err = load("[cluster]\nleases = 3\n").expect_err("unknown field");
+    assert!(err.contains("leases"), "{err}");
+}
+
+#[test]
+fn cluster_defaults() {
+    let config = load("[cluster]\nnode_id = \"n1\"\n").expect("loads");
+    assert!(!config.cluster.enabled);
+    assert_eq!(config.cluster.lease_ttl(), ferry_config::DEFAULT_LEASE_TTL);
+    assert_eq!(
+        config.cluster.queue_poll(),
+        ferry_config::DEFAULT_QUEUE_POLL
+    );
+    assert_eq!(
+        config.cluster.node_id.as_ref().map(|t| t.as_str()),
+        Some("n1")
+    );
+}
+
+#[test]
 fn retention_is_forever_by_default_and_channels_override_the_defaults_field_by_field() {
     use ferry_config::Retention;
     let day = |n: u64| Some(std::time::Duration::from_secs(n * 86_400));

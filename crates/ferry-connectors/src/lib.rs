@@ -29,4 +29,4 @@ pub mod syslog;
 pub mod tls;
 
 pub use deploy::{CheckError, DeployError, check_file};
-pub use runtime::{ChannelControl, Deployment, LifecycleError, Runtime, deploy};
+pub use runtime::{ChannelControl, Deployment, LifecycleError, Runtime, deploy, deploy_clustered};

@@ -30,6 +30,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferry_config::Config;
+use ferry_engine::cluster::ClusterHandle;
 use ferry_engine::{
     ChannelIngest, ChannelState, Engine, EngineError, Router, Shutdown, Transition,
 };
@@ -169,6 +170,16 @@ impl std::fmt::Debug for ChannelControl {
 /// Deploy every enabled channel of `config` on `store`, all or nothing: every connector is
 /// built and every listener bound before the first one serves.
 pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployError> {
+    deploy_clustered(config, store, None).await
+}
+
+/// [`deploy`] as one node of a cluster: destination queues and polling sources are worked
+/// only under this node's leases (see [`ferry_engine::cluster`]); `None` is [`deploy`].
+pub async fn deploy_clustered(
+    config: &Config,
+    store: Store,
+    cluster: Option<ClusterHandle>,
+) -> Result<Runtime, DeployError> {
     // Channel destinations hold the router before the engine that fills it exists.
     let router = Router::new();
     let mut plans = Vec::new();
@@ -188,7 +199,7 @@ pub async fn deploy(config: &Config, store: Store) -> Result<Runtime, DeployErro
         rest.push((spec.name.clone(), source, certificates, watched));
         specs.push(spec);
     }
-    let engine = Engine::start_with_router(store, specs, router.clone()).await?;
+    let engine = Engine::start_clustered(store, specs, router.clone(), cluster).await?;
     engine.stats().attach_audit_dropped(audit.dropped_counter());
     let shared = Arc::new(Shared {
         engine: engine.clone(),
@@ -273,7 +284,8 @@ impl Shared {
             return None;
         };
         let stop = self.root.child_token();
-        let handle = spawn(bound, ingest.clone(), stop.clone());
+        let cluster = self.engine.cluster().cloned();
+        let handle = spawn(bound, ingest.clone(), stop.clone(), cluster);
         ingest.set_deployed(true);
         Some(Task { stop, handle })
     }
@@ -356,14 +368,35 @@ async fn bind_at(
     })
 }
 
-fn spawn(bound: Bound, ingest: ChannelIngest, stop: Shutdown) -> JoinHandle<()> {
+/// Run a bound source. In a cluster, a polling source polls only on the node holding the
+/// channel's `poll:` lease (listeners run on every node).
+fn spawn(
+    bound: Bound,
+    ingest: ChannelIngest,
+    stop: Shutdown,
+    cluster: Option<ClusterHandle>,
+) -> JoinHandle<()> {
     match bound {
         Bound::Mllp(src) => tokio::spawn(src.run(ingest, stop)),
         Bound::Http(listener, path, max_body) => {
             let router = crate::http::source_router(ingest, &path, max_body);
             tokio::spawn(listener.serve(router, stop))
         }
-        Bound::Poll(poller) => tokio::spawn(poller.run(ingest, stop)),
+        Bound::Poll(poller) => match cluster {
+            None => tokio::spawn(poller.run(ingest, stop)),
+            Some(cluster) => tokio::spawn(async move {
+                let resource = ferry_store::cluster::poll_resource(ingest.channel());
+                let _ = cluster
+                    .run_leased(&resource, stop, None, |token| {
+                        let (poller, ingest) = (poller.clone(), ingest.clone());
+                        async move {
+                            poller.run(ingest, token).await;
+                            Ok(())
+                        }
+                    })
+                    .await;
+            }),
+        },
         // Fed by the router: nothing to run, it is deployed as soon as the engine runs it.
         Bound::Channel => tokio::spawn(async {}),
     }

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterHandle;
 use crate::destination::{Destination, Worker};
 use crate::index::MetadataIndex;
 use crate::ingest::{ChannelIngest, ChannelShared, ResponseMode};
@@ -18,6 +19,7 @@ use crate::pipeline::{DestinationProcessing, Pipeline};
 use crate::retry::RetryPolicy;
 use crate::router::Router;
 use crate::stats::{ChannelStats, Stats};
+use ferry_store::cluster::destination_resource;
 
 /// One destination of a channel, ready to run.
 pub struct DestinationSpec {
@@ -190,6 +192,8 @@ struct Shared {
     router: Router,
     /// Parent of every worker's stop token.
     root: CancellationToken,
+    /// The cluster this node is part of (`None`: a single node works every queue).
+    cluster: Option<ClusterHandle>,
     /// The deployed channels, in deployment order.
     channels: RwLock<Vec<Arc<Deployed>>>,
     /// Held through every lifecycle change, so changes never interleave.
@@ -281,6 +285,18 @@ impl Engine {
         specs: Vec<ChannelSpec>,
         router: Router,
     ) -> Result<Engine, EngineError> {
+        Engine::start_clustered(store, specs, router, None).await
+    }
+
+    /// [`start_with_router`](Self::start_with_router) as one node of a cluster: each
+    /// destination worker runs only while `cluster` holds its lease (see [`crate::cluster`]).
+    /// `None` runs every worker here, as a single node.
+    pub async fn start_clustered(
+        store: Store,
+        specs: Vec<ChannelSpec>,
+        router: Router,
+        cluster: Option<ClusterHandle>,
+    ) -> Result<Engine, EngineError> {
         let store_failed = Arc::new(AtomicBool::new(false));
         let mut channels: Vec<Arc<Deployed>> = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -304,10 +320,14 @@ impl Engine {
                 store_failed,
                 router,
                 root: CancellationToken::new(),
+                cluster,
                 channels: RwLock::new(channels.clone()),
                 lifecycle: tokio::sync::Mutex::new(Lifecycle::default()),
             }),
         };
+        if let Some(cluster) = &engine.shared.cluster {
+            engine.shared.stats.attach_leases(cluster.gauge());
+        }
         for channel in &channels {
             engine.start_workers(channel);
             channel.ingest.shared.gate.open();
@@ -355,6 +375,11 @@ impl Engine {
         self.shared.stats.clone()
     }
 
+    /// The cluster this node is part of, if any (polling sources run under its leases too).
+    pub fn cluster(&self) -> Option<&ClusterHandle> {
+        self.shared.cluster.as_ref()
+    }
+
     /// The store the engine runs on.
     pub fn store(&self) -> &Store {
         &self.shared.store
@@ -386,8 +411,26 @@ impl Engine {
             worker.shutdown = stop.child_token();
             let (c, d) = (worker.channel.clone(), worker.destination.clone());
             let failed = self.shared.store_failed.clone();
+            let cluster = self.shared.cluster.clone();
             tasks.spawn(async move {
-                let result = worker.run().await;
+                let result = match cluster {
+                    None => worker.run().await,
+                    Some(cluster) => {
+                        let resource = destination_resource(&worker.channel, &worker.destination);
+                        let (stop, wake) = (worker.shutdown.clone(), worker.wake.clone());
+                        let leased =
+                            cluster.run_leased(&resource, stop.clone(), Some(wake), |token| {
+                                let mut leased = worker.clone();
+                                leased.shutdown = token;
+                                leased.run()
+                            });
+                        // Other nodes receive into and deliver from this queue too: its depth
+                        // gauge is recounted from the shared store rather than kept locally.
+                        let recount = recount_depth(&worker, stop, cluster.settings().lease_ttl);
+                        let (result, ()) = tokio::join!(leased, recount);
+                        result
+                    }
+                };
                 if let Err(error) = &result {
                     // The queue can no longer be worked: report unhealthy at once rather
                     // than at shutdown.
@@ -439,6 +482,14 @@ impl Engine {
         Ok(life)
     }
 
+    /// In a cluster, record an operator's lifecycle change in the shared table (shown by
+    /// `ferry cluster status`).
+    fn record_state(&self, channel: &str, state: ChannelState) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.record_channel_state(channel, state.as_str());
+        }
+    }
+
     fn known(&self, channel: &str) -> Result<Arc<Deployed>, EngineError> {
         self.find(channel)
             .ok_or_else(|| EngineError::UnknownChannel(channel.to_owned()))
@@ -465,6 +516,7 @@ impl Engine {
             }
         };
         c.set_state(ChannelState::Paused);
+        self.record_state(channel, ChannelState::Paused);
         tracing::info!(channel, %from, "channel paused");
         Ok(Transition {
             from: Some(from),
@@ -492,6 +544,7 @@ impl Engine {
         };
         self.stop_workers(&c, &mut life).await;
         c.set_state(ChannelState::Stopped);
+        self.record_state(channel, ChannelState::Stopped);
         tracing::info!(channel, %from, "channel stopped");
         Ok(Transition {
             from: Some(from),
@@ -509,6 +562,7 @@ impl Engine {
         self.start_workers(&c);
         c.ingest.shared.gate.open();
         c.set_state(ChannelState::Started);
+        self.record_state(channel, ChannelState::Started);
         tracing::info!(channel, %from, "channel started");
         Ok(Transition {
             from: Some(from),
@@ -648,10 +702,35 @@ impl Engine {
         for c in &channels {
             self.stop_workers(c, &mut life).await;
         }
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.leave().await;
+        }
         self.shared.store.close().await?;
         match life.first_error.take() {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// Until `stop`, set the destination's queue-depth gauge from the store every `every`.
+async fn recount_depth(worker: &Worker, stop: CancellationToken, every: Duration) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match worker
+            .store
+            .queue_depth(&worker.channel, &worker.destination)
+            .await
+        {
+            Ok(depth) => worker
+                .stats
+                .queue_depth
+                .store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed),
+            Err(error) => tracing::debug!(channel = %worker.channel,
+                destination = %worker.destination, %error, "queue depth recount failed"),
         }
     }
 }

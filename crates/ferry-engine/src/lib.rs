@@ -42,6 +42,7 @@
 //! JSON ↔ HL7 templates and the destination [`Encoder`]s.
 
 mod certs;
+pub mod cluster;
 mod dedupe;
 mod destination;
 mod engine;

@@ -146,6 +146,7 @@ pub struct Stats {
     channels: RwLock<Vec<Arc<ChannelStats>>>,
     audit_dropped: std::sync::OnceLock<Arc<AtomicU64>>,
     certificates: crate::certs::Certificates,
+    leases: std::sync::OnceLock<crate::cluster::LeaseGauge>,
 }
 
 impl Stats {
@@ -155,6 +156,7 @@ impl Stats {
             channels: RwLock::new(channels),
             audit_dropped: std::sync::OnceLock::new(),
             certificates: Default::default(),
+            leases: std::sync::OnceLock::new(),
         }
     }
 
@@ -167,6 +169,11 @@ impl Stats {
     /// `ferry_audit_events_dropped_total`. The first counter attached wins.
     pub fn attach_audit_dropped(&self, counter: Arc<AtomicU64>) {
         let _ = self.audit_dropped.set(counter);
+    }
+
+    /// Export this node's leases as `ferry_cluster_lease_held`. The first gauge attached wins.
+    pub fn attach_leases(&self, leases: crate::cluster::LeaseGauge) {
+        let _ = self.leases.set(leases);
     }
 
     /// Counters of every deployed channel, in configuration order (a channel deployed later
@@ -345,6 +352,23 @@ impl Stats {
                 "ferry_audit_events_dropped_total {}",
                 dropped.load(Ordering::Relaxed)
             );
+        }
+        if let Some(leases) = self.leases.get() {
+            family(
+                &mut out,
+                "ferry_cluster_lease_held",
+                "gauge",
+                "1 while this node holds the lease of the resource (a destination queue, dest:, \
+                 or a polling source, poll:) and works it, 0 while another node does.",
+            );
+            for (resource, held) in leases.snapshot() {
+                sample(
+                    &mut out,
+                    "ferry_cluster_lease_held",
+                    &[("resource", &resource)],
+                    i64::from(held),
+                );
+            }
         }
         self.certificates.render(&mut out, crate::certs::unix_now());
         out

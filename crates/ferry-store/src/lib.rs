@@ -36,6 +36,7 @@
 mod accounts;
 pub mod audit;
 mod checkpoint;
+pub mod cluster;
 pub mod crypto;
 mod model;
 pub mod postgres;

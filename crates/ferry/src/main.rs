@@ -41,6 +41,9 @@ enum Command {
     Prune(cmd::prune::PruneArgs),
     /// Manage admin users (add, list, disable) in the configured store.
     User(cmd::user::UserArgs),
+    /// Several nodes on one PostgreSQL store: `ferry cluster status` shows the nodes and who
+    /// owns which queue.
+    Cluster(cmd::cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             Command::Hl7(args) => cmd::hl7::run(args),
             Command::Audit(args) => cmd::audit::run(args).await,
             Command::Keys(args) => cmd::keys::run(args).await,
+            Command::Cluster(args) => cmd::cluster::run(args).await,
             Command::Prune(args) => cmd::prune::run(args).await,
         }
     });

@@ -8,6 +8,7 @@
 
 pub(crate) mod accounts;
 mod audit;
+pub(crate) mod cluster;
 pub mod conn;
 mod prune;
 mod reader;

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod bench;
 pub mod check;
+pub mod cluster;
 pub mod hl7;
 pub mod keys;
 pub mod prune;

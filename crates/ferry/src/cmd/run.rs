@@ -101,7 +101,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("recording engine_start in the audit trail")?;
     tracing::info!(seq = start.seq, "audit: engine_start recorded");
-    let runtime = ferry_connectors::deploy(&config, store.clone()).await?;
+    let cluster = join_cluster(&config).await?;
+    let runtime = ferry_connectors::deploy_clustered(&config, store.clone(), cluster).await?;
     // Retention pruning every `[retention] interval`, for each channel with a retention.
     let pruner = super::prune::spawn_background_pruner(
         store.clone(),
@@ -231,6 +232,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     result?;
     println!("ferry: stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `[cluster] enabled`, join the cluster on the `[store] url` database.
+async fn join_cluster(
+    config: &ferry_config::Config,
+) -> anyhow::Result<Option<ferry_engine::cluster::ClusterHandle>> {
+    if !config.cluster.enabled {
+        return Ok(None);
+    }
+    let options = super::cluster::pg_options(config)?
+        .context("[cluster] enabled = true needs [store] url")?;
+    let settings = ferry_engine::cluster::ClusterSettings {
+        node_id: super::cluster::node_id(config),
+        address: config.admin.listen().to_string(),
+        lease_ttl: config.cluster.lease_ttl(),
+        queue_poll: config.cluster.queue_poll(),
+    };
+    println!(
+        "ferry: cluster node {} (leases of {} ms)",
+        settings.node_id,
+        settings.lease_ttl.as_millis()
+    );
+    let handle = ferry_engine::cluster::ClusterHandle::join(options, settings)
+        .await
+        .context("joining the cluster")?;
+    Ok(Some(handle))
 }
 
 /// On a store without users, issue the one-time bootstrap token and print it (to stdout,

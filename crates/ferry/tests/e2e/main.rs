@@ -15,6 +15,7 @@ mod canary;
 mod cert_reload;
 mod channel_tests;
 mod cli;
+mod cluster;
 mod crash;
 mod dedupe;
 mod encryption;

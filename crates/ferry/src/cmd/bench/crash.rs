@@ -17,6 +17,14 @@
 //!    (a first delivery arriving after a later message of the same sender), and the slowest
 //!    restart-to-ready time.
 //!
+//! With `--store-url` the engine runs on PostgreSQL, in a fresh schema of the given database.
+//! With `--nodes 2` (or more) and `--store-url`, the engine is a cluster: that many `ferry run`
+//! nodes on one PostgreSQL store (a fresh schema of the given database), each with its own
+//! MLLP source; sender `s` sends to node `s % nodes`. Each kill SIGKILLs one node chosen by
+//! the schedule and restarts it at once under a new node id (as a restarted process gets by
+//! default), so the queue leases it held must expire and be taken over; the harness reports
+//! the slowest takeover (kill to every lease the killed node held being held by a live node).
+//!
 //! The exit code is 1 when anything acknowledged was lost or order was broken.
 
 use std::collections::BTreeSet;
@@ -62,13 +70,21 @@ pub struct CrashArgs {
     dir: Option<PathBuf>,
     /// Run the engine on this PostgreSQL database (`[store] url`, e.g.
     /// `postgres://postgres@127.0.0.1:5432/test`) instead of a SQLite file in the run
-    /// directory. Plain connections go to loopback only. Use an empty database or schema:
-    /// the oracle counts what this run acknowledged, so old messages would be delivered too.
+    /// directory; needed for `--nodes` above 1. Plain connections go to loopback only. The run
+    /// creates a fresh schema in the database (so the oracle sees only its own messages) and
+    /// drops it afterwards unless `--dir` is given.
     #[arg(long, value_name = "URL")]
     store_url: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Engine nodes: 1 runs one engine (on SQLite, or on `--store-url`); 2 or more run a
+    /// cluster on `--store-url`.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// `[cluster] lease_ttl` of the nodes.
+    #[arg(long, default_value = "2s", value_parser = crate::cmd::parse_duration)]
+    lease_ttl: Duration,
 }
 
 /// A small, seeded generator for the kill schedule (xorshift64*); not for secrets.
@@ -91,7 +107,7 @@ impl Schedule {
     }
 }
 
-/// The engine under test: a `ferry run` child restarted after each kill.
+/// The engine under test (one node of it): a `ferry run` child restarted after each kill.
 struct Engine {
     binary: PathBuf,
     config: PathBuf,
@@ -99,6 +115,10 @@ struct Engine {
     source: SocketAddr,
     child: Option<Child>,
     lives: u32,
+    /// Node number (0 for a single engine).
+    node: usize,
+    /// Writes the configuration of a life (its node id changes with each life).
+    write_config: Arc<dyn Fn(usize, u32) -> String + Send + Sync>,
 }
 
 impl Engine {
@@ -106,7 +126,8 @@ impl Engine {
     /// that took.
     async fn start(&mut self) -> anyhow::Result<Duration> {
         self.lives += 1;
-        let log = std::fs::File::create(self.dir.join(format!("engine-{}.log", self.lives)))?;
+        std::fs::write(&self.config, (self.write_config)(self.node, self.lives))?;
+        let log = std::fs::File::create(self.log_path())?;
         let started = Instant::now();
         let child = Command::new(&self.binary)
             .arg("run")
@@ -129,9 +150,7 @@ impl Engine {
             {
                 anyhow::bail!(
                     "the engine exited ({status}) before it was ready; see {}",
-                    self.dir
-                        .join(format!("engine-{}.log", self.lives))
-                        .display()
+                    self.log_path().display()
                 );
             }
             if Instant::now() > deadline {
@@ -139,6 +158,20 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        if self.node == 0 {
+            self.dir.join(format!("engine-{}.log", self.lives))
+        } else {
+            self.dir
+                .join(format!("engine-n{}-{}.log", self.node, self.lives))
+        }
+    }
+
+    /// The cluster node id of the current life.
+    fn node_id(&self) -> String {
+        node_id(self.node, self.lives)
     }
 
     /// SIGKILL the running life and reap it.
@@ -247,19 +280,43 @@ fn judge(acked: &[String], deliveries: &Deliveries) -> Verdict {
     }
 }
 
-fn config(
-    dir: &Path,
-    store_url: Option<&str>,
-    source: SocketAddr,
-    downstream: SocketAddr,
-) -> String {
-    let store = match store_url {
-        Some(url) => format!("url = {url:?}"),
-        None => format!("path = {:?}", dir.join("ferry.db").display().to_string()),
+fn node_id(node: usize, life: u32) -> String {
+    format!("n{node}-life{life}")
+}
+
+/// Where a node keeps its messages: its own SQLite file, or a PostgreSQL store shared by
+/// every node of the run.
+#[derive(Clone)]
+enum StoreAt {
+    /// `ferry.db` in the run directory.
+    Sqlite,
+    /// `[store] url`, and with `cluster = Some((lease_ttl, node_id))` a `[cluster]` section.
+    Postgres {
+        url: String,
+        cluster: Option<(Duration, String)>,
+    },
+}
+
+/// A node's configuration: SQLite in `dir`, or PostgreSQL (with `[cluster]` and this life's
+/// node id when the run has several nodes).
+fn config(dir: &Path, source: SocketAddr, downstream: SocketAddr, store: StoreAt) -> String {
+    let store = match store {
+        StoreAt::Sqlite => format!(
+            "[store]\npath = {:?}\n",
+            dir.join("ferry.db").display().to_string()
+        ),
+        StoreAt::Postgres { url, cluster: None } => format!("[store]\nurl = {url:?}\n"),
+        StoreAt::Postgres {
+            url,
+            cluster: Some((ttl, node)),
+        } => format!(
+            "[store]\nurl = {url:?}\n\n[cluster]\nenabled = true\nnode_id = {node:?}\n\
+             lease_ttl = \"{}ms\"\nqueue_poll = \"50ms\"\n",
+            ttl.as_millis()
+        ),
     };
     format!(
-        r#"[store]
-{store}
+        r#"{store}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -273,8 +330,90 @@ source = {{ type = "mllp", listen = "{source}" }}
   type = "mllp"
   address = "{downstream}"
   retry = {{ initial = "20ms", max = "200ms" }}
-"#,
+"#
     )
+}
+
+/// A fresh schema for the run in `url`'s database; the URL with `search_path` set to it.
+async fn fresh_schema(url: &str, seed: u64) -> anyhow::Result<(String, String)> {
+    let schema = format!("ferry_bench_crash_{seed}");
+    let options = ferry_store::postgres::PgOptions {
+        url: url.to_owned(),
+        tls: None,
+    };
+    let create = format!("CREATE SCHEMA {schema}");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut client = ferry_store::postgres::connect(&options)?;
+        client.batch_execute(&create)?;
+        Ok(())
+    })
+    .await??;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok((
+        schema.clone(),
+        format!("{url}{sep}options=-csearch_path%3D{schema}"),
+    ))
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let options = ferry_store::postgres::PgOptions {
+        url: url.to_owned(),
+        tls: None,
+    };
+    let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(mut client) = ferry_store::postgres::connect(&options) {
+            let _ = client.batch_execute(&sql);
+        }
+    })
+    .await;
+}
+
+/// Wait until no lease is held by `dead` any more and every lease it held is held by a live
+/// node; how long that took from `since`. `None`: it held none.
+async fn takeover(
+    url: &str,
+    dead: &str,
+    since: Instant,
+    limit: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    let options = ferry_store::postgres::PgOptions {
+        url: url.to_owned(),
+        tls: None,
+    };
+    let status = {
+        let options = options.clone();
+        tokio::task::spawn_blocking(move || ferry_store::cluster::Cluster::status_of(&options))
+            .await??
+    };
+    let held: Vec<String> = status
+        .leases
+        .iter()
+        .filter(|l| l.owner == dead && l.held())
+        .map(|l| l.resource.clone())
+        .collect();
+    if held.is_empty() {
+        return Ok(None);
+    }
+    loop {
+        let options = options.clone();
+        let status =
+            tokio::task::spawn_blocking(move || ferry_store::cluster::Cluster::status_of(&options))
+                .await??;
+        let done = held.iter().all(|r| {
+            status
+                .leases
+                .iter()
+                .any(|l| &l.resource == r && l.held() && l.owner != dead)
+        });
+        if done {
+            return Ok(Some(since.elapsed()));
+        }
+        if since.elapsed() > limit {
+            anyhow::bail!("leases of {dead} not taken over within {limit:?}: {held:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Run the harness.
@@ -293,48 +432,104 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or_else(|| super::unix_micros() | 1).max(1);
     let mut schedule = Schedule(seed);
     let (downstream, deliveries, receiver) = receive::spawn("127.0.0.1:0".parse()?).await?;
-    let source = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let config_path = dir.join("ferry.toml");
-    std::fs::write(
-        &config_path,
-        config(&dir, args.store_url.as_deref(), source, downstream),
-    )?;
+    let nodes = args.nodes.max(1);
+    // On PostgreSQL the run gets a fresh schema, so the oracle sees only this run's messages.
+    let postgres = match (&args.store_url, nodes) {
+        (Some(url), _) => Some((url.clone(), fresh_schema(url, seed).await?)),
+        (None, 1) => None,
+        (None, _) => {
+            anyhow::bail!("--nodes {nodes} needs --store-url (the shared PostgreSQL store)")
+        }
+    };
     let binary = match args.ferry.clone() {
         Some(b) => b,
         None => std::env::current_exe().context("finding the ferry binary")?,
     };
-    let mut engine = Engine {
-        binary,
-        config: config_path,
-        dir: dir.clone(),
-        source,
-        child: None,
-        lives: 0,
-    };
+    let mut engines = Vec::with_capacity(nodes);
+    for node in 0..nodes {
+        let source = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let config_path = if nodes == 1 {
+            dir.join("ferry.toml")
+        } else {
+            dir.join(format!("ferry-n{node}.toml"))
+        };
+        let (run_dir, ttl) = (dir.clone(), args.lease_ttl);
+        let url = postgres.as_ref().map(|(_, (_, url))| url.clone());
+        let write_config: Arc<dyn Fn(usize, u32) -> String + Send + Sync> =
+            Arc::new(move |node, life| {
+                let store = match &url {
+                    None => StoreAt::Sqlite,
+                    Some(url) => StoreAt::Postgres {
+                        url: url.clone(),
+                        cluster: (nodes > 1).then(|| (ttl, node_id(node, life))),
+                    },
+                };
+                config(&run_dir, source, downstream, store)
+            });
+        engines.push(Engine {
+            binary: binary.clone(),
+            config: config_path,
+            dir: dir.clone(),
+            source,
+            child: None,
+            lives: 0,
+            node,
+            write_config,
+        });
+    }
     if !args.json {
         println!(
-            "ferry bench crash: seed {seed}, {} kill(s), {} sender(s), run directory {}",
+            "ferry bench crash: seed {seed}, {} kill(s), {} sender(s), {nodes} node(s), run directory {}",
             args.kills,
             args.senders,
             dir.display()
         );
     }
     let began = Instant::now();
-    let mut slowest_ready = engine.start().await?;
+    let mut slowest_ready = Duration::ZERO;
+    for engine in &mut engines {
+        slowest_ready = slowest_ready.max(engine.start().await?);
+    }
     let shared = Arc::new(Senders::default());
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..args.senders.max(1) {
+        let source = engines[s % nodes].source;
         tasks.spawn(sender(format!("S{s}"), source, shared.clone()));
     }
+    let mut takeovers: Vec<Duration> = Vec::new();
     for k in 1..=args.kills {
         tokio::time::sleep(schedule.between(args.min_interval, args.max_interval)).await;
+        let victim = (schedule.next() % nodes as u64) as usize;
+        let engine = &mut engines[victim];
+        let dead = engine.node_id();
         engine.kill();
+        let killed = Instant::now();
         let acked = shared.acked.lock().map(|a| a.len()).unwrap_or(0);
         let ready = engine.start().await?;
         slowest_ready = slowest_ready.max(ready);
+        let taken = match &postgres {
+            Some((_, (_, url))) if nodes > 1 => {
+                takeover(url, &dead, killed, Duration::from_secs(30)).await?
+            }
+            _ => None,
+        };
+        if let Some(t) = taken {
+            takeovers.push(t);
+        }
         if !args.json {
+            let node = if nodes > 1 {
+                format!(" node {victim} ({dead})")
+            } else {
+                String::new()
+            };
+            let taken = taken.map_or(String::new(), |t| {
+                format!(
+                    "; its leases taken over {:.0} ms after the kill",
+                    t.as_secs_f64() * 1000.0
+                )
+            });
             println!(
-                "kill {k:>3}: {acked} acknowledged so far; restarted, ready in {:.1} ms",
+                "kill {k:>3}:{node} {acked} acknowledged so far; restarted, ready in {:.1} ms{taken}",
                 ready.as_secs_f64() * 1000.0
             );
         }
@@ -349,8 +544,16 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         verdict = judge(&acked, &deliveries);
     }
-    engine.kill();
+    for engine in &mut engines {
+        engine.kill();
+    }
     receiver.abort();
+    if let Some((url, (schema, _))) = &postgres
+        && args.dir.is_none()
+    {
+        drop_schema(url, schema).await;
+    }
+    let slowest_takeover = takeovers.iter().max().copied();
     let distinct_acked: BTreeSet<&String> = acked.iter().collect();
     let resends = shared.resends.load(Ordering::Relaxed);
     let naks = shared.naks.load(Ordering::Relaxed);
@@ -365,6 +568,8 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<ExitCode> {
                 "duplicates": verdict.duplicates, "order_violations": verdict.order_violations,
                 "resends": resends, "naks": naks,
                 "slowest_ready_ms": slowest_ready.as_secs_f64() * 1000.0,
+                "nodes": nodes, "takeovers": takeovers.len(),
+                "slowest_takeover_ms": slowest_takeover.map(|t| t.as_secs_f64() * 1000.0),
                 "seconds": began.elapsed().as_secs_f64(), "ok": ok,
             })
         );
@@ -382,6 +587,13 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<ExitCode> {
             verdict.order_violations,
             slowest_ready.as_secs_f64() * 1000.0
         );
+        if let Some(t) = slowest_takeover {
+            println!(
+                "{} takeover(s) of a killed node's leases; slowest {:.0} ms after the kill",
+                takeovers.len(),
+                t.as_secs_f64() * 1000.0
+            );
+        }
         for id in verdict.lost.iter().take(10) {
             println!("lost: {id}");
         }
