@@ -1,13 +1,13 @@
 //! Queue drain rate under write load, on either backend:
 //!
 //! ```text
-//! cargo run --release -p ferry-store --example drain -- postgres://postgres@127.0.0.1:5432/test 20000
-//! cargo run --release -p ferry-store --example drain -- /tmp/drain.db 20000
+//! cargo run --release -p ferry-store --example drain -- postgres://postgres@127.0.0.1:5432/test 20000 16
+//! cargo run --release -p ferry-store --example drain -- /tmp/drain.db 20000 16
 //! ```
 //!
 //! Queues `N` messages for destination `d` of channel `c`, then drains them as a dispatcher
 //! does (keyset `queue_batch` of 100, each message's `SENT` update in flight concurrently,
-//! 64 at most) while 16 other tasks keep ingesting into channel `w` as fast as they can.
+//! 64 at most) while `LOADERS` (default 16) other tasks keep ingesting into channel `w` as fast as they can.
 //! Prints the drain rate and the ingest rate beside it. With a PostgreSQL URL, the run uses a
 //! fresh schema it drops afterwards.
 
@@ -53,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "/tmp/ferry-drain.db".to_owned());
     let n: u64 = args.next().map_or(Ok(20_000), |a| a.parse())?;
+    let loaders: u64 = args.next().map_or(Ok(16), |a| a.parse())?;
     let mut schema = None;
     let store = if target.starts_with("postgres") {
         let name = format!("ferry_drain_{}", std::process::id());
@@ -98,14 +99,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let mut load = tokio::task::JoinSet::new();
-    for t in 0..16u64 {
+    for t in 0..loaders {
         let (store, stop, written) = (store.clone(), stop.clone(), written.clone());
         load.spawn(async move {
             let mut i = t;
             while !stop.load(Ordering::Relaxed) {
                 store.ingest(message("w", i)).await.expect("ingest");
                 written.fetch_add(1, Ordering::Relaxed);
-                i += 16;
+                i += loaders;
             }
         });
     }
@@ -114,8 +115,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut after = 0;
     let mut drained = 0u64;
+    let mut scanning = std::time::Duration::ZERO;
     loop {
+        let scan = Instant::now();
         let batch = store.queue_batch("c", "d", after, 100).await?;
+        scanning += scan.elapsed();
         let Some(last) = batch.last() else { break };
         after = last.message_id;
         let mut sends = tokio::task::JoinSet::new();
@@ -150,9 +154,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let depth = store.queue_depth("c", "d").await?;
     let stats = store.stats();
     println!(
-        "drained {drained} messages in {:.2} s: {:.0} msg/s, while {} other ingests ran \
-         ({:.0} msg/s); queue left {depth}; writer: {} ops in {} commits",
+        "drained {drained} messages in {:.2} s ({:.2} s of it in queue scans): {:.0} msg/s, \
+         while {} other ingests ran ({:.0} msg/s); queue left {depth}; writer: {} ops in {} \
+         commits",
         drain.as_secs_f64(),
+        scanning.as_secs_f64(),
         drained as f64 / drain.as_secs_f64(),
         written.load(Ordering::Relaxed),
         written.load(Ordering::Relaxed) as f64 / drain.as_secs_f64(),

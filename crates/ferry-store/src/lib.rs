@@ -1,4 +1,6 @@
-//! Ferry's durable message store, on SQLite.
+//! Ferry's durable message store, on SQLite ([`Store::open`]) or PostgreSQL
+//! ([`Store::open_postgres`], several nodes on one database: see [`postgres`]). What follows
+//! describes SQLite; the PostgreSQL backend keeps every promise with the same design.
 //!
 //! Every promise Ferry makes about messages rests on this crate: a message is acknowledged only
 //! after [`Store::ingest`] returns, and `ingest` returns only after the transaction holding the

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use ferry_store::{
-    AuditAction, AuditEvent, DedupeKey, Ingested, NewMessage, Status, Store, StoreError,
-    StoreOptions,
+    AuditAction, AuditEvent, AuditFilter, DedupeKey, Ingested, NewMessage, ProblemKind, Status,
+    Store, StoreError, StoreOptions,
 };
 
 mod pg;
@@ -134,5 +134,70 @@ async fn concurrent_audit_appends_from_two_nodes_form_one_chain() {
     }
     a.close().await.expect("close");
     b.close().await.expect("close");
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_search_shipping_and_tampering_on_postgres() {
+    let db = test_db();
+    let store = Store::open_postgres(pg(db.url()), StoreOptions::default()).expect("open");
+    for i in 1..=5 {
+        store
+            .audit_append(
+                AuditEvent::new(AuditAction::ConfigChange)
+                    .actor(if i % 2 == 0 { "alice" } else { "bob" })
+                    .target(format!("channel/adt/message/{i}")),
+            )
+            .await
+            .expect("append");
+    }
+    let alice = store
+        .audit_search(AuditFilter {
+            actor: Some("alice".into()),
+            target: Some("channel/adt".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("search");
+    assert_eq!(alice.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 4]);
+    assert_eq!(store.audit_shipped_upto().await.expect("shipped"), 0);
+    store.audit_set_shipped(3).await.expect("ship");
+    store.audit_set_shipped(2).await.expect("never back");
+    assert_eq!(store.audit_shipped_upto().await.expect("shipped"), 3);
+    let head = store.audit_verify().await.expect("verify");
+    assert!(head.is_ok(), "{:?}", head.first_problem());
+    let expected = head.last.clone().expect("head").to_string();
+
+    // Edit a field behind the store's back, then truncate the last record.
+    let url = db.url().to_owned();
+    let tamper = move |sql: &'static str| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            postgres::Client::connect(&url, postgres::NoTls)
+                .expect("client")
+                .batch_execute(sql)
+                .expect("tamper");
+        })
+        .join()
+        .expect("tamper thread");
+    };
+    tamper("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3");
+    let report = store.audit_verify().await.expect("verify");
+    assert_eq!(
+        report.first_problem().map(|p| (p.seq, p.kind)),
+        Some((3, ProblemKind::Edited))
+    );
+    tamper("UPDATE audit_log SET actor = 'bob' WHERE seq = 3; DELETE FROM audit_log WHERE seq = 5");
+    let report = store
+        .audit_verify_expecting(Some(expected))
+        .await
+        .expect("verify");
+    let kinds: Vec<ProblemKind> = report.problems.iter().map(|p| p.kind).collect();
+    assert!(kinds.contains(&ProblemKind::Truncated), "{kinds:?}");
+    assert!(
+        kinds.contains(&ProblemKind::ExpectedHeadMissing),
+        "{kinds:?}"
+    );
+    store.close().await.expect("close");
     drop(db);
 }

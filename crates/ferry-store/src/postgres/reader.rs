@@ -120,14 +120,19 @@ impl Reader<'_> {
         let rows = self
             .client
             .query(
+                // The content stages are correlated point lookups on the primary key: as
+                // joins, the planner may probe `content` by channel only and filter the
+                // message id, a scan of the channel's content per queued row.
                 "SELECT q.message_id, q.attempts, m.received_at_ms, m.control_id, \
-                   e.data, t.data, m.raw \
+                   (SELECT e.data FROM content e WHERE e.channel = q.channel \
+                     AND e.message_id = q.message_id AND e.connector = q.connector \
+                     AND e.stage = 'encoded'), \
+                   (SELECT t.data FROM content t WHERE t.channel = q.channel \
+                     AND t.message_id = q.message_id AND t.connector = 'source' \
+                     AND t.stage = 'transformed'), \
+                   m.raw \
                  FROM connector_messages q \
                  JOIN messages m ON m.channel = q.channel AND m.id = q.message_id \
-                 LEFT JOIN content e ON e.channel = q.channel AND e.message_id = q.message_id \
-                   AND e.connector = q.connector AND e.stage = 'encoded' \
-                 LEFT JOIN content t ON t.channel = q.channel AND t.message_id = q.message_id \
-                   AND t.connector = 'source' AND t.stage = 'transformed' \
                  WHERE q.channel = (SELECT id FROM channels WHERE name = $1) \
                    AND q.connector = $2 AND q.status = 'QUEUED' AND q.message_id > $3 \
                  ORDER BY q.message_id LIMIT $4",

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use postgres::Client;
 use postgres::types::ToSql;
+use postgres::{Client, Statement};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::crypto::{self, Keyring, Place};
@@ -84,6 +84,7 @@ pub(crate) struct WriterHandle {
 impl WriterHandle {
     pub(crate) fn start(
         client: Client,
+        options: super::PgOptions,
         keyring: Option<Arc<Keyring>>,
     ) -> Result<WriterHandle, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -94,10 +95,12 @@ impl WriterHandle {
             .spawn(move || {
                 Writer {
                     client,
+                    options,
                     counters: thread_counters,
                     keyring,
                     channel_ids: HashMap::new(),
                     next_ids: BTreeMap::new(),
+                    statements: HashMap::new(),
                 }
                 .run(rx)
             })
@@ -138,12 +141,17 @@ impl WriterHandle {
 
 struct Writer {
     client: Client,
+    /// To reconnect when the connection was lost between batches.
+    options: super::PgOptions,
     counters: Arc<Counters>,
     keyring: Option<Arc<Keyring>>,
     /// Channel name → id (ids never change once created).
     channel_ids: HashMap<String, i64>,
     /// Within a batch: channel id → next message id, taken under the channel row's lock.
     next_ids: BTreeMap<i64, MessageId>,
+    /// Prepared statements of the hot path (a `&str` query is parsed anew each time: one
+    /// more round trip per statement).
+    statements: HashMap<&'static str, Statement>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -174,6 +182,42 @@ fn pg(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
 }
 
 impl Writer {
+    /// A statement of the hot path, prepared once per connection.
+    fn prepared(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self
+            .client
+            .prepare(sql)
+            .map_err(pg("preparing a statement"))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    fn prepared_execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        match self.prepared(sql) {
+            Ok(statement) => self.client.execute(&statement, params),
+            // Preparing failed: run it unprepared for the real error.
+            Err(_) => self.client.execute(sql, params),
+        }
+    }
+
+    fn prepared_query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<postgres::Row>, postgres::Error> {
+        match self.prepared(sql) {
+            Ok(statement) => self.client.query_opt(&statement, params),
+            Err(_) => self.client.query_opt(sql, params),
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch: Vec<(Op, Answer)> = Vec::new();
         let mut fatal: Option<String> = None;
@@ -271,6 +315,24 @@ impl Writer {
     /// Run the batch in one transaction and answer every operation. `Err` only when the
     /// transaction itself failed (then every operation was answered `Fatal`).
     fn commit(&mut self, batch: &mut Vec<(Op, Answer)>) -> Result<(), String> {
+        // A connection lost between batches (a server restart) is replaced: nothing was in
+        // flight on it.
+        if self.client.is_closed() {
+            match super::reader::open(&self.options) {
+                Ok(client) => {
+                    tracing::info!("store: reconnected to PostgreSQL");
+                    self.client = client;
+                    self.statements.clear();
+                }
+                Err(e) => {
+                    let reason = format!("the store cannot reach PostgreSQL: {e}");
+                    for (_, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(StoreError::Corrupt(reason.clone())));
+                    }
+                    return Ok(());
+                }
+            }
+        }
         // Channels: created outside the batch, locked in name order inside it.
         let mut names: Vec<String> = Vec::new();
         for (op, _) in batch.iter() {
@@ -290,49 +352,44 @@ impl Writer {
                 channel_errors.insert(name.clone(), e.to_string());
             }
         }
-        let started = self.begin(batch, &mut names);
-        if let Err(e) = started {
-            let reason = format!("starting a batch: {e}");
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
-            }
+        // Nothing of this batch is written yet: a batch that cannot start fails alone (its
+        // callers are told, none is acknowledged), and the next one tries again.
+        if let Err(e) = self.begin(batch, &mut names) {
+            let reason = format!("the store could not start a transaction: {e}");
+            tracing::warn!(%reason, "store batch refused");
             let _ = self.client.batch_execute("ROLLBACK");
-            return Err(reason);
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(StoreError::Corrupt(reason.clone())));
+            }
+            return Ok(());
         }
-        let mut results = Vec::with_capacity(batch.len());
-        for (op, _) in batch.iter() {
-            let name = match op {
-                Op::Ingest(m) => Some(&m.channel),
-                Op::Delivery(d) => Some(&d.channel),
-                Op::SourceResponse { channel, .. } => Some(channel),
-                _ => None,
+        // First without savepoints (two round trips fewer per operation); when any operation
+        // fails, the whole transaction is rolled back and the batch runs again with a
+        // savepoint per operation, so the bad one fails alone.
+        let snapshot = self.next_ids.clone();
+        let mut outcome = self.run_ops(batch, &channel_errors, false);
+        if matches!(outcome, Ok(None)) {
+            let _ = self.client.batch_execute("ROLLBACK");
+            self.next_ids = snapshot;
+            outcome = match self.client.batch_execute("BEGIN") {
+                Ok(()) => self
+                    .relock()
+                    .and_then(|()| self.run_ops(batch, &channel_errors, true)),
+                Err(e) => Err(StoreError::postgres("starting a transaction")(e)),
             };
-            if let Some(e) = name.and_then(|n| channel_errors.get(n)) {
-                results.push(Err(StoreError::Corrupt(e.clone())));
-                continue;
-            }
-            if let Err(e) = self.client.batch_execute("SAVEPOINT op") {
-                results.push(Err(StoreError::postgres("opening a savepoint")(e)));
-                break;
-            }
-            let snapshot = self.next_ids.clone();
-            let result = self.apply(op);
-            let end = if result.is_ok() {
-                "RELEASE SAVEPOINT op"
-            } else {
-                self.next_ids = snapshot;
-                "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op"
-            };
-            results.push(result);
-            if let Err(e) = self.client.batch_execute(end) {
-                results.push(Err(StoreError::postgres("closing a savepoint")(e)));
-                break;
-            }
         }
-        let committed = if results.len() == batch.len() {
-            self.finish()
-        } else {
-            Err(StoreError::Fatal("the batch's transaction broke".into()))
+        let (committed, results) = match outcome {
+            Ok(Some(results)) => (self.finish(), results),
+            Ok(None) => (
+                Err(StoreError::Fatal("the batch did not complete".into())),
+                Vec::new(),
+            ),
+            Err(e) => (
+                Err(StoreError::Fatal(format!(
+                    "the batch's transaction broke: {e}"
+                ))),
+                Vec::new(),
+            ),
         };
         self.next_ids.clear();
         match committed {
@@ -355,6 +412,174 @@ impl Writer {
                 Err(reason)
             }
         }
+    }
+
+    /// Run every operation of the batch in the open transaction. With `savepoints`, each in
+    /// its own (a failure is that operation's answer); without, the first failure returns
+    /// `Ok(None)` (the transaction must be rolled back). `Err`: the transaction broke.
+    fn run_ops(
+        &mut self,
+        batch: &[(Op, Answer)],
+        channel_errors: &HashMap<String, String>,
+        savepoints: bool,
+    ) -> Result<Option<Vec<Result<Reply, StoreError>>>, StoreError> {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut deliveries: Vec<(usize, &DeliveryUpdate)> = Vec::new();
+        for (op, _) in batch {
+            let name = match op {
+                Op::Ingest(m) => Some(&m.channel),
+                Op::Delivery(d) => Some(&d.channel),
+                Op::SourceResponse { channel, .. } => Some(channel),
+                _ => None,
+            };
+            if let Some(e) = name.and_then(|n| channel_errors.get(n)) {
+                results.push(Err(StoreError::Corrupt(e.clone())));
+                continue;
+            }
+            if !savepoints {
+                if let Op::Delivery(d) = op {
+                    // Written together after the loop (one statement for all of them).
+                    deliveries.push((results.len(), d));
+                    results.push(Ok(Reply::Done));
+                    continue;
+                }
+                match self.apply(op) {
+                    Ok(reply) => results.push(Ok(reply)),
+                    Err(_) => return Ok(None),
+                }
+                continue;
+            }
+            self.client
+                .batch_execute("SAVEPOINT op")
+                .map_err(pg("opening a savepoint"))?;
+            let snapshot = self.next_ids.clone();
+            let result = self.apply(op);
+            let end = if result.is_ok() {
+                "RELEASE SAVEPOINT op"
+            } else {
+                self.next_ids = snapshot;
+                "ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op"
+            };
+            results.push(result);
+            self.client
+                .batch_execute(end)
+                .map_err(pg("closing a savepoint"))?;
+        }
+        if !deliveries.is_empty() && !self.deliveries(&deliveries)? {
+            return Ok(None);
+        }
+        Ok(Some(results))
+    }
+
+    /// Every delivery of a batch in one `UPDATE … FROM unnest(…)` and one content upsert
+    /// (the queue drains at the rate of these two statements, not of two per message).
+    /// `Ok(false)`: one of them does not apply as given (an unknown row, the same row twice,
+    /// a failed seal or statement); the batch is then redone one operation at a time.
+    fn deliveries(&mut self, deliveries: &[(usize, &DeliveryUpdate)]) -> Result<bool, StoreError> {
+        let mut keys = std::collections::HashSet::new();
+        let mut channels = Vec::new();
+        let mut ids = Vec::new();
+        let mut connectors: Vec<&str> = Vec::new();
+        let mut statuses: Vec<&str> = Vec::new();
+        let mut attempts = Vec::new();
+        let mut errors: Vec<Option<String>> = Vec::new();
+        let (mut c_channels, mut c_ids, mut c_connectors, mut c_stages, mut c_data) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::<&str>::new(),
+            Vec::<&str>::new(),
+            Vec::new(),
+        );
+        for (_, d) in deliveries {
+            let Ok(channel) = self.channel_id(&d.channel) else {
+                return Ok(false);
+            };
+            if !keys.insert((channel, d.message_id, d.destination.as_str())) {
+                return Ok(false);
+            }
+            let place = |stage: ContentStage| Place {
+                channel: &d.channel,
+                message_id: d.message_id,
+                connector: &d.destination,
+                stage: stage.as_str(),
+            };
+            let Ok(error) = self.seal_text(place(ContentStage::Error), d.error.as_deref()) else {
+                return Ok(false);
+            };
+            channels.push(channel);
+            ids.push(d.message_id);
+            connectors.push(&d.destination);
+            statuses.push(d.status.as_str());
+            attempts.push(i32::try_from(d.attempts).unwrap_or(i32::MAX));
+            errors.push(error);
+            for (stage, data) in [
+                (ContentStage::Response, &d.response),
+                (ContentStage::Encoded, &d.encoded),
+            ] {
+                if let Some(data) = data {
+                    let Ok(sealed) = self.seal(place(stage), data) else {
+                        return Ok(false);
+                    };
+                    c_channels.push(channel);
+                    c_ids.push(d.message_id);
+                    c_connectors.push(&d.destination);
+                    c_stages.push(stage.as_str());
+                    c_data.push(sealed);
+                }
+            }
+        }
+        let changed = self.prepared_execute(
+            "UPDATE connector_messages c SET status = v.s, attempts = v.a, error = v.e, \
+             updated_at_ms = $7 \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int[], \
+               $6::text[]) AS v(ch, id, n, s, a, e) \
+             WHERE c.channel = v.ch AND c.message_id = v.id AND c.connector = v.n",
+            &[
+                &channels,
+                &ids,
+                &connectors,
+                &statuses,
+                &attempts,
+                &errors,
+                &now_ms(),
+            ],
+        );
+        if !matches!(changed, Ok(n) if n == deliveries.len() as u64) {
+            return Ok(false);
+        }
+        if !c_channels.is_empty() {
+            let stored = self.prepared_execute(
+                "INSERT INTO content (channel, message_id, connector, stage, data) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+                   $5::bytea[]) \
+                 ON CONFLICT (channel, message_id, connector, stage) \
+                 DO UPDATE SET data = excluded.data",
+                &[&c_channels, &c_ids, &c_connectors, &c_stages, &c_data],
+            );
+            if stored.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Lock the channels of `next_ids` again (after a rollback) and reread their counters.
+    fn relock(&mut self) -> Result<(), StoreError> {
+        let ids: Vec<i64> = self.next_ids.keys().copied().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT id, next_id FROM channels WHERE id = ANY($1) ORDER BY name FOR UPDATE",
+                &[&ids],
+            )
+            .map_err(pg("locking the channels' id counters"))?;
+        for row in rows {
+            self.next_ids.insert(row.get(0), row.get(1));
+        }
+        Ok(())
     }
 
     /// `BEGIN`, then lock the batch's channels (name order) and read their id counters.
@@ -397,14 +622,13 @@ impl Writer {
         if !self.next_ids.is_empty() {
             let (ids, next): (Vec<i64>, Vec<i64>) =
                 self.next_ids.iter().map(|(c, n)| (*c, *n)).unzip();
-            self.client
-                .execute(
-                    "UPDATE channels c SET next_id = v.next \
+            self.prepared_execute(
+                "UPDATE channels c SET next_id = v.next \
                      FROM unnest($1::bigint[], $2::bigint[]) AS v(id, next) \
                      WHERE c.id = v.id AND c.next_id <> v.next",
-                    &[&ids, &next],
-                )
-                .map_err(pg("storing the channels' id counters"))?;
+                &[&ids, &next],
+            )
+            .map_err(pg("storing the channels' id counters"))?;
         }
         self.client
             .batch_execute("COMMIT")
@@ -475,8 +699,7 @@ impl Writer {
         let channel = self.channel_id(&m.channel)?;
         let original: Option<(MessageId, Option<Vec<u8>>)> = match &m.dedupe {
             Some(d) => self
-                .client
-                .query_opt(
+                .prepared_query_opt(
                     "SELECT id, source_response FROM messages \
                      WHERE channel = $1 AND dedupe_key = $2 AND received_at_ms >= $3 \
                        AND dedupe_key IS NOT NULL \
@@ -530,23 +753,22 @@ impl Writer {
             .transpose()?;
         let source_error =
             self.seal_text(place(SOURCE, ContentStage::Error), source_error.as_deref())?;
-        self.client
-            .execute(
-                "INSERT INTO messages \
+        self.prepared_execute(
+            "INSERT INTO messages \
                  (channel, id, received_at_ms, control_id, message_type, raw, source_response, \
                   dedupe_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[
-                    &channel,
-                    &id,
-                    &m.received_at_ms,
-                    &m.control_id,
-                    &m.message_type,
-                    &raw,
-                    &response,
-                    &dedupe_key,
-                ],
-            )
-            .map_err(pg("storing a message"))?;
+            &[
+                &channel,
+                &id,
+                &m.received_at_ms,
+                &m.control_id,
+                &m.message_type,
+                &raw,
+                &response,
+                &dedupe_key,
+            ],
+        )
+        .map_err(pg("storing a message"))?;
         self.index_metadata(channel, &m.channel, id, &m.metadata)?;
         // Every status row of the message in one statement.
         let mut connectors: Vec<&str> = vec![SOURCE];
@@ -579,15 +801,14 @@ impl Writer {
                 errors.push(error);
             }
         }
-        self.client
-            .execute(
-                "INSERT INTO connector_messages \
+        self.prepared_execute(
+            "INSERT INTO connector_messages \
                  (channel, message_id, connector, status, attempts, error, updated_at_ms) \
                  SELECT $1, $2, c, s, 0, e, $3 \
                  FROM unnest($4::text[], $5::text[], $6::text[]) AS v(c, s, e)",
-                &[&channel, &id, &now, &connectors, &statuses, &errors],
-            )
-            .map_err(pg("storing the connectors' status"))?;
+            &[&channel, &id, &now, &connectors, &statuses, &errors],
+        )
+        .map_err(pg("storing the connectors' status"))?;
         if let Some((original, response)) = original {
             return Ok(Ingested::Duplicate {
                 id,
@@ -623,14 +844,13 @@ impl Writer {
             data.push(sealed);
         }
         if !names.is_empty() {
-            self.client
-                .execute(
-                    "INSERT INTO content (channel, message_id, connector, stage, data) \
+            self.prepared_execute(
+                "INSERT INTO content (channel, message_id, connector, stage, data) \
                      SELECT $1, $2, c, s, d FROM unnest($3::text[], $4::text[], $5::bytea[]) \
                      AS v(c, s, d)",
-                    &[&channel, &id, &names, &stages, &data],
-                )
-                .map_err(pg("storing content"))?;
+                &[&channel, &id, &names, &stages, &data],
+            )
+            .map_err(pg("storing content"))?;
         }
         Ok(Ingested::Stored(id))
     }
@@ -667,14 +887,13 @@ impl Writer {
                 }
             }
         }
-        self.client
-            .execute(
-                "INSERT INTO message_metadata (channel, key, value, message_id, sealed) \
+        self.prepared_execute(
+            "INSERT INTO message_metadata (channel, key, value, message_id, sealed) \
                  SELECT $1, k, v, $2, s FROM unnest($3::text[], $4::bytea[], $5::bytea[]) \
                  AS x(k, v, s) ON CONFLICT DO NOTHING",
-                &[&channel, &id, &keys, &values, &sealed],
-            )
-            .map_err(pg("storing indexed metadata"))?;
+            &[&channel, &id, &keys, &values, &sealed],
+        )
+        .map_err(pg("storing indexed metadata"))?;
         Ok(())
     }
 
@@ -695,8 +914,7 @@ impl Writer {
             response,
         )?;
         let changed = self
-            .client
-            .execute(
+            .prepared_execute(
                 "UPDATE messages SET source_response = $1 WHERE channel = $2 AND id = $3",
                 &[&response, &channel_id, &id],
             )
@@ -737,8 +955,7 @@ impl Writer {
         let error = self.seal_text(place(ContentStage::Error), d.error.as_deref())?;
         let attempts = i32::try_from(d.attempts).unwrap_or(i32::MAX);
         let changed = self
-            .client
-            .execute(
+            .prepared_execute(
                 "UPDATE connector_messages SET status = $1, attempts = $2, error = $3, \
                  updated_at_ms = $4 WHERE channel = $5 AND message_id = $6 AND connector = $7",
                 &[
@@ -776,15 +993,14 @@ impl Writer {
         if !stages.is_empty() {
             let params: [&(dyn ToSql + Sync); 5] =
                 [&channel, &d.message_id, &d.destination, &stages, &data];
-            self.client
-                .execute(
-                    "INSERT INTO content (channel, message_id, connector, stage, data) \
+            self.prepared_execute(
+                "INSERT INTO content (channel, message_id, connector, stage, data) \
                      SELECT $1, $2, $3, s, x FROM unnest($4::text[], $5::bytea[]) AS v(s, x) \
                      ON CONFLICT (channel, message_id, connector, stage) \
                      DO UPDATE SET data = excluded.data",
-                    &params,
-                )
-                .map_err(pg("storing a delivery's content"))?;
+                &params,
+            )
+            .map_err(pg("storing a delivery's content"))?;
         }
         Ok(())
     }
