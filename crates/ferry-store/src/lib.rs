@@ -38,6 +38,7 @@ pub mod audit;
 mod checkpoint;
 pub mod cluster;
 pub mod crypto;
+mod group_commit;
 mod model;
 pub mod postgres;
 pub mod prune;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -11,18 +11,11 @@ use tokio::sync::{mpsc, oneshot};
 use std::borrow::Cow;
 
 use crate::crypto::{self, Keyring, Place};
+use crate::group_commit;
 use crate::model::{DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE, Status};
 use crate::rotate::{self, Cursor, Rotated};
 use crate::{StoreError, model::ContentStage};
 
-/// Most operations committed together.
-const MAX_BATCH_OPS: usize = 1024;
-/// Most payload bytes committed together.
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
-/// Longest a commit waits for more writers to join it (see `run`).
-const GATHER_WAIT: Duration = Duration::from_micros(200);
-/// Step of that wait.
-const GATHER_STEP: Duration = Duration::from_micros(20);
 /// Operations that may wait for the writer before senders wait for room.
 const QUEUE_CAPACITY: usize = 8192;
 
@@ -69,10 +62,7 @@ pub(crate) enum Reply {
     Vacuumed(crate::prune::VacuumProgress),
 }
 
-enum Command {
-    Op(Op, oneshot::Sender<Result<Reply, StoreError>>),
-    Close(oneshot::Sender<Result<(), StoreError>>),
-}
+type Command = group_commit::Command<Op, Reply>;
 
 /// Counters of the writer: `ops / commits` is how many writes shared each fsync.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,7 +95,7 @@ impl WriterHandle {
         let thread_counters = counters.clone();
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
-            .spawn(move || Writer::new(conn, thread_counters, keyring).run(rx))
+            .spawn(move || group_commit::run(Writer::new(conn, thread_counters, keyring), rx))
             .map_err(|source| StoreError::Io {
                 context: "starting the store writer thread".into(),
                 source,
@@ -187,81 +177,9 @@ impl Writer {
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch: Vec<(Op, oneshot::Sender<Result<Reply, StoreError>>)> = Vec::new();
-        let mut fatal: Option<String> = None;
-        // Size of the previous batch: when more writers than are queued now shared the last
-        // commit, they are probably on their way back; wait a moment for them (group commit
-        // that does not collapse into alternating small batches).
-        let mut previous = 1usize;
-        while let Some(first) = rx.blocking_recv() {
-            let started = Instant::now();
-            let mut close = None;
-            let mut bytes = 0;
-            let mut next = Some(first);
-            loop {
-                let command = match next.take() {
-                    Some(c) => c,
-                    None => match rx.try_recv() {
-                        Ok(c) => c,
-                        Err(_) if batch.len() < previous && started.elapsed() < GATHER_WAIT => {
-                            std::thread::sleep(GATHER_STEP);
-                            continue;
-                        }
-                        Err(_) => break,
-                    },
-                };
-                match command {
-                    Command::Op(op, reply) => {
-                        bytes += op_bytes(&op);
-                        batch.push((op, reply));
-                    }
-                    Command::Close(reply) => {
-                        close = Some(reply);
-                        break;
-                    }
-                }
-                if batch.len() >= MAX_BATCH_OPS || bytes >= MAX_BATCH_BYTES {
-                    break;
-                }
-            }
-            previous = batch.len().max(1);
-            if let Some(reason) = &fatal {
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
-                }
-            } else if !batch.is_empty()
-                && let Err(reason) = self.commit(&mut batch)
-            {
-                tracing::error!(%reason, "store commit failed; refusing all further writes");
-                self.counters.failed.store(true, Ordering::Relaxed);
-                fatal = Some(reason);
-            }
-            if let Some(reply) = close {
-                let result = self
-                    .conn
-                    .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
-                    .map_err(StoreError::sqlite("checkpointing the WAL at close"));
-                rx.close();
-                while let Ok(command) = rx.try_recv() {
-                    match command {
-                        Command::Op(_, r) => {
-                            let _ = r.send(Err(StoreError::Closed));
-                        }
-                        Command::Close(r) => {
-                            let _ = r.send(Ok(()));
-                        }
-                    }
-                }
-                let _ = reply.send(result);
-                return;
-            }
-        }
-    }
-
     /// Run the batch in one transaction and answer every operation. Returns `Err` only when
     /// the commit itself failed (then every operation was answered `Fatal`).
-    fn commit(
+    fn commit_batch(
         &mut self,
         batch: &mut Vec<(Op, oneshot::Sender<Result<Reply, StoreError>>)>,
     ) -> Result<(), String> {
@@ -849,5 +767,28 @@ impl Writer {
                 .map_err(StoreError::sqlite("storing encoded content"))?;
         }
         Ok(())
+    }
+}
+
+impl group_commit::BatchWriter for Writer {
+    type Op = Op;
+    type Reply = Reply;
+
+    fn op_bytes(op: &Op) -> usize {
+        op_bytes(op)
+    }
+
+    fn commit(&mut self, batch: &mut Vec<(Op, group_commit::Answer<Reply>)>) -> Result<(), String> {
+        self.commit_batch(batch)
+    }
+
+    fn mark_failed(&self) {
+        self.counters.failed.store(true, Ordering::Relaxed);
+    }
+
+    fn close(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(StoreError::sqlite("checkpointing the WAL at close"))
     }
 }

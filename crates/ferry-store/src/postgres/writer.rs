@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use postgres::types::ToSql;
 use postgres::{Client, Statement};
@@ -22,14 +22,10 @@ use crate::crypto::{self, Keyring, Place};
 use crate::model::{
     ContentStage, DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE, Status,
 };
-use crate::{StoreError, WriterStats};
+use crate::{StoreError, WriterStats, group_commit};
 
 use super::rotate::{self, PgCursor, PgRotated};
 
-const MAX_BATCH_OPS: usize = 1024;
-const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
-const GATHER_WAIT: Duration = Duration::from_micros(200);
-const GATHER_STEP: Duration = Duration::from_micros(20);
 const QUEUE_CAPACITY: usize = 8192;
 
 pub(crate) enum Op {
@@ -62,12 +58,9 @@ pub(crate) enum Reply {
     Pruned(crate::prune::PruneProgress),
 }
 
-type Answer = oneshot::Sender<Result<Reply, StoreError>>;
+type Answer = group_commit::Answer<Reply>;
 
-enum Command {
-    Op(Op, Answer),
-    Close(oneshot::Sender<Result<(), StoreError>>),
-}
+type Command = group_commit::Command<Op, Reply>;
 
 #[derive(Default)]
 struct Counters {
@@ -93,7 +86,7 @@ impl WriterHandle {
         std::thread::Builder::new()
             .name("ferry-store-pg-writer".into())
             .spawn(move || {
-                Writer {
+                let writer = Writer {
                     client,
                     options,
                     counters: thread_counters,
@@ -101,8 +94,8 @@ impl WriterHandle {
                     channel_ids: HashMap::new(),
                     next_ids: BTreeMap::new(),
                     statements: HashMap::new(),
-                }
-                .run(rx)
+                };
+                group_commit::run(writer, rx)
             })
             .map_err(|source| StoreError::Io {
                 context: "starting the store writer thread".into(),
@@ -218,71 +211,6 @@ impl Writer {
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut batch: Vec<(Op, Answer)> = Vec::new();
-        let mut fatal: Option<String> = None;
-        let mut previous = 1usize;
-        while let Some(first) = rx.blocking_recv() {
-            let started = Instant::now();
-            let mut close = None;
-            let mut bytes = 0;
-            let mut next = Some(first);
-            loop {
-                let command = match next.take() {
-                    Some(c) => c,
-                    None => match rx.try_recv() {
-                        Ok(c) => c,
-                        Err(_) if batch.len() < previous && started.elapsed() < GATHER_WAIT => {
-                            std::thread::sleep(GATHER_STEP);
-                            continue;
-                        }
-                        Err(_) => break,
-                    },
-                };
-                match command {
-                    Command::Op(op, reply) => {
-                        bytes += op_bytes(&op);
-                        batch.push((op, reply));
-                    }
-                    Command::Close(reply) => {
-                        close = Some(reply);
-                        break;
-                    }
-                }
-                if batch.len() >= MAX_BATCH_OPS || bytes >= MAX_BATCH_BYTES {
-                    break;
-                }
-            }
-            previous = batch.len().max(1);
-            if let Some(reason) = &fatal {
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(StoreError::Fatal(reason.clone())));
-                }
-            } else if !batch.is_empty()
-                && let Err(reason) = self.commit(&mut batch)
-            {
-                tracing::error!(%reason, "store commit failed; refusing all further writes");
-                self.counters.failed.store(true, Ordering::Relaxed);
-                fatal = Some(reason);
-            }
-            if let Some(reply) = close {
-                rx.close();
-                while let Ok(command) = rx.try_recv() {
-                    match command {
-                        Command::Op(_, r) => {
-                            let _ = r.send(Err(StoreError::Closed));
-                        }
-                        Command::Close(r) => {
-                            let _ = r.send(Ok(()));
-                        }
-                    }
-                }
-                let _ = reply.send(Ok(()));
-                return;
-            }
-        }
-    }
-
     /// The id of a channel, created (committed on its own) when new.
     fn channel_id(&mut self, name: &str) -> Result<i64, StoreError> {
         if let Some(id) = self.channel_ids.get(name) {
@@ -314,7 +242,7 @@ impl Writer {
 
     /// Run the batch in one transaction and answer every operation. `Err` only when the
     /// transaction itself failed (then every operation was answered `Fatal`).
-    fn commit(&mut self, batch: &mut Vec<(Op, Answer)>) -> Result<(), String> {
+    fn commit_batch(&mut self, batch: &mut Vec<(Op, Answer)>) -> Result<(), String> {
         // A connection lost between batches (a server restart) is replaced: nothing was in
         // flight on it.
         if self.client.is_closed() {
@@ -1002,6 +930,27 @@ impl Writer {
             )
             .map_err(pg("storing a delivery's content"))?;
         }
+        Ok(())
+    }
+}
+
+impl group_commit::BatchWriter for Writer {
+    type Op = Op;
+    type Reply = Reply;
+
+    fn op_bytes(op: &Op) -> usize {
+        op_bytes(op)
+    }
+
+    fn commit(&mut self, batch: &mut Vec<(Op, Answer)>) -> Result<(), String> {
+        self.commit_batch(batch)
+    }
+
+    fn mark_failed(&self) {
+        self.counters.failed.store(true, Ordering::Relaxed);
+    }
+
+    fn close(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
 }
