@@ -321,3 +321,50 @@ pub struct MessageSummary {
     /// MSH-9.
     pub message_type: Option<String>,
 }
+
+/// The original of a duplicate found by dedupe: its id and its stored source response, opened.
+pub(crate) type Original = (MessageId, Option<Vec<u8>>);
+
+/// Open the response of a duplicate's original: it is sealed for the original's row, and the
+/// duplicate stores it again, sealed for its own.
+pub(crate) fn open_original(
+    keyring: Option<&crate::crypto::Keyring>,
+    channel: &str,
+    original: Option<Original>,
+) -> Result<Option<Original>, crate::StoreError> {
+    Ok(match original {
+        Some((oid, Some(sealed))) => {
+            let place = crate::crypto::Place {
+                channel,
+                message_id: oid,
+                connector: SOURCE,
+                stage: ContentStage::Response.as_str(),
+            };
+            Some((oid, Some(crate::crypto::open(keyring, &place, sealed)?)))
+        }
+        other => other,
+    })
+}
+
+/// What a new message's source row holds: its dedupe key, response, status and error. A
+/// duplicate is stored without a key of its own, answered with the original's response, and
+/// dispatched nowhere.
+pub(crate) fn source_outcome<'a>(
+    m: &'a NewMessage,
+    original: Option<&'a Original>,
+) -> (Option<&'a str>, Option<&'a Vec<u8>>, Status, Option<String>) {
+    match original {
+        Some((original, response)) => (
+            None,
+            response.as_ref(),
+            Status::Filtered,
+            Some(format!("duplicate of message {original}")),
+        ),
+        None => (
+            m.dedupe.as_ref().map(|d| d.key.as_str()),
+            m.source_response.as_ref(),
+            m.source_status,
+            m.source_error.clone(),
+        ),
+    }
+}

@@ -12,9 +12,9 @@ use std::borrow::Cow;
 
 use crate::crypto::{self, Keyring, Place};
 use crate::group_commit;
-use crate::model::{DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE, Status};
+use crate::model::{DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE};
 use crate::rotate::{self, Cursor, Rotated};
-use crate::{StoreError, model::ContentStage};
+use crate::{StoreError, model, model::ContentStage};
 
 /// Operations that may wait for the writer before senders wait for room.
 const QUEUE_CAPACITY: usize = 8192;
@@ -411,41 +411,11 @@ impl Writer {
             Some(d) => self.find_original(channel, &d.key, d.since_ms)?,
             None => None,
         };
-        // The original's response is sealed for the original's row: open it to store it again
-        // (sealed for this row) with the duplicate.
-        let original = match original {
-            Some((oid, Some(sealed))) => {
-                let place = Place {
-                    channel: &m.channel,
-                    message_id: oid,
-                    connector: SOURCE,
-                    stage: ContentStage::Response.as_str(),
-                };
-                Some((
-                    oid,
-                    Some(crypto::open(self.keyring.as_deref(), &place, sealed)?),
-                ))
-            }
-            other => other,
-        };
+        let original = model::open_original(self.keyring.as_deref(), &m.channel, original)?;
         let id = self.next_id(channel)?;
         let now = now_ms();
-        // A duplicate is stored without a key of its own, answered with the original's
-        // response, and dispatched nowhere.
-        let (dedupe_key, response, source_status, source_error) = match &original {
-            Some((original, response)) => (
-                None,
-                response.as_ref(),
-                Status::Filtered,
-                Some(format!("duplicate of message {original}")),
-            ),
-            None => (
-                m.dedupe.as_ref().map(|d| d.key.as_str()),
-                m.source_response.as_ref(),
-                m.source_status,
-                m.source_error.clone(),
-            ),
-        };
+        let (dedupe_key, response, source_status, source_error) =
+            model::source_outcome(m, original.as_ref());
         let place = |connector: &'static str, stage: ContentStage| Place {
             channel: &m.channel,
             message_id: id,

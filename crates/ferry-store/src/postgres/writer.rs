@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::crypto::{self, Keyring, Place};
 use crate::model::{
-    ContentStage, DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE, Status,
+    ContentStage, DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE,
 };
-use crate::{StoreError, WriterStats, group_commit};
+use crate::{StoreError, WriterStats, group_commit, model};
 
 use super::rotate::{self, PgCursor, PgRotated};
 
@@ -638,37 +638,11 @@ impl Writer {
                 .map(|r| (r.get(0), r.get(1))),
             None => None,
         };
-        let original = match original {
-            Some((oid, Some(sealed))) => {
-                let place = Place {
-                    channel: &m.channel,
-                    message_id: oid,
-                    connector: SOURCE,
-                    stage: ContentStage::Response.as_str(),
-                };
-                Some((
-                    oid,
-                    Some(crypto::open(self.keyring.as_deref(), &place, sealed)?),
-                ))
-            }
-            other => other,
-        };
+        let original = model::open_original(self.keyring.as_deref(), &m.channel, original)?;
         let id = self.next_id(channel)?;
         let now = now_ms();
-        let (dedupe_key, response, source_status, source_error) = match &original {
-            Some((original, response)) => (
-                None,
-                response.as_ref(),
-                Status::Filtered,
-                Some(format!("duplicate of message {original}")),
-            ),
-            None => (
-                m.dedupe.as_ref().map(|d| d.key.as_str()),
-                m.source_response.as_ref(),
-                m.source_status,
-                m.source_error.clone(),
-            ),
-        };
+        let (dedupe_key, response, source_status, source_error) =
+            model::source_outcome(m, original.as_ref());
         let place = |connector: &'static str, stage: ContentStage| Place {
             channel: &m.channel,
             message_id: id,
