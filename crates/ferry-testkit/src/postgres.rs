@@ -35,6 +35,7 @@ impl TestDb {
         );
         let base = base_url();
         let mut client = admin_client(&base);
+        sweep_dead(&mut client);
         client
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .unwrap_or_else(|e| panic!("creating test schema {schema}: {e}"));
@@ -77,6 +78,36 @@ impl Drop for TestDb {
             }
         })
         .join();
+    }
+}
+
+/// Drop a few schemas left by test processes that are gone.
+///
+/// A test process may exit without dropping its `TestDb` (nextest runs each test in a process
+/// of its own, and statics are never dropped), so schemas would pile up on the shared server.
+/// The schema name carries the creating process's id; a schema whose process no longer exists
+/// is dropped here, at most a few per call so no test pays for a long backlog at once. Errors
+/// are ignored: another test may be dropping the same schema.
+fn sweep_dead(client: &mut postgres::Client) {
+    const PER_CALL: usize = 16;
+    let Ok(rows) = client.query(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ferry\\_t\\_%'",
+        &[],
+    ) else {
+        return;
+    };
+    let dead = rows
+        .iter()
+        .filter_map(|r| r.try_get::<_, String>(0).ok())
+        .filter(|name| {
+            name.split('_')
+                .nth(2)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .take(PER_CALL);
+    for name in dead {
+        let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"));
     }
 }
 
