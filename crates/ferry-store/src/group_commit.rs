@@ -7,11 +7,13 @@
 //! to [`GATHER_WAIT`] for them, so group commit does not collapse into alternating small
 //! batches. After a failed commit every later operation is answered [`StoreError::Fatal`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::StoreError;
+use crate::{StoreError, WriterStats};
 
 /// Most operations committed together.
 pub(crate) const MAX_BATCH_OPS: usize = 1024;
@@ -21,6 +23,81 @@ pub(crate) const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 pub(crate) const GATHER_WAIT: Duration = Duration::from_micros(200);
 /// Step of that wait.
 pub(crate) const GATHER_STEP: Duration = Duration::from_micros(20);
+
+/// Operations that may wait for the writer before senders wait for room.
+const QUEUE_CAPACITY: usize = 8192;
+
+/// What the writer thread and its handle share: `ops / commits` is how many writes shared each
+/// commit; `failed` is set once a commit failed and every later write is refused.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Committed transactions.
+    pub(crate) commits: AtomicU64,
+    /// Operations committed.
+    pub(crate) ops: AtomicU64,
+    /// A commit failed: the writer refuses everything after it.
+    pub(crate) failed: AtomicBool,
+}
+
+/// The async side of a writer thread: submit operations, close, read the counters.
+pub(crate) struct Handle<O, R> {
+    tx: mpsc::Sender<Command<O, R>>,
+    counters: Arc<Counters>,
+}
+
+impl<O: Send + 'static, R: Send + 'static> Handle<O, R> {
+    /// Start the writer thread `name` running [`run`] on the writer `make` builds (given the
+    /// shared counters).
+    pub(crate) fn spawn<W>(
+        name: &str,
+        make: impl FnOnce(Arc<Counters>) -> W + Send + 'static,
+    ) -> Result<Handle<O, R>, StoreError>
+    where
+        W: BatchWriter<Op = O, Reply = R>,
+    {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let counters = Arc::new(Counters::default());
+        let thread_counters = counters.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(make(thread_counters), rx))
+            .map_err(|source| StoreError::Io {
+                context: "starting the store writer thread".into(),
+                source,
+            })?;
+        Ok(Handle { tx, counters })
+    }
+
+    /// Run `op` in the next batch; answers after its commit.
+    pub(crate) async fn submit(&self, op: O) -> Result<R, StoreError> {
+        if self.counters.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Fatal("an earlier commit failed".into()));
+        }
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Op(op, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stop the writer after what is queued; `Ok` when it is already closed.
+    pub(crate) async fn close(&self) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        if self.tx.send(Command::Close(reply)).await.is_err() {
+            return Ok(()); // already closed
+        }
+        wait.await.unwrap_or(Ok(()))
+    }
+
+    /// Commits and operations so far.
+    pub(crate) fn stats(&self) -> WriterStats {
+        WriterStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            ops: self.counters.ops.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// Where an operation's outcome goes.
 pub(crate) type Answer<R> = oneshot::Sender<Result<R, StoreError>>;

@@ -233,7 +233,7 @@ impl Store {
             conn.pragma_update(None, "secure_delete", "ON")
                 .map_err(StoreError::sqlite("enabling secure_delete"))?;
         }
-        let writer = writer::WriterHandle::start(conn, keyring.clone())?;
+        let writer = writer::start(conn, keyring.clone())?;
         let reader = reader::ReadPool::new(path, 4, keyring.clone())?;
         let checkpointer = std::sync::Mutex::new(checkpoint::Checkpointer::start(path)?);
         Ok(Store {

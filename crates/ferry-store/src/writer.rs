@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use std::borrow::Cow;
 
@@ -15,9 +15,6 @@ use crate::group_commit;
 use crate::model::{DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE};
 use crate::rotate::{self, Cursor, Rotated};
 use crate::{StoreError, model, model::ContentStage};
-
-/// Operations that may wait for the writer before senders wait for room.
-const QUEUE_CAPACITY: usize = 8192;
 
 pub(crate) enum Op {
     /// Boxed: the message is large next to the other commands queued to the writer.
@@ -62,8 +59,6 @@ pub(crate) enum Reply {
     Vacuumed(crate::prune::VacuumProgress),
 }
 
-type Command = group_commit::Command<Op, Reply>;
-
 /// Counters of the writer: `ops / commits` is how many writes shared each fsync.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriterStats {
@@ -73,67 +68,21 @@ pub struct WriterStats {
     pub ops: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    commits: AtomicU64,
-    ops: AtomicU64,
-    failed: AtomicBool,
-}
+pub(crate) type WriterHandle = group_commit::Handle<Op, Reply>;
 
-pub(crate) struct WriterHandle {
-    tx: mpsc::Sender<Command>,
-    counters: Arc<Counters>,
-}
-
-impl WriterHandle {
-    pub(crate) fn start(
-        conn: Connection,
-        keyring: Option<Arc<Keyring>>,
-    ) -> Result<WriterHandle, StoreError> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let counters = Arc::new(Counters::default());
-        let thread_counters = counters.clone();
-        std::thread::Builder::new()
-            .name("ferry-store-writer".into())
-            .spawn(move || group_commit::run(Writer::new(conn, thread_counters, keyring), rx))
-            .map_err(|source| StoreError::Io {
-                context: "starting the store writer thread".into(),
-                source,
-            })?;
-        Ok(WriterHandle { tx, counters })
-    }
-
-    pub(crate) async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
-        if self.counters.failed.load(Ordering::Relaxed) {
-            return Err(StoreError::Fatal("an earlier commit failed".into()));
-        }
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Command::Op(op, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    pub(crate) async fn close(&self) -> Result<(), StoreError> {
-        let (reply, wait) = oneshot::channel();
-        if self.tx.send(Command::Close(reply)).await.is_err() {
-            return Ok(()); // already closed
-        }
-        wait.await.unwrap_or(Ok(()))
-    }
-
-    pub(crate) fn stats(&self) -> WriterStats {
-        WriterStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            ops: self.counters.ops.load(Ordering::Relaxed),
-        }
-    }
+/// Start the SQLite writer thread on the write connection.
+pub(crate) fn start(
+    conn: Connection,
+    keyring: Option<Arc<Keyring>>,
+) -> Result<WriterHandle, StoreError> {
+    WriterHandle::spawn("ferry-store-writer", move |counters| {
+        Writer::new(conn, counters, keyring)
+    })
 }
 
 struct Writer {
     conn: Connection,
-    counters: Arc<Counters>,
+    counters: Arc<group_commit::Counters>,
     keyring: Option<Arc<Keyring>>,
     channel_ids: HashMap<String, i64>,
     next_ids: HashMap<i64, MessageId>,
@@ -167,7 +116,11 @@ fn op_bytes(op: &Op) -> usize {
 }
 
 impl Writer {
-    fn new(conn: Connection, counters: Arc<Counters>, keyring: Option<Arc<Keyring>>) -> Writer {
+    fn new(
+        conn: Connection,
+        counters: Arc<group_commit::Counters>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Writer {
         Writer {
             conn,
             counters,

@@ -69,7 +69,7 @@ impl PgStore {
             keyring: keyring.as_deref(),
         }
         .probe()?;
-        let writer = writer::WriterHandle::start(client, pg.clone(), keyring.clone())?;
+        let writer = writer::start(client, pg.clone(), keyring.clone())?;
         let reader = reader::ReadPool::new(pg, first, READERS, keyring.clone());
         Ok(PgStore {
             writer,

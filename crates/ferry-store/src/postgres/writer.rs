@@ -11,22 +11,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use postgres::types::ToSql;
 use postgres::{Client, Statement};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::crypto::{self, Keyring, Place};
 use crate::model::{
     ContentStage, DeliveryUpdate, Ingested, MessageId, Metadata, NewMessage, SOURCE,
 };
-use crate::{StoreError, WriterStats, group_commit, model};
+use crate::{StoreError, group_commit, model};
 
 use super::rotate::{self, PgCursor, PgRotated};
-
-const QUEUE_CAPACITY: usize = 8192;
 
 pub(crate) enum Op {
     Ingest(Box<NewMessage>),
@@ -60,83 +57,31 @@ pub(crate) enum Reply {
 
 type Answer = group_commit::Answer<Reply>;
 
-type Command = group_commit::Command<Op, Reply>;
+pub(crate) type WriterHandle = group_commit::Handle<Op, Reply>;
 
-#[derive(Default)]
-struct Counters {
-    commits: AtomicU64,
-    ops: AtomicU64,
-    failed: AtomicBool,
-}
-
-pub(crate) struct WriterHandle {
-    tx: mpsc::Sender<Command>,
-    counters: Arc<Counters>,
-}
-
-impl WriterHandle {
-    pub(crate) fn start(
-        client: Client,
-        options: super::PgOptions,
-        keyring: Option<Arc<Keyring>>,
-    ) -> Result<WriterHandle, StoreError> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let counters = Arc::new(Counters::default());
-        let thread_counters = counters.clone();
-        std::thread::Builder::new()
-            .name("ferry-store-pg-writer".into())
-            .spawn(move || {
-                let writer = Writer {
-                    client,
-                    options,
-                    counters: thread_counters,
-                    keyring,
-                    channel_ids: HashMap::new(),
-                    next_ids: BTreeMap::new(),
-                    statements: HashMap::new(),
-                };
-                group_commit::run(writer, rx)
-            })
-            .map_err(|source| StoreError::Io {
-                context: "starting the store writer thread".into(),
-                source,
-            })?;
-        Ok(WriterHandle { tx, counters })
-    }
-
-    pub(crate) async fn submit(&self, op: Op) -> Result<Reply, StoreError> {
-        if self.counters.failed.load(Ordering::Relaxed) {
-            return Err(StoreError::Fatal("an earlier commit failed".into()));
-        }
-        let (reply, wait) = oneshot::channel();
-        self.tx
-            .send(Command::Op(op, reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    pub(crate) async fn close(&self) -> Result<(), StoreError> {
-        let (reply, wait) = oneshot::channel();
-        if self.tx.send(Command::Close(reply)).await.is_err() {
-            return Ok(());
-        }
-        wait.await.unwrap_or(Ok(()))
-    }
-
-    pub(crate) fn stats(&self) -> WriterStats {
-        WriterStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            ops: self.counters.ops.load(Ordering::Relaxed),
-        }
-    }
+/// Start the PostgreSQL writer thread on `client`; `options` reconnect it after a lost
+/// connection.
+pub(crate) fn start(
+    client: Client,
+    options: super::PgOptions,
+    keyring: Option<Arc<Keyring>>,
+) -> Result<WriterHandle, StoreError> {
+    WriterHandle::spawn("ferry-store-pg-writer", move |counters| Writer {
+        client,
+        options,
+        counters,
+        keyring,
+        channel_ids: HashMap::new(),
+        next_ids: BTreeMap::new(),
+        statements: HashMap::new(),
+    })
 }
 
 struct Writer {
     client: Client,
     /// To reconnect when the connection was lost between batches.
     options: super::PgOptions,
-    counters: Arc<Counters>,
+    counters: Arc<group_commit::Counters>,
     keyring: Option<Arc<Keyring>>,
     /// Channel name → id (ids never change once created).
     channel_ids: HashMap<String, i64>,
